@@ -1,0 +1,37 @@
+"""Shared test fixtures: the oracle folder and an isolated Hugging Face cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def oracle_dir() -> Path:
+    """LOCKN_ORACLE_DIR, defaulting to ../shared/oracle from the project root."""
+    return Path(os.environ.get("LOCKN_ORACLE_DIR", PROJECT_ROOT.parent / "shared" / "oracle"))
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """Path of the oracle folder; skips with a reason where it is absent."""
+    root = oracle_dir()
+    if not root.is_dir():
+        pytest.skip(f"oracle folder {root} is absent (set LOCKN_ORACLE_DIR)")
+    return root
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline: tests write official-layout files into it."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    return cache
