@@ -1,0 +1,131 @@
+"""Crop and paste-back geometry against fixture_crop_pasteback (oracle README section 4).
+
+Matrices within 1e-4 px, images exact (cv2 warpAffine / resize, as the reference).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.face import crop as fc
+from models.face.landmarks203 import Landmark203Runner
+from models.face.mask import ditto_mask, feathered_mask, liveportrait_mask_template
+from models.face.paste_back import paste_back, warp_mask
+
+MATRIX_TOL_PX = 1e-4
+
+
+@pytest.fixture(scope="module")
+def fx(oracle):
+    return dict(np.load(oracle / "liveportrait" / "fixture_crop_pasteback.npz"))
+
+
+def assert_close(actual, expected, tol=MATRIX_TOL_PX):
+    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=0, atol=tol)
+
+
+@pytest.mark.oracle
+def test_face_rect_from_106(fx):
+    rect = fc.face_rect(fx["lmk106"], scale=2.3, vy_ratio=-0.125)
+    assert_close(rect.center, fx["rect106_center"])
+    assert_close(rect.size, fx["rect106_size"])
+    assert_close([rect.angle_rad], fx["rect106_angle"], 1e-6)
+
+
+@pytest.mark.oracle
+def test_source_crop_from_106(fx):
+    crop = fc.crop_image(fx["img_ori"], fx["lmk106"], fc.SOURCE_CROP)
+    assert_close(crop.M_o2c, fx["crop106_M_o2c"])
+    assert_close(crop.M_c2o, fx["crop106_M_c2o"])
+    assert_close(crop.points, fx["crop106_pts"])
+    np.testing.assert_array_equal(crop.image, fx["crop106_img"])
+    np.testing.assert_array_equal(fc.network_input_256(crop.image), fx["crop106_img_256"])
+
+
+@pytest.mark.oracle
+def test_source_crop_from_203(fx):
+    crop = fc.crop_image(fx["img_ori"], fx["lmk203"], fc.SOURCE_CROP)
+    assert_close(crop.M_o2c, fx["crop203_M_o2c"])
+    assert_close(crop.M_c2o, fx["crop203_M_c2o"])
+
+
+class _FakeSession:
+    """Stands in for landmark.onnx: records its input, returns the fixture's output."""
+
+    def __init__(self, norm_points):
+        self.norm_points = norm_points
+        self.seen = None
+
+    def run(self, output_names, feeds):
+        self.seen = feeds["input"]
+        out = self.norm_points.reshape(1, -1)
+        return [np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), out]
+
+
+@pytest.mark.oracle
+def test_landmark_runner_crop_and_mapping(fx):
+    session = _FakeSession(fx["lmkrunner_onnx_out_norm"])
+    runner = Landmark203Runner(session)
+    points, crop = runner.run_with_crop(fx["img_ori"], fx["lmk106"])
+    assert_close(crop.M_o2c, fx["lmkrunner_M_o2c"])
+    assert_close(crop.M_c2o, fx["lmkrunner_M_c2o"])
+    np.testing.assert_array_equal(session.seen, fx["lmkrunner_input"])
+    assert_close(points, fx["lmkrunner_lmk203"])
+
+
+@pytest.mark.oracle
+def test_driving_box_crop(fx):
+    box = fc.bbox_from_landmarks(fx["lmk203"], scale=2.2, vy_ratio=-0.1)
+    assert_close(box["box"], fx["drv_bbox_rect"])
+    assert_close(box["box_rotated"], fx["drv_bbox_rot"])
+    ltrb = fc.average_boxes([box["ltrb"]])
+    assert_close(ltrb, fx["drv_global_bbox"])
+    crop = fc.crop_by_box(fx["img_ori"], ltrb, points=fx["lmk203"], dsize=512)
+    assert_close(crop.M_o2c, fx["drv_crop_M_o2c"])
+    assert_close(crop.M_c2o, fx["drv_crop_M_c2o"])
+    assert_close(crop.points, fx["drv_crop_lmk"])
+    import cv2
+
+    np.testing.assert_array_equal(cv2.resize(crop.image, (256, 256)), fx["drv_crop_img_256"])
+
+
+@pytest.mark.oracle
+def test_generated_mask_equals_upstream_template(fx):
+    np.testing.assert_array_equal(liveportrait_mask_template(), fx["mask_template"])
+
+
+@pytest.mark.oracle
+def test_paste_back(fx):
+    M_c2o = fx["crop106_M_c2o"]
+    mask = warp_mask(fx["mask_template"], M_c2o, (360, 480))
+    np.testing.assert_array_equal(mask, fx["paste_mask_ori"])
+    out = paste_back(fx["paste_img_crop"], M_c2o, fx["img_ori"], mask)
+    np.testing.assert_array_equal(out, fx["paste_result"])
+
+
+@pytest.mark.oracle
+def test_resize_to_limit(fx):
+    np.testing.assert_array_equal(fc.resize_to_limit(fx["rtl_in"], max_dim=256, division=2), fx["rtl_out"])
+
+
+@pytest.mark.oracle
+def test_ditto_mask_and_crop_share_the_geometry(oracle):
+    """Ditto's crop is the same code path: its fixture's final crop must match ours too."""
+    path = oracle / "ditto" / "image_geometry.npz"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    g = np.load(path)
+    np.testing.assert_allclose(ditto_mask(), g["mask_512"], rtol=0, atol=1e-6)
+    crop = fc.crop_image(g["src_img_rgb"], g["lmk203"], fc.SOURCE_CROP)
+    assert_close(crop.M_o2c, g["crop512_M_o2c"])
+    np.testing.assert_array_equal(crop.image, g["crop512_img"])
+    small = fc.crop_image(g["src_img_rgb"], g["lmk106"], fc.LANDMARK_RUNNER_CROP)
+    assert_close(small.M_o2c, g["crop224_M_o2c"])
+    np.testing.assert_array_equal(small.image, g["crop224_img"])
+
+
+def test_feathered_mask_shape():
+    m = feathered_mask(64, 8, 55, 8)
+    assert m.shape == (64, 64)
+    assert m[32, 32] == 1 and m[0, 32] == 0 and m[0, 0] == 0
+    assert 0 < m[4, 32] < 1
