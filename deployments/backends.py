@@ -1,0 +1,139 @@
+"""Backends: a thin shim over a models/ pipeline, local or as a Ray Serve deployment.
+
+- `LocalBackend` runs a pipeline inside the session host (still mode: no GPU).
+- `BackendDeployment` is the Serve deployment of a neural mode (one per mode,
+  fractional num_gpus, min_replicas 0). It loads weights at construction,
+  caches prepared personas with `@serve.multiplexed`, and is stateless per
+  call: a session's state travels in each call as `carry`.
+- `RemoteBackend` is what a session holds to call that deployment.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from models.base import Controls, Persona
+from models.modes import build_pipeline
+
+from .personas import PersonaStore
+
+
+class PersonaCache:
+    """Prepared personas for one pipeline, least recently used evicted first."""
+
+    def __init__(self, pipeline, store: PersonaStore, capacity: int = 16):
+        self.pipeline, self.store, self.capacity = pipeline, store, capacity
+        self._items: OrderedDict[str, Persona] = OrderedDict()
+
+    async def get(self, persona_id: str) -> Persona:
+        if persona_id in self._items:
+            self._items.move_to_end(persona_id)
+            return self._items[persona_id]
+        media = await asyncio.to_thread(self.store.load_media, persona_id)
+        persona = await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
+        self._items[persona_id] = persona
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return persona
+
+    def drop(self, persona_id: str) -> None:
+        self._items.pop(persona_id, None)
+
+
+class LocalBackend:
+    """A pipeline called in a worker thread of this process."""
+
+    def __init__(self, pipeline, store: PersonaStore):
+        self.mode = pipeline.mode
+        self.pipeline = pipeline
+        self.personas = PersonaCache(pipeline, store)
+
+    async def start(self, persona_id: str, controls: Controls) -> Any:
+        persona = await self.personas.get(persona_id)
+        return await asyncio.to_thread(self.pipeline.start, persona, controls)
+
+    async def render(self, persona_id, carry, audio16k, controls):
+        persona = await self.personas.get(persona_id)
+        return await asyncio.to_thread(self.pipeline.render, persona, carry, audio16k, controls)
+
+    async def flush(self, persona_id, carry, controls):
+        persona = await self.personas.get(persona_id)
+        return await asyncio.to_thread(self.pipeline.flush, persona, carry, controls)
+
+    async def idle(self, persona_id, carry, n, controls):
+        persona = await self.personas.get(persona_id)
+        return await asyncio.to_thread(self.pipeline.idle, persona, carry, n, controls)
+
+
+class BackendDeployment:
+    """Serve deployment body for one neural mode; see module docstring."""
+
+    def __init__(self, mode: str, persona_dir: str, options: dict | None = None):
+        self.mode = mode
+        self.pipeline = build_pipeline(mode, **(options or {}))
+        self.store = PersonaStore(persona_dir)
+
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def get_persona(self, persona_id: str) -> Persona:
+        media = await asyncio.to_thread(self.store.load_media, persona_id)
+        return await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
+
+    async def _persona(self) -> Persona:
+        return await self.get_persona(serve.get_multiplexed_model_id())
+
+    async def start(self, controls: Controls) -> Any:
+        return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
+
+    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls):
+        """Streams {"frames": N×H×W×3 uint8} batches, then {"carry": ...}."""
+        frames, carry = await asyncio.to_thread(self.pipeline.render, await self._persona(), carry, audio16k, controls)
+        yield {"frames": frames}
+        yield {"carry": carry}
+
+    async def flush(self, carry: Any, controls: Controls):
+        frames, carry = await asyncio.to_thread(self.pipeline.flush, await self._persona(), carry, controls)
+        yield {"frames": frames}
+        yield {"carry": carry}
+
+    async def idle(self, carry: Any, n: int, controls: Controls):
+        frames, carry = await asyncio.to_thread(self.pipeline.idle, await self._persona(), carry, n, controls)
+        yield {"frames": frames}
+        yield {"carry": carry}
+
+
+class RemoteBackend:
+    """A session's client of a backend deployment: streaming handle calls, persona as multiplex id."""
+
+    def __init__(self, mode: str, handle):
+        self.mode = mode
+        self.handle = handle
+
+    def _for(self, persona_id: str, stream: bool = False):
+        return self.handle.options(multiplexed_model_id=persona_id, stream=stream)
+
+    async def start(self, persona_id: str, controls: Controls) -> Any:
+        return await self._for(persona_id).start.remote(controls)
+
+    async def render(self, persona_id, carry, audio16k, controls):
+        return await self._collect(self._for(persona_id, True).render.remote(carry, audio16k, controls))
+
+    async def flush(self, persona_id, carry, controls):
+        return await self._collect(self._for(persona_id, True).flush.remote(carry, controls))
+
+    async def idle(self, persona_id, carry, n, controls):
+        return await self._collect(self._for(persona_id, True).idle.remote(carry, n, controls))
+
+    @staticmethod
+    async def _collect(stream) -> tuple[np.ndarray, Any]:
+        batches, carry = [], None
+        async for item in stream:
+            if "frames" in item:
+                batches.append(item["frames"])
+            else:
+                carry = item["carry"]
+        frames = np.concatenate(batches) if len(batches) > 1 else batches[0]
+        return frames, carry

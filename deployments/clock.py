@@ -1,0 +1,77 @@
+"""The session clock and the speech buffer: pure logic, no I/O.
+
+Frame `pts` is due at `t0 + pts / 25` (wall-clock seconds, shared by every
+process on the machine). Output audio is on the same clock: frame pts shows
+output samples [640 pts, 640 (pts+1)) at 16 kHz, speech where speech was
+rendered and silence where the session was idle.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.base import FPS, SAMPLES_PER_FRAME
+
+
+@dataclass
+class SessionClock:
+    t0: float = field(default_factory=time.time)
+
+    def due(self, pts: int) -> float:
+        return self.t0 + pts / FPS
+
+    def now_pts(self, now: float | None = None) -> int:
+        """The frame being shown now."""
+        now = time.time() if now is None else now
+        return max(0, math.floor((now - self.t0) * FPS))
+
+
+class SpeechBuffer:
+    """16 kHz float32 speech waiting to be rendered, cut into whole frames."""
+
+    def __init__(self, max_samples: int):
+        self.max_samples = max_samples
+        self._chunks: list[np.ndarray] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def frames(self) -> int:
+        return self._size // SAMPLES_PER_FRAME
+
+    def push(self, samples: np.ndarray) -> None:
+        if self._size + len(samples) > self.max_samples:
+            raise OverflowError(
+                f"speech buffer full ({self.max_samples / 16000:.0f} s buffered); send audio closer to real time"
+            )
+        if len(samples):
+            self._chunks.append(samples.astype(np.float32, copy=False))
+            self._size += len(samples)
+
+    def take_frames(self, n: int) -> np.ndarray:
+        """The first n whole frames of audio: (640·n,) float32."""
+        want = min(n, self.frames) * SAMPLES_PER_FRAME
+        return self._take(want)
+
+    def take_all_padded(self) -> np.ndarray:
+        """Everything buffered, zero-padded to a whole number of frames (end of an utterance)."""
+        data = self._take(self._size)
+        pad = (-len(data)) % SAMPLES_PER_FRAME
+        return np.concatenate([data, np.zeros(pad, np.float32)]) if pad else data
+
+    def clear(self) -> None:
+        self._chunks, self._size = [], 0
+
+    def _take(self, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros(0, np.float32)
+        data = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        head, rest = data[:n], data[n:]
+        self._chunks = [rest] if len(rest) else []
+        self._size = len(rest)
+        return np.ascontiguousarray(head)

@@ -1,0 +1,80 @@
+"""Typed application arguments (`build_app(args)`), with secure defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_sessions: int = Field(16, ge=1, description="concurrent sessions over all hosts")
+    max_viewers_per_session: int = Field(8, ge=1)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="persona image upload")
+    max_audio_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="one audio POST or render")
+    max_image_side_px: int = Field(4096, ge=64, description="larger images are refused")
+    min_image_side_px: int = Field(64, ge=16)
+    portrait_max_side_px: int = Field(1024, ge=64, description="portraits are downscaled to this")
+    max_buffered_audio_s: float = Field(120.0, gt=0, description="speech queued ahead per session")
+    max_render_audio_s: float = Field(600.0, gt=0, description="one-shot render length")
+
+
+class SessionTimeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idle_ttl_s: float = Field(300.0, gt=0, description="closed after this long with no viewer and no input")
+    disconnect_grace_s: float = Field(30.0, gt=0, description="closed this long after its last viewer left")
+    unused_persona_ttl_s: float = Field(600.0, gt=0, description="ephemeral persona never used by a session")
+    speech_gap_s: float = Field(0.4, gt=0, description="audio pause that ends an utterance")
+    backend_call_timeout_s: float = Field(30.0, gt=0)
+    backend_ready_timeout_s: float = Field(120.0, gt=0, description="cold start of a backend")
+
+
+class BackendArgs(BaseModel):
+    """One neural backend deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_gpus: float = Field(0.3, ge=0, le=1)
+    num_cpus: float = Field(0.5, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    chunk_frames: int = Field(5, ge=1, description="frames per render call")
+    max_personas_per_replica: int = Field(4, ge=1)
+    options: dict = Field(default_factory=dict, description="keyword options of the pipeline")
+
+
+def _default_backends() -> dict[str, BackendArgs]:
+    return {
+        "liveportrait": BackendArgs(num_gpus=0.25, chunk_frames=5),
+        "musetalk": BackendArgs(num_gpus=0.3, chunk_frames=8),
+        "ditto": BackendArgs(num_gpus=0.3, chunk_frames=5),
+    }
+
+
+class AppArgs(BaseModel):
+    """Everything `graph.build_app` needs; serve_config.yaml sets these under `args`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(Path("var"), description="personas live under data_dir/personas")
+    router_replicas: int = Field(1, ge=1, description="min Router replicas (autoscaled up to max)")
+    router_max_replicas: int = Field(2, ge=1)
+    session_hosts: int = Field(1, ge=1, description="SessionHost replicas (fixed: sessions live there)")
+    jpeg_quality: int = Field(80, ge=10, le=100)
+    enable_test_modes: bool = Field(False, description="adds the `pattern` mode (tests, benchmarks)")
+    backends: dict[str, BackendArgs] = Field(default_factory=_default_backends)
+    limits: Limits = Field(default_factory=Limits)
+    timeouts: SessionTimeouts = Field(default_factory=SessionTimeouts)
+
+    @property
+    def persona_dir(self) -> Path:
+        return self.data_dir / "personas"
+
+    def modes(self) -> list[str]:
+        """Modes this app serves: still, the configured backends, and test modes if enabled."""
+        extra = ["pattern"] if self.enable_test_modes else []
+        return list(dict.fromkeys(["still", *self.backends, *extra]))
+
+    def max_sessions_per_host(self) -> int:
+        return -(-self.limits.max_sessions // self.session_hosts)

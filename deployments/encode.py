@@ -1,0 +1,90 @@
+"""Frames out: JPEG once per frame (WebSocket, MJPEG) and MP4 for one-shot renders."""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+from models.base import FPS, SAMPLE_RATE_HZ
+
+
+class JpegEncoder:
+    """Encodes frames once; an unchanged frame (still mode, a held pose) reuses the last bytes."""
+
+    def __init__(self, quality: int = 80):
+        self.quality = quality
+        self._last_frame: np.ndarray | None = None
+        self._last_jpeg = b""
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        """frame: H×W×3 uint8 RGB -> JPEG bytes."""
+        last = self._last_frame
+        if last is not None and (frame is last or (frame.shape == last.shape and np.array_equal(frame, last))):
+            return self._last_jpeg
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="JPEG", quality=self.quality)
+        self._last_frame, self._last_jpeg = frame, buf.getvalue()
+        return self._last_jpeg
+
+    def encode_batch(self, frames: np.ndarray) -> list[bytes]:
+        """frames: N×H×W×3 uint8 -> N JPEGs."""
+        return [self.encode(f) for f in frames]
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> H×W×3 uint8 RGB (tests, clients)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+class Mp4Writer:
+    """Incremental MP4 (H.264 + AAC): add frame batches as they are rendered, then the audio."""
+
+    def __init__(self, crf: int = 23):
+        self._out = io.BytesIO()
+        self._container = av.open(self._out, mode="w", format="mp4")
+        self._crf = crf
+        self._video = None
+        self._n = 0
+
+    def add_frames(self, frames: np.ndarray) -> None:
+        """frames: N×H×W×3 uint8 RGB at 25 fps."""
+        if self._video is None:
+            h, w = frames.shape[1:3]
+            self._video = self._container.add_stream(
+                "libx264", rate=FPS, options={"crf": str(self._crf), "preset": "veryfast"})
+            self._video.width, self._video.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
+            self._video.pix_fmt = "yuv420p"
+        for frame in frames:
+            crop = np.ascontiguousarray(frame[: self._video.height, : self._video.width])
+            vf = av.VideoFrame.from_ndarray(crop, format="rgb24")
+            vf.pts, vf.time_base = self._n, Fraction(1, FPS)
+            self._container.mux(self._video.encode(vf))
+            self._n += 1
+
+    def finish(self, audio16k: np.ndarray) -> bytes:
+        """audio16k: float32 mono, muxed after the video; returns the file."""
+        if self._video is not None:
+            self._container.mux(self._video.encode())
+        stream = self._container.add_stream("aac", rate=SAMPLE_RATE_HZ, layout="mono")
+        _mux_audio(self._container, stream, audio16k)
+        self._container.close()
+        return self._out.getvalue()
+
+
+def encode_mp4(frames: np.ndarray, audio16k: np.ndarray) -> bytes:
+    """frames: N×H×W×3 uint8 at 25 fps; audio16k: float32 mono -> MP4 bytes."""
+    writer = Mp4Writer()
+    writer.add_frames(frames)
+    return writer.finish(audio16k)
+
+
+def _mux_audio(container, stream, audio16k: np.ndarray, block: int = 1024) -> None:
+    for start in range(0, len(audio16k), block):
+        chunk = np.ascontiguousarray(audio16k[start : start + block], np.float32).reshape(1, -1)
+        af = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+        af.sample_rate, af.pts, af.time_base = SAMPLE_RATE_HZ, start, Fraction(1, SAMPLE_RATE_HZ)
+        container.mux(stream.encode(af))
+    container.mux(stream.encode())

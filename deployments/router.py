@@ -1,0 +1,346 @@
+"""Router: the only HTTP entry. Validates input, creates sessions, relays streams.
+
+Holds no session state: every session call goes to its SessionHost through
+the session-affinity request router, so any Router replica serves any
+request for any session and the Router can autoscale.
+"""
+
+import asyncio
+import json
+import logging
+import time
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from models.base import Controls
+from models.emotion import normalize_emotion
+from models.modes import MODES, mode_status
+
+from .audio_in import decode_audio_body, decode_audio_file, resample_to_16k
+from .config import AppArgs
+from .personas import SESSION_ID, PersonaStore, check_persona_id
+from .protocol import CONTROL_EVENT, CreateSession, ServiceError
+from .streams import MJPEG_BOUNDARY, mjpeg_part, paced, ws_frame
+
+log = logging.getLogger("ray.serve")
+MODES_CACHE_S = 5.0
+
+api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head avatar server")
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """The ServiceError inside a Ray task error, if there is one."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, ServiceError) else err
+
+
+def error_response(err: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(int(err.retry_after_s))} if err.retry_after_s else None
+    return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
+
+
+@api.exception_handler(ServiceError)
+async def _service_error(request: Request, err: ServiceError):
+    return error_response(err)
+
+
+@api.exception_handler(RequestValidationError)
+async def _request_validation_error(request: Request, err: RequestValidationError):
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+    return JSONResponse({"error": f"{where}: {e['msg']}" if where else e["msg"], "code": "invalid_request"},
+                        status_code=422)
+
+
+@api.exception_handler(ValidationError)
+async def _validation_error(request: Request, err: ValidationError):
+    return JSONResponse({"error": _first_error(err), "code": "invalid_request"}, status_code=422)
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e.get("loc", ()))
+    return f"{where}: {e['msg']}" if where else e["msg"]
+
+
+def check_session_id(session_id: str) -> str:
+    if not SESSION_ID.match(session_id):
+        raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
+    return session_id
+
+
+def _emotion(tag: str) -> str:
+    try:
+        return normalize_emotion(tag)
+    except ValueError as err:
+        raise ServiceError(422, "unknown_emotion", str(err)) from None
+
+
+def _parse_event(data: bytes) -> dict:
+    try:
+        event = CONTROL_EVENT.validate_json(data)
+    except ValidationError as err:
+        raise ServiceError(422, "invalid_event", _first_error(err)) from None
+    event = event.model_dump()
+    if event["type"] == "emotion":
+        event["value"] = _emotion(event["value"])
+    return event
+
+
+def _form_bool(form, name: str, default: bool) -> bool:
+    value = form.get(name)
+    if value is None:
+        return default
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ServiceError(422, "invalid_request", f"{name} must be true or false, got {value!r}")
+
+
+def _form_float(form, name: str, default: float) -> float:
+    try:
+        value = float(form.get(name, default))
+    except ValueError:
+        raise ServiceError(422, "invalid_request", f"{name} must be a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ServiceError(422, "invalid_request", f"{name} must be in [0, 1]")
+    return value
+
+
+@serve.ingress(api)
+class RouterImpl:
+    def __init__(self, args: dict, hosts):
+        self.args = AppArgs.model_validate(args)
+        self.hosts = hosts  # DeploymentHandle of SessionHost (session-affinity routed)
+        self.store = PersonaStore(self.args.persona_dir, self.args.limits)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._modes: tuple[float, list[dict]] = (0.0, [])
+
+    async def _host(self, method: str, timeout_s: float = 30.0, **kwargs):
+        """Call a SessionHost method; ServiceErrors come back as themselves."""
+        try:
+            return await asyncio.wait_for(getattr(self.hosts, method).remote(**kwargs), timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceError(504, "timeout", f"session host did not answer {method} within {timeout_s:.0f} s") from None
+        except Exception as err:
+            raise unwrap(err) from None
+
+    # ---------------- health and modes ----------------
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "router": self.replica}
+
+    @api.get("/v1/modes")
+    async def modes(self):
+        return {"modes": await self._mode_list()}
+
+    async def _mode_list(self) -> list[dict]:
+        at, cached = self._modes
+        if time.monotonic() - at > MODES_CACHE_S:
+            served = self.args.modes()
+            cached = [s.__dict__ | {"missing_files": list(s.missing_files)}
+                      for s in await asyncio.to_thread(lambda: [mode_status(MODES[m]) for m in served])]
+            self._modes = (time.monotonic(), cached)
+        return cached
+
+    async def _check_mode(self, mode: str) -> None:
+        status = {m["name"]: m for m in await self._mode_list()}
+        if mode not in status:
+            raise ServiceError(422, "unknown_mode", f"unknown mode {mode!r}; served: {', '.join(status)}")
+        if not status[mode]["available"]:
+            raise ServiceError(409, "mode_unavailable", f"mode {mode!r} is unavailable: {status[mode]['reason']}")
+
+    # ---------------- personas ----------------
+    @api.post("/v1/personas", status_code=201)
+    async def create_persona(self, request: Request):
+        form = await self._form(request, self.args.limits.max_upload_bytes)
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise ServiceError(422, "missing_image", "multipart field 'image' (a JPEG, PNG or WebP file) is required")
+        data = await image.read()
+        record = await asyncio.to_thread(
+            self.store.create, data, _form_bool(form, "real_person", True), form.get("consent"),
+            _form_bool(form, "save", False))
+        return record.model_dump(exclude={"consent"}) | {"consent_given": record.consent is not None}
+
+    @api.get("/v1/personas/{persona_id}")
+    async def get_persona(self, persona_id: str):
+        record = self.store.get(persona_id)
+        return record.model_dump(exclude={"consent"}) | {
+            "consent_given": record.consent is not None, "sessions": len(self.store.sessions_of(persona_id))}
+
+    @api.delete("/v1/personas/{persona_id}", status_code=204)
+    async def delete_persona(self, persona_id: str):
+        await asyncio.to_thread(self.store.delete, persona_id)
+        return Response(status_code=204)
+
+    async def _form(self, request: Request, limit: int):
+        """Parse a multipart body, refusing it before reading if it is too large."""
+        length = request.headers.get("content-length")
+        if length is None:
+            raise ServiceError(411, "length_required", "uploads need a Content-Length header")
+        if int(length) > limit + 64 * 1024:
+            raise ServiceError(413, "too_large", f"upload is {length} bytes; the limit is {limit}")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ServiceError(415, "unsupported_media_type", "send multipart/form-data")
+        try:
+            return await request.form(max_files=2, max_fields=10)
+        except (MultiPartException, ValueError) as err:
+            raise ServiceError(400, "bad_multipart", f"cannot parse the upload: {err}") from None
+
+    # ---------------- sessions ----------------
+    @api.post("/v1/sessions", status_code=201)
+    async def create_session(self, body: CreateSession):
+        check_persona_id(body.persona_id)
+        self.store.get(body.persona_id)
+        await self._check_mode(body.mode)
+        controls = Controls(emotion=_emotion(body.emotion), intensity=body.intensity)
+        return await self._host("create_session", persona_id=body.persona_id, mode=body.mode,
+                                sample_rate_hz=body.sample_rate_hz, controls=controls)
+
+    @api.get("/v1/sessions")
+    async def list_sessions(self):
+        return {"sessions": await self._host("list_sessions")}
+
+    @api.get("/v1/sessions/{session_id}")
+    async def get_session(self, session_id: str, response: Response):
+        response.headers["X-LocknBod-Router"] = self.replica
+        return await self._host("get_session", session_id=check_session_id(session_id))
+
+    @api.delete("/v1/sessions/{session_id}", status_code=204)
+    async def delete_session(self, session_id: str):
+        await self._host("close_session", session_id=check_session_id(session_id))
+        return Response(status_code=204)
+
+    @api.post("/v1/sessions/{session_id}/audio", status_code=202)
+    async def post_audio(self, session_id: str, request: Request):
+        check_session_id(session_id)
+        info = await self._host("get_session", session_id=session_id)
+        data = await self._body(request, self.args.limits.max_audio_upload_bytes)
+        samples, rate = await asyncio.to_thread(
+            decode_audio_body, data, request.headers.get("content-type", ""), info["sample_rate_hz"])
+        await self._host("push_audio", session_id=session_id, samples=samples, rate_hz=rate)
+        return JSONResponse({"accepted_s": round(len(samples) / rate, 3)}, status_code=202,
+                            headers={"X-LocknBod-Router": self.replica})
+
+    @api.post("/v1/sessions/{session_id}/events", status_code=202)
+    async def post_event(self, session_id: str, request: Request):
+        check_session_id(session_id)
+        event = _parse_event(await self._body(request, 64 * 1024))
+        await self._host("control", session_id=session_id, event=event)
+        return JSONResponse({"accepted": event["type"]}, status_code=202, headers={"X-LocknBod-Router": self.replica})
+
+    async def _body(self, request: Request, limit: int) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > limit:
+            raise ServiceError(413, "too_large", f"body is {length} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # ---------------- streams ----------------
+    def _subscribe(self, session_id: str, want_audio: bool = False):
+        return self.hosts.options(stream=True).subscribe.remote(session_id=session_id, want_audio=want_audio)
+
+    @api.get("/v1/sessions/{session_id}/mjpeg")
+    async def mjpeg(self, session_id: str):
+        await self._host("get_session", session_id=check_session_id(session_id))
+        stream = self._subscribe(session_id)
+
+        async def body():
+            try:
+                async for out in paced(stream):
+                    if out.kind == "frame":
+                        yield mjpeg_part(out.pts, out.jpeg)
+            finally:
+                stream.cancel()
+
+        return StreamingResponse(body(), media_type=f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}",
+                                 headers={"Cache-Control": "no-store"})
+
+    @api.websocket("/v1/sessions/{session_id}/ws")
+    async def websocket(self, ws: WebSocket, session_id: str):
+        await ws.accept()
+        try:
+            await self._host("get_session", session_id=check_session_id(session_id))
+        except ServiceError as err:
+            await ws.send_text(json.dumps({"type": "error", **err.to_json()}))
+            await ws.close(code=4404 if err.status == 404 else 4400)
+            return
+        lock = asyncio.Lock()
+        stream = self._subscribe(session_id)
+        tasks = [asyncio.create_task(self._ws_out(ws, stream, lock)),
+                 asyncio.create_task(self._ws_in(ws, session_id, lock))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            stream.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await ws.close()
+            except RuntimeError:
+                pass  # already closed by the client
+
+    async def _ws_out(self, ws: WebSocket, stream, lock: asyncio.Lock) -> None:
+        async for out in paced(stream):
+            async with lock:
+                if out.kind == "frame":
+                    await ws.send_bytes(ws_frame(out.pts, out.jpeg))
+                else:
+                    await ws.send_text(json.dumps(out.event | ({"pts": out.pts} if out.pts is not None else {})))
+
+    async def _ws_in(self, ws: WebSocket, session_id: str, lock: asyncio.Lock) -> None:
+        """Binary: PCM16LE at the session's rate. Text: JSON control events."""
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    if message.get("bytes") is not None:
+                        await self._host("push_pcm16", session_id=session_id, data=message["bytes"])
+                    elif message.get("text") is not None:
+                        event = _parse_event(message["text"].encode())
+                        await self._host("control", session_id=session_id, event=event)
+                except ServiceError as err:
+                    async with lock:
+                        await ws.send_text(json.dumps({"type": "error", **err.to_json()}))
+                    if err.code == "unknown_session":
+                        return
+        except WebSocketDisconnect:
+            return
+
+    # ---------------- one-shot render ----------------
+    @api.post("/v1/render")
+    async def render(self, request: Request):
+        form = await self._form(request, self.args.limits.max_audio_upload_bytes)
+        audio = form.get("audio")
+        if not isinstance(audio, UploadFile):
+            raise ServiceError(422, "missing_audio", "multipart field 'audio' (an audio file) is required")
+        persona_id = check_persona_id(str(form.get("persona_id", "")))
+        self.store.get(persona_id)
+        mode = str(form.get("mode", "still"))
+        await self._check_mode(mode)
+        controls = Controls(emotion=_emotion(str(form.get("emotion", "neutral"))),
+                            intensity=_form_float(form, "intensity", 1.0))
+        samples, rate = await asyncio.to_thread(decode_audio_file, await audio.read())
+        if len(samples) / rate > self.args.limits.max_render_audio_s:
+            raise ServiceError(413, "too_long", f"audio is {len(samples) / rate:.0f} s; the limit is "
+                                                f"{self.args.limits.max_render_audio_s:.0f} s")
+        audio16k = await asyncio.to_thread(resample_to_16k, samples, rate)
+        mp4 = await self._host("render_offline", timeout_s=600.0, persona_id=persona_id, mode=mode,
+                               audio16k=audio16k, controls=controls)
+        return Response(mp4, media_type="video/mp4", headers={"Content-Disposition": 'attachment; filename="render.mp4"'})

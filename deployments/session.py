@@ -1,0 +1,409 @@
+"""One session: its clock, speech buffer, backend carry and viewers (plain asyncio, no Ray).
+
+The render loop keeps the video a little ahead of the wall clock:
+- speech: rendered in chunks of `chunk_frames` as soon as audio is buffered,
+  up to `max_lead_frames` ahead; smaller chunks when the stream would starve;
+- idle: one frame at a time, `idle_lead_frames` ahead, so speech that arrives
+  starts within a few frames.
+Frames are JPEG-encoded once and published to every viewer with their pts;
+viewers (relays in the Router) send each frame when it is due.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
+
+from .audio_in import StreamResampler
+from .clock import SessionClock, SpeechBuffer
+from .encode import JpegEncoder
+from .protocol import ServiceError, SessionInfo, session_urls
+
+log = logging.getLogger("ray.serve")
+
+
+class Backend(Protocol):
+    """What a session calls to render: a local pipeline or a Ray backend deployment."""
+
+    mode: str
+
+    async def start(self, persona_id: str, controls: Controls) -> Any: ...
+    async def render(self, persona_id: str, carry: Any, audio16k: np.ndarray, controls: Controls) -> tuple[np.ndarray, Any]: ...
+    async def flush(self, persona_id: str, carry: Any, controls: Controls) -> tuple[np.ndarray, Any]: ...
+    async def idle(self, persona_id: str, carry: Any, n: int, controls: Controls) -> tuple[np.ndarray, Any]: ...
+
+
+@dataclass
+class SessionConfig:
+    chunk_frames: int = 5
+    idle_lead_frames: int = 2
+    max_lead_frames: int = 25
+    speech_gap_s: float = 0.4
+    max_buffered_audio_s: float = 120.0
+    call_timeout_s: float = 30.0
+    ready_timeout_s: float = 120.0
+    max_viewers: int = 8
+    viewer_queue_items: int = 256
+    jpeg_quality: int = 80
+
+
+@dataclass
+class FrameBatch:
+    """Frames published to viewers. audio: N×640 float32 output audio (zeros when idle)."""
+
+    t0: float
+    pts: list[int]
+    jpegs: list[bytes]
+    audio: np.ndarray
+
+    def to_item(self, want_audio: bool) -> dict:
+        item = {"type": "frames", "t0": self.t0, "pts": self.pts, "jpegs": self.jpegs}
+        if want_audio:
+            item["audio"] = self.audio
+        return item
+
+
+@dataclass(eq=False)  # identity-hashed: viewers live in a set
+class Viewer:
+    want_audio: bool
+    queue: asyncio.Queue
+    overflowed: bool = False
+
+
+@dataclass
+class _Warm:
+    backend: Backend
+    carry: Any
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        persona_id: str,
+        requested_mode: str,
+        sample_rate_hz: int,
+        controls: Controls,
+        still: Backend,
+        backend: Backend | None,
+        config: SessionConfig,
+    ):
+        self.session_id, self.persona_id = session_id, persona_id
+        self.requested_mode, self.sample_rate_hz = requested_mode, sample_rate_hz
+        self.controls, self.config = controls, config
+        self.still, self.backend = still, backend
+        self.clock = SessionClock()
+        self.created_at = time.time()
+        self.last_input_at = self.created_at
+        self.last_viewer_left_at: float | None = None
+        self.closed = False
+
+        self._active: Backend = still
+        self._carry: Any = None
+        self._warm: _Warm | None = None
+        self._resampler = StreamResampler(sample_rate_hz)
+        self._speech = SpeechBuffer(int(config.max_buffered_audio_s * SAMPLE_RATE_HZ))
+        self._spans: collections.deque[np.ndarray] = collections.deque()  # rendered audio not yet shown
+        self._encoder = JpegEncoder(config.jpeg_quality)
+        self._viewers: set[Viewer] = set()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._produced_pts = 0
+        self._speaking = False
+        self._eos = False
+        self._epoch = 0  # bumped by interrupt: renders begun before it are dropped
+        self._flush_carry = False
+
+    # ---------------- lifecycle ----------------
+    async def start(self) -> None:
+        self._carry = await self._call(self.still.start(self.persona_id, self.controls))
+        self._spawn(self._run(), "render loop")
+        if self.backend is not None:
+            self._spawn(self._warm_up(), "backend warm-up")
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for viewer in list(self._viewers):
+            self._put(viewer, {"type": "end", "reason": reason}, force=True)
+        self._speech.clear()
+        self._spans.clear()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.session_id} {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------- input ----------------
+    def push_audio(self, samples: np.ndarray) -> None:
+        """samples: float32 mono at the session's rate."""
+        self.last_input_at = time.time()
+        try:
+            self._speech.push(self._resampler.push(samples))
+        except OverflowError as err:
+            raise ServiceError(429, "audio_buffer_full", str(err)) from None
+        self._eos = False
+        self._wake.set()
+
+    def push_audio_16k(self, samples16k: np.ndarray) -> None:
+        """A whole clip already at 16 kHz (HTTP upload), followed by end of speech."""
+        self.last_input_at = time.time()
+        try:
+            self._speech.push(samples16k)
+        except OverflowError as err:
+            raise ServiceError(429, "audio_buffer_full", str(err)) from None
+        self._eos = True
+        self._wake.set()
+
+    def set_emotion(self, value: str, intensity: float) -> None:
+        self.last_input_at = time.time()
+        self.controls = Controls(emotion=value, intensity=intensity,
+                                 head_pitch_deg=self.controls.head_pitch_deg,
+                                 head_yaw_deg=self.controls.head_yaw_deg,
+                                 head_roll_deg=self.controls.head_roll_deg)
+
+    def end_of_speech(self) -> None:
+        self.last_input_at = time.time()
+        tail = self._resampler.flush()
+        if len(tail):
+            self._speech.push(tail)
+        self._eos = True
+        self._wake.set()
+
+    def interrupt(self) -> None:
+        """Drop buffered audio and frames not yet shown; idle again from the next frame."""
+        self.last_input_at = time.time()
+        self._epoch += 1
+        self._speech.clear()
+        self._spans.clear()
+        self._resampler.flush()
+        retract_from = self.clock.now_pts() + 1
+        if self._produced_pts > retract_from:
+            self._publish({"type": "retract", "from_pts": retract_from})
+            self._produced_pts = retract_from
+        if self._speaking:
+            self._speaking = False
+            self._event({"type": "speech_ended", "reason": "interrupted"}, pts=self._produced_pts)
+        self._eos = False
+        self._flush_carry = True
+        self._wake.set()
+
+    # ---------------- viewers ----------------
+    def subscribe(self, want_audio: bool = False) -> Viewer:
+        if len(self._viewers) >= self.config.max_viewers:
+            raise ServiceError(429, "too_many_viewers", f"session already has {self.config.max_viewers} viewers")
+        viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items))
+        self._put(viewer, {"type": "event", "pts": None, "t0": self.clock.t0, "event": self._ready_event()})
+        self._viewers.add(viewer)
+        self.last_viewer_left_at = None
+        return viewer
+
+    def unsubscribe(self, viewer: Viewer) -> None:
+        self._viewers.discard(viewer)
+        if not self._viewers:
+            self.last_viewer_left_at = time.time()
+
+    @property
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    def _ready_event(self) -> dict:
+        return {"type": "session_ready", "session_id": self.session_id, "mode": self._active.mode,
+                "requested_mode": self.requested_mode, "fps": 25, "sample_rate_hz": self.sample_rate_hz}
+
+    def _put(self, viewer: Viewer, item: dict, force: bool = False) -> None:
+        try:
+            viewer.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            if force:  # make room for the final item
+                viewer.queue.get_nowait()
+                viewer.queue.put_nowait(item)
+            else:
+                viewer.overflowed = True  # the relay ends this viewer with an error event
+
+    def _publish(self, item: dict | FrameBatch) -> None:
+        for viewer in list(self._viewers):
+            self._put(viewer, item.to_item(viewer.want_audio) if isinstance(item, FrameBatch) else item)
+
+    def _event(self, event: dict, pts: int | None = None) -> None:
+        self._publish({"type": "event", "pts": pts, "t0": self.clock.t0, "event": event})
+
+    # ---------------- render loop ----------------
+    async def _run(self) -> None:
+        while not self.closed:
+            try:
+                if not await self._step():
+                    await self._sleep_until_next_deadline()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # keep streaming whatever happens in one step
+                log.exception("session %s: render step failed", self.session_id)
+                self._event({"type": "error", "code": "internal", "reason": str(err)})
+                await asyncio.sleep(0.04)
+
+    async def _step(self) -> bool:
+        """Do the most urgent piece of work; False when there is nothing to do yet."""
+        now = time.time()
+        now_pts = self.clock.now_pts(now)
+        if self._flush_carry:
+            self._flush_carry = False
+            _, self._carry = await self._call(self._active.flush(self.persona_id, self._carry, self.controls))
+            return True
+        if self._warm is not None and not self._speaking:
+            self._switch_to_warm()
+            return True
+        if not self._speaking and self._produced_pts <= now_pts:
+            self._produced_pts = now_pts + 1  # fell behind while idle: skip, never show late frames
+        n = self._speech_frames_to_render(now, now_pts)
+        if n:
+            await self._render_speech(self._speech.take_frames(n))
+            return True
+        if len(self._speech) and self._utterance_over(now):
+            await self._render_speech(self._speech.take_all_padded())
+            return True
+        if self._speaking and self._utterance_over(now):
+            await self._finish_utterance()
+            return True
+        if self._produced_pts <= now_pts + self.config.idle_lead_frames:
+            await self._render_idle(1)
+            return True
+        return False
+
+    def _speech_frames_to_render(self, now: float, now_pts: int) -> int:
+        ahead = self._produced_pts - now_pts
+        if self._speech.frames >= self.config.chunk_frames and ahead <= self.config.max_lead_frames:
+            return self.config.chunk_frames
+        if self._speech.frames and ahead <= 1:  # about to starve: render what there is
+            return min(self._speech.frames, self.config.chunk_frames)
+        return 0
+
+    def _utterance_over(self, now: float) -> bool:
+        return self._eos or now - self.last_input_at > self.config.speech_gap_s
+
+    async def _render_speech(self, audio16k: np.ndarray) -> None:
+        epoch = self._epoch
+        self._spans.extend(audio16k.reshape(-1, SAMPLES_PER_FRAME))
+        frames, carry = await self._render_with_fallback(
+            lambda b, c: b.render(self.persona_id, c, audio16k, self.controls))
+        if epoch != self._epoch:
+            return  # interrupted while rendering
+        self._carry = carry
+        if len(frames) and not self._speaking:
+            self._speaking = True
+            self._event({"type": "speech_started"}, pts=self._produced_pts)
+        await self._emit(frames, speech=True)
+
+    async def _finish_utterance(self) -> None:
+        epoch = self._epoch
+        frames, carry = await self._render_with_fallback(lambda b, c: b.flush(self.persona_id, c, self.controls))
+        if epoch != self._epoch:
+            return
+        self._carry = carry
+        await self._emit(frames, speech=True)
+        self._spans.clear()
+        self._speaking, self._eos = False, False
+        self._event({"type": "speech_ended"}, pts=self._produced_pts)
+
+    async def _render_idle(self, n: int) -> None:
+        frames, self._carry = await self._render_with_fallback(
+            lambda b, c: b.idle(self.persona_id, c, n, self.controls))
+        await self._emit(frames, speech=False)
+
+    async def _render_with_fallback(self, call) -> tuple[np.ndarray, Any]:
+        """Render on the active backend; on failure say so, fall back to still, and render there."""
+        try:
+            return await self._call(call(self._active, self._carry))
+        except Exception as err:
+            if self._active is self.still:
+                raise
+            self._fall_back_to_still(err)
+            return await self._call(call(self.still, self._carry))
+
+    def _fall_back_to_still(self, err: Exception) -> None:
+        reason = f"{self._active.mode} backend failed: {err}"
+        log.warning("session %s: %s", self.session_id, reason)
+        self._event({"type": "error", "code": "backend_error", "reason": reason})
+        self._active, self._carry = self.still, None
+        self._event({"type": "mode_changed", "mode": "still", "reason": reason}, pts=self._produced_pts)
+
+    async def _emit(self, frames: np.ndarray, speech: bool) -> None:
+        if not len(frames):
+            return
+        jpegs = await asyncio.to_thread(self._encoder.encode_batch, frames)
+        audio = np.zeros((len(frames), SAMPLES_PER_FRAME), np.float32)
+        if speech:
+            for i in range(len(frames)):
+                if self._spans:
+                    audio[i] = self._spans.popleft()
+        pts = list(range(self._produced_pts, self._produced_pts + len(frames)))
+        self._produced_pts += len(frames)
+        self._publish(FrameBatch(self.clock.t0, pts, jpegs, audio))
+
+    async def _sleep_until_next_deadline(self) -> None:
+        # The next idle frame is needed when produced_pts - idle_lead becomes the shown frame.
+        due = self.clock.due(self._produced_pts - self.config.idle_lead_frames)
+        if self._speaking or len(self._speech):
+            due = min(due, self.last_input_at + self.config.speech_gap_s + 0.001)
+        timeout = max(0.0, due - time.time())
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ---------------- backend switching ----------------
+    async def _warm_up(self) -> None:
+        backend = self.backend
+        try:
+            carry = await asyncio.wait_for(backend.start(self.persona_id, self.controls), self.config.ready_timeout_s)
+        except Exception as err:  # stay in still mode and say why
+            reason = f"{backend.mode} backend unavailable: {err or type(err).__name__}"
+            self._event({"type": "error", "code": "backend_unavailable", "reason": reason})
+            return
+        self._warm = _Warm(backend, carry)
+        self._wake.set()
+
+    def _switch_to_warm(self) -> None:
+        warm, self._warm = self._warm, None
+        self._active, self._carry = warm.backend, warm.carry
+        self._event({"type": "mode_changed", "mode": warm.backend.mode, "reason": "backend ready"}, pts=self._produced_pts)
+
+    async def _call(self, coro):
+        return await asyncio.wait_for(coro, self.config.call_timeout_s)
+
+    # ---------------- info ----------------
+    @property
+    def mode(self) -> str:
+        return self._active.mode
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            session_id=self.session_id, persona_id=self.persona_id, mode=self.mode,
+            requested_mode=self.requested_mode, sample_rate_hz=self.sample_rate_hz,
+            emotion=self.controls.emotion, intensity=self.controls.intensity, viewers=self.viewers,
+            frames_out=self._produced_pts, buffered_audio_s=len(self._speech) / SAMPLE_RATE_HZ,
+            speaking=self._speaking, created_at=self.created_at, urls=session_urls(self.session_id),
+        )
+
+    def expired(self, now: float, idle_ttl_s: float, disconnect_grace_s: float) -> str | None:
+        """Why the session should close now, or None."""
+        if self._viewers:
+            return None
+        quiet_s = now - self.last_input_at
+        if self.last_viewer_left_at is not None and now - self.last_viewer_left_at > disconnect_grace_s \
+                and quiet_s > disconnect_grace_s:
+            return "client disconnected"
+        if quiet_s > idle_ttl_s:
+            return "idle timeout"
+        return None

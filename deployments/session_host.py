@@ -1,0 +1,184 @@
+"""SessionHost: the deployment where sessions live for their whole lifetime.
+
+A fixed number of replicas (sessions are not moved), reached through
+`SessionAffinityRouter`, so any Router replica can serve any request for any
+session. Each replica holds many sessions as asyncio tasks, runs still mode
+locally, and calls the neural backends through their handles.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from models.base import SAMPLES_PER_FRAME, Controls
+from models.modes import build_pipeline
+
+from .backends import LocalBackend, RemoteBackend
+from .config import AppArgs
+from .encode import Mp4Writer
+from .personas import PersonaStore
+from .protocol import ServiceError
+from .session import Session, SessionConfig
+
+log = logging.getLogger("ray.serve")
+SWEEP_PERIOD_S = 1.0
+OFFLINE_CHUNK_FRAMES = 50  # frames per backend call in a one-shot render
+
+
+class SessionHostImpl:
+    """Serve deployment body; `backend_handles` maps mode -> DeploymentHandle."""
+
+    def __init__(self, args: dict, backend_handles: dict[str, Any]):
+        self.args = AppArgs.model_validate(args)
+        self.store = PersonaStore(self.args.persona_dir, self.args.limits)
+        self.still = LocalBackend(build_pipeline("still"), self.store)
+        self.local_test_modes = {m: LocalBackend(build_pipeline(m), self.store)
+                                 for m in ("pattern",) if m in self.args.modes() and m not in backend_handles}
+        self.remote = {mode: RemoteBackend(mode, h) for mode, h in backend_handles.items()}
+        self.sessions: dict[str, Session] = {}
+        self.host_id = serve.get_replica_context().replica_id.unique_id
+        self._sweeper = asyncio.get_event_loop().create_task(self._sweep_forever())
+
+    # ---------------- sessions ----------------
+    async def create_session(self, persona_id: str, mode: str, sample_rate_hz: int, controls: Controls) -> dict:
+        if len(self.sessions) >= self.args.max_sessions_per_host():
+            raise ServiceError(503, "too_many_sessions",
+                               f"{len(self.sessions)} sessions are live; the limit is {self.args.limits.max_sessions}",
+                               retry_after_s=30)
+        session_id = f"{self.host_id}.{secrets.token_urlsafe(16)}"
+        self.store.acquire(persona_id, session_id)
+        session = Session(session_id, persona_id, mode, sample_rate_hz, controls, self.still,
+                          self._backend_for(mode), self._session_config(mode))
+        try:
+            await session.start()
+        except Exception:
+            await session.close("failed to start")
+            self.store.release(persona_id, session_id)
+            raise
+        self.sessions[session_id] = session
+        return session.info().model_dump()
+
+    def _backend_for(self, mode: str):
+        if mode == "still":
+            return None
+        if mode in self.remote:
+            return self.remote[mode]
+        if mode in self.local_test_modes:
+            return self.local_test_modes[mode]
+        raise ServiceError(422, "unknown_mode", f"mode {mode!r} is not served here")
+
+    def _session_config(self, mode: str) -> SessionConfig:
+        a = self.args
+        backend = a.backends.get(mode)
+        return SessionConfig(
+            chunk_frames=backend.chunk_frames if backend else 5,
+            speech_gap_s=a.timeouts.speech_gap_s,
+            max_buffered_audio_s=a.limits.max_buffered_audio_s,
+            call_timeout_s=a.timeouts.backend_call_timeout_s,
+            ready_timeout_s=a.timeouts.backend_ready_timeout_s,
+            max_viewers=a.limits.max_viewers_per_session,
+            jpeg_quality=a.jpeg_quality,
+        )
+
+    def _get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
+        return session
+
+    async def get_session(self, session_id: str) -> dict:
+        return self._get(session_id).info().model_dump()
+
+    async def close_session(self, session_id: str, reason: str = "closed by client") -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
+        await session.close(reason)
+        self.store.release(session.persona_id, session_id)
+
+    async def list_sessions(self) -> list[dict]:
+        return [s.info().model_dump() for s in self.sessions.values()]
+
+    # ---------------- input ----------------
+    async def push_pcm16(self, session_id: str, data: bytes) -> None:
+        from .audio_in import pcm16_to_float
+
+        self._get(session_id).push_audio(pcm16_to_float(data))
+
+    async def push_audio(self, session_id: str, samples: np.ndarray, rate_hz: int) -> None:
+        """A whole clip (HTTP): resampled here from its own rate, then end of speech."""
+        from .audio_in import resample_to_16k
+
+        session = self._get(session_id)
+        session.push_audio_16k(await asyncio.to_thread(resample_to_16k, samples, rate_hz))
+
+    async def control(self, session_id: str, event: dict) -> None:
+        session = self._get(session_id)
+        kind = event["type"]
+        if kind == "emotion":
+            session.set_emotion(event["value"], event.get("intensity", 1.0))
+        elif kind == "interrupt":
+            session.interrupt()
+        elif kind == "end_of_speech":
+            session.end_of_speech()
+
+    # ---------------- output ----------------
+    async def subscribe(self, session_id: str, want_audio: bool = False):
+        """Streams the session's items (frames, events, retracts) until it closes or the caller goes."""
+        session = self._get(session_id)
+        viewer = session.subscribe(want_audio)
+        try:
+            while True:
+                item = await viewer.queue.get()
+                yield item
+                if item["type"] == "end":
+                    return
+                if viewer.overflowed:
+                    yield {"type": "event", "pts": None, "event": {
+                        "type": "error", "code": "viewer_too_slow", "reason": "viewer fell behind; reconnect"}}
+                    return
+        finally:
+            session.unsubscribe(viewer)
+
+    # ---------------- one-shot render ----------------
+    async def render_offline(self, persona_id: str, mode: str, audio16k: np.ndarray, controls: Controls) -> bytes:
+        """The whole clip through one backend, chunk by chunk, muxed to MP4 with its audio."""
+        self.store.get(persona_id)
+        backend = self._backend_for(mode) or self.still
+        n = -(-len(audio16k) // SAMPLES_PER_FRAME)
+        audio16k = np.pad(audio16k, (0, n * SAMPLES_PER_FRAME - len(audio16k)))
+        writer = Mp4Writer()
+        carry = await backend.start(persona_id, controls)
+        step = OFFLINE_CHUNK_FRAMES * SAMPLES_PER_FRAME
+        for start in range(0, len(audio16k), step):
+            frames, carry = await backend.render(persona_id, carry, audio16k[start : start + step], controls)
+            await asyncio.to_thread(writer.add_frames, frames)
+        tail, _ = await backend.flush(persona_id, carry, controls)
+        await asyncio.to_thread(writer.add_frames, tail)
+        return await asyncio.to_thread(writer.finish, audio16k)
+
+    # ---------------- housekeeping ----------------
+    async def _sweep_forever(self) -> None:
+        t = self.args.timeouts
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD_S)
+            now = time.time()
+            for session_id, session in list(self.sessions.items()):
+                reason = session.expired(now, t.idle_ttl_s, t.disconnect_grace_s)
+                if reason:
+                    log.info("closing session %s: %s", session_id, reason)
+                    await self.close_session(session_id, reason)
+            await asyncio.to_thread(self.store.sweep_unused, t.unused_persona_ttl_s)
+
+    async def __del__(self):  # called on replica shutdown; idempotent
+        for session_id in list(self.sessions):
+            try:
+                await self.close_session(session_id, "server shutting down")
+            except ServiceError:
+                pass

@@ -1,0 +1,125 @@
+"""Transports out: relay a session's items to a client, each frame when it is due.
+
+The session host publishes frames a little ahead of time with their pts;
+`paced` holds them until `t0 + pts/25`, drops the ones an interrupt
+retracted, and interleaves events at their own pts. WebSocket and MJPEG are
+two ways of writing what `paced` yields.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from models.base import FPS
+
+from .protocol import FRAME_HEADER, FRAME_MAGIC
+
+MJPEG_BOUNDARY = "lockn-bod-frame"
+
+
+@dataclass(order=True)
+class _Due:
+    due: float
+    pts: int
+    order: int
+    kind: str = field(compare=False)
+    payload: object = field(compare=False)
+
+
+@dataclass
+class Out:
+    """One thing to send: a frame (pts, jpeg, audio row or None) or an event dict."""
+
+    kind: str  # "frame" | "event"
+    pts: int | None = None
+    jpeg: bytes = b""
+    audio: object = None
+    event: dict | None = None
+
+
+class _Pending:
+    """Items waiting for their due time, ordered by (due, pts, arrival)."""
+
+    def __init__(self):
+        self.items: list[_Due] = []
+        self.now_events: list[dict] = []
+        self.changed = asyncio.Event()
+        self.ended = False
+        self._n = 0
+
+    def add(self, due: float, pts: int, kind: str, payload) -> None:
+        self._n += 1
+        bisect.insort(self.items, _Due(due, pts, self._n, kind, payload))
+
+    def ingest(self, item: dict) -> None:
+        kind = item["type"]
+        if kind == "frames":
+            audio = item.get("audio")
+            for i, (pts, jpeg) in enumerate(zip(item["pts"], item["jpegs"])):
+                self.add(item["t0"] + pts / FPS, pts, "frame", (jpeg, None if audio is None else audio[i]))
+        elif kind == "event" and item["pts"] is None:
+            self.now_events.append(item["event"])
+        elif kind == "event":
+            # An event is due just before the frame with the same pts.
+            self.add(item["t0"] + item["pts"] / FPS - 1e-6, item["pts"], "event", item["event"])
+        elif kind == "retract":
+            self.items = [d for d in self.items if d.kind != "frame" or d.pts < item["from_pts"]]
+        elif kind == "end":
+            self.now_events.append({"type": "session_closed", "reason": item.get("reason", "closed")})
+            self.ended = True
+        self.changed.set()
+
+
+async def paced(source: AsyncIterator[dict]) -> AsyncIterator[Out]:
+    """Yield the session's frames and events at their due times; ends when the session does."""
+    pending = _Pending()
+
+    async def read():
+        try:
+            async for item in source:
+                pending.ingest(item)
+        finally:
+            pending.ended = True
+            pending.changed.set()
+
+    reader = asyncio.get_running_loop().create_task(read())
+    last_pts = -1
+    try:
+        while True:
+            while pending.now_events:
+                yield Out("event", event=pending.now_events.pop(0))
+            if pending.items and pending.items[0].due <= time.time():
+                d = pending.items.pop(0)
+                if d.kind == "event":
+                    yield Out("event", pts=d.pts, event=d.payload)
+                elif d.pts > last_pts:  # never show a pts twice (a retract racing a send)
+                    last_pts = d.pts
+                    yield Out("frame", pts=d.pts, jpeg=d.payload[0], audio=d.payload[1])
+                continue
+            if pending.ended and not pending.now_events:
+                if reader.done() and reader.exception():
+                    raise reader.exception()
+                return
+            timeout = (pending.items[0].due - time.time()) if pending.items else None
+            pending.changed.clear()
+            try:
+                await asyncio.wait_for(pending.changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+def ws_frame(pts: int, jpeg: bytes) -> bytes:
+    """A WebSocket video message: `<4sQ` header (BODF, pts) then the JPEG."""
+    return FRAME_HEADER.pack(FRAME_MAGIC, pts) + jpeg
+
+
+def mjpeg_part(pts: int, jpeg: bytes) -> bytes:
+    head = (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+            f"X-Frame-Index: {pts}\r\n\r\n").encode()
+    return head + jpeg + b"\r\n"

@@ -1,0 +1,1 @@
+"""VRAM controller: API doc filled in below."""

@@ -1,0 +1,86 @@
+"""The modes a session can ask for, and whether each can run here.
+
+A mode names a pipeline factory and the official files it needs, both as
+import paths, so listing modes imports no network code.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from .weights import WeightFile, fetch_command, missing
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    name: str
+    description: str
+    needs_gpu: bool
+    pipeline: str  # "module:callable" -> Pipeline, called with keyword options
+    weight_files: str | None = None  # "module:callable" -> list[WeightFile]
+    test_only: bool = False
+
+
+MODES: dict[str, ModeSpec] = {
+    spec.name: spec
+    for spec in (
+        ModeSpec("still", "the portrait, unanimated, audio passed through (no GPU)", False,
+                 "models.still:StillPipeline"),
+        ModeSpec("liveportrait", "expression and pose from emotion tags, lips from audio", True,
+                 "models.liveportrait.pipeline:LivePortraitPipeline",
+                 "models.liveportrait.loading:weight_files"),
+        ModeSpec("musetalk", "lip sync on a portrait or short video (MuseTalk 1.5)", True,
+                 "models.musetalk.pipeline:MuseTalkPipeline",
+                 "models.musetalk.pipeline:weight_files"),
+        ModeSpec("ditto", "audio-driven head motion with emotion control (Ditto)", True,
+                 "models.ditto.pipeline:DittoPipeline",
+                 "models.ditto.pipeline:weight_files"),
+        ModeSpec("pattern", "test pattern whose frames encode their audio span", False,
+                 "models.testing:PatternPipeline", test_only=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModeStatus:
+    name: str
+    available: bool
+    needs_gpu: bool
+    description: str
+    reason: str | None = None
+    fetch_command: str | None = None
+    missing_files: tuple[str, ...] = ()
+
+
+def load_ref(ref: str) -> Any:
+    """Import "module:attr"."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def mode_files(spec: ModeSpec) -> list[WeightFile]:
+    return list(load_ref(spec.weight_files)()) if spec.weight_files else []
+
+
+def mode_status(spec: ModeSpec) -> ModeStatus:
+    """Available when its code is built and its files are in the local cache."""
+    base = dict(name=spec.name, needs_gpu=spec.needs_gpu, description=spec.description)
+    try:
+        load_ref(spec.pipeline)
+        files = mode_files(spec)
+    except (ImportError, AttributeError) as err:
+        return ModeStatus(**base, available=False, reason=f"backend not built in this version ({err})")
+    absent = missing(files)
+    if absent:
+        return ModeStatus(
+            **base, available=False,
+            reason=f"{len(absent)} weight file(s) missing; run `{fetch_command(spec.name)}`",
+            fetch_command=fetch_command(spec.name),
+            missing_files=tuple(f"{f.repo_id}:{f.filename}" for f in absent),
+        )
+    return ModeStatus(**base, available=True)
+
+
+def build_pipeline(mode: str, **options):
+    return load_ref(MODES[mode].pipeline)(**options)
