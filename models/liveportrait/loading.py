@@ -1,0 +1,141 @@
+"""The official LivePortrait files, and building each network from them.
+
+Every checkpoint goes through the one loading path of `models.weights`:
+`resolve` finds the file in the Hugging Face cache (WeightsMissingError names
+`lockn-bod weights fetch liveportrait` when absent), `load_torch_state_dict`
+reads it with `weights_only=True`, and the state dict loads strictly: the
+official files are used unchanged.
+
+Every `load_*` function takes an optional WeightFile so other files holding the
+same networks key for key (Ditto's renderer) load into the same modules.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..weights import WeightFile, load_torch_state_dict, resolve
+from .appearance_feature_extractor import AppearanceFeatureExtractor
+from .config import LivePortraitConfig
+from .motion_extractor import MotionExtractor
+from .spade_generator import SPADEGenerator
+from .stitching_retargeting import StitchingRetargeting
+from .warping_network import WarpingNetwork
+
+MODE = "liveportrait"
+HF_REPO = "KwaiVGI/LivePortrait"
+# The HF model card of KwaiVGI/LivePortrait states MIT for the LivePortrait weights.
+LICENCE = "MIT (LivePortrait)"
+
+APPEARANCE_FEATURE_EXTRACTOR = WeightFile(HF_REPO, "liveportrait/base_models/appearance_feature_extractor.pth", LICENCE)
+MOTION_EXTRACTOR = WeightFile(HF_REPO, "liveportrait/base_models/motion_extractor.pth", LICENCE)
+WARPING_MODULE = WeightFile(HF_REPO, "liveportrait/base_models/warping_module.pth", LICENCE)
+SPADE_GENERATOR = WeightFile(HF_REPO, "liveportrait/base_models/spade_generator.pth", LICENCE)
+STITCHING_RETARGETING = WeightFile(HF_REPO, "liveportrait/retargeting_models/stitching_retargeting_module.pth", LICENCE)
+
+NETWORK_FILES = (APPEARANCE_FEATURE_EXTRACTOR, MOTION_EXTRACTOR, WARPING_MODULE, SPADE_GENERATOR, STITCHING_RETARGETING)
+
+
+def weight_files() -> list[WeightFile]:
+    """Every file the liveportrait mode needs: the five networks and the face models."""
+    from ..face.files import FACE_FILES
+
+    return [*NETWORK_FILES, *FACE_FILES]
+
+
+def _load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], None] | None = None) -> nn.Module:
+    state = load_torch_state_dict(resolve(file, MODE))
+    if adapt is None:
+        module.load_state_dict(state, strict=True)
+    else:
+        adapt(state)
+    return module.eval()
+
+
+def load_appearance_feature_extractor(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> AppearanceFeatureExtractor:
+    config = config or LivePortraitConfig()
+    return _load_into(AppearanceFeatureExtractor(config.appearance), file or APPEARANCE_FEATURE_EXTRACTOR)
+
+
+def load_motion_extractor(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> MotionExtractor:
+    config = config or LivePortraitConfig()
+    return _load_into(MotionExtractor(config.motion), file or MOTION_EXTRACTOR)
+
+
+def load_warping_network(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> WarpingNetwork:
+    config = config or LivePortraitConfig()
+    return _load_into(WarpingNetwork(config.warping), file or WARPING_MODULE)
+
+
+def load_spade_generator(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> SPADEGenerator:
+    """Loads weight_orig/weight_u/weight_v strictly; the spectral norm is folded on load."""
+    config = config or LivePortraitConfig()
+    return _load_into(SPADEGenerator(config.spade), file or SPADE_GENERATOR)
+
+
+def load_stitching_retargeting(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> StitchingRetargeting:
+    """The official nested file: three sub-dicts, `module.` stripped, each loaded strictly."""
+    config = config or LivePortraitConfig()
+    module = StitchingRetargeting(config.stitching)
+    return _load_into(module, file or STITCHING_RETARGETING, module.load_official_state_dict)
+
+
+@dataclass
+class LivePortraitNetworks:
+    """F, M, W, G, S in eval mode on one device and dtype.
+
+    appearance (F): image -> 3-D feature volume, once per persona.
+    motion (M): image -> raw pose/expression heads (see keypoints.refine_kp_info).
+    warping (W) and generator (G): per frame, volume + keypoints -> 512² image.
+    stitching (S): `.stitching`, `.lip`, `.eye` MLPs, used through `keypoints`.
+    """
+
+    appearance: AppearanceFeatureExtractor
+    motion: MotionExtractor
+    warping: WarpingNetwork
+    generator: SPADEGenerator
+    stitching: StitchingRetargeting
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"appearance": self.appearance, "motion": self.motion, "warping": self.warping,
+                "generator": self.generator, "stitching": self.stitching}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "LivePortraitNetworks":
+        """Move every network in place; returns self."""
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        for module in self.modules().values():
+            module.to(device=self.device, dtype=self.dtype).eval()
+        return self
+
+    @classmethod
+    def load(cls, config: LivePortraitConfig | None = None, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> "LivePortraitNetworks":
+        """The five official files from the HF cache (WeightsMissingError names the fetch command)."""
+        nets = cls(
+            appearance=load_appearance_feature_extractor(config),
+            motion=load_motion_extractor(config),
+            warping=load_warping_network(config),
+            generator=load_spade_generator(config),
+            stitching=load_stitching_retargeting(config),
+        )
+        return nets.to(device, dtype)
+
+    @classmethod
+    def random(cls, config: LivePortraitConfig | None = None, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> "LivePortraitNetworks":
+        """Freshly initialised networks (torch's default init), for tests and benchmarks."""
+        config = config or LivePortraitConfig()
+        nets = cls(
+            appearance=AppearanceFeatureExtractor(config.appearance),
+            motion=MotionExtractor(config.motion),
+            warping=WarpingNetwork(config.warping),
+            generator=SPADEGenerator(config.spade),
+            stitching=StitchingRetargeting(config.stitching),
+        )
+        return nets.to(device, dtype)
