@@ -90,6 +90,7 @@ class DDIMSampler:
 
     def __init__(self, model: MotionDecoder, sampling_steps: int, noise: NoiseSource):
         self.model = model
+        self.noise = noise
         self.shape = (1, model.cfg.seq_frames, model.cfg.motion_dim)
         ac = cosine_alphas_cumprod()
         self.sqrt_recip1m = torch.sqrt(1.0 / (1.0 - ac))  # 1/sqrt(1-a)
