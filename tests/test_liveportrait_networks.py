@@ -257,3 +257,69 @@ def test_stitching_retargeting_parity(oracle, hf_cache):
         with torch.no_grad():
             out = getattr(s, name)(torch.from_numpy(inputs))
         assert_close(out, fx[f"{name}_out"], 1e-5, name)
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_warping_network_parity(oracle, hf_cache):
+    """One full-size call (~15 s on 2 CPU cores), with its intermediates."""
+    fx = fixture(oracle, "warping_module")
+    feature = hash_uniform((1, 32, 16, 64, 64), 11, -1.0, 1.0)
+    np.testing.assert_array_equal(feature.ravel()[:64], fx["feature_3d_first64"])
+    np.testing.assert_allclose(stats64(feature), fx["feature_3d_stats64"], rtol=1e-12, atol=1e-9)
+    kp_source = hash_uniform((1, 21, 3), 12, -0.6, 0.6)
+    kp_driving = kp_source + hash_uniform((1, 21, 3), 13, -0.1, 0.1)
+    np.testing.assert_array_equal(kp_source, fx["kp_source"])
+    np.testing.assert_array_equal(kp_driving, fx["kp_driving"])
+
+    net = load_seeded(oracle, hf_cache, "warping")
+    feature_t = torch.from_numpy(feature)
+    with torch.no_grad():
+        compressed = net.dense_motion_network.norm(net.dense_motion_network.compress(feature_t))
+        out = net(feature_t, kp_driving=torch.from_numpy(kp_driving), kp_source=torch.from_numpy(kp_source),
+                  return_intermediates=True)
+    assert_close(compressed[..., ::2, ::2], fx["compress_norm_sub"], 1e-5, "compress+norm")
+    assert_close(out["mask"][..., ::4, ::4], fx["mask_sub"], 1e-5, "mask")
+    assert_stats(out["mask"], fx["mask_stats64"], 1e-5, "mask")
+    hourglass = out["hourglass"]
+    assert_rel(hourglass.mean(dim=(3, 4)), fx["hourglass_plane_mean"], 1e-5, "hourglass plane mean")
+    assert_rel(hourglass[:, :, ::4, ::8, ::8], fx["hourglass_sub"], 1e-5, "hourglass")
+    assert_stats(hourglass, fx["hourglass_stats64"], 1e-4, "hourglass")
+    warped = out["warped"].reshape(1, 512, 64, 64)
+    assert_close(warped[:, :, ::4, ::4], fx["warped_sub"], 1e-4, "warped")
+    assert_stats(warped, fx["warped_stats64"], 1e-4, "warped")
+    assert_close(out["deformation"], fx["deformation"], 1e-5, "deformation")
+    assert_close(out["occlusion_map"], fx["occlusion_map"], 1e-5, "occlusion_map")
+    assert_close(out["out"], fx["out"], 1e-4, "out")
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_spade_generator_parity(oracle, hf_cache):
+    """Full size, one 64×64 input; the spectral norm folded from the stored u, v."""
+    fx = fixture(oracle, "spade_generator")
+    index = json.loads((oracle / "liveportrait" / "fixture_index.json").read_text())["fixture_spade_generator"]
+    feature = hash_uniform((1, 256, 64, 64), 21, -1.0, 1.0)
+    np.testing.assert_array_equal(feature.ravel()[:64], fx["input_first64"])
+    np.testing.assert_allclose(stats64(feature), fx["input_stats64"], rtol=1e-12, atol=1e-9)
+
+    net = load_seeded(oracle, hf_cache, "generator")
+    convs = net.spectral_convs()
+    sigmas = torch.stack([convs[name.removesuffix(".weight")].sigma() for name in index["spectral_sigma_names"]])
+    assert_rel(sigmas, fx["spectral_sigma"], 1e-5, "spectral sigma")
+
+    x = torch.from_numpy(feature)
+    acts = {}
+    hooks = [getattr(net, name).register_forward_hook(lambda _m, _i, o, name=name: acts.__setitem__(name, o))
+             for name in ("fc", "G_middle_5", "up_0", "up_1", "conv_img")]
+    with torch.no_grad():
+        out = net(x)
+    for hook in hooks:
+        hook.remove()
+    assert_rel(acts["fc"][..., ::8, ::8], fx["fc_sub"], 1e-5, "fc")
+    assert_stats(acts["fc"], fx["fc_stats64"], 1e-4, "fc")
+    for name, step in (("G_middle_5", 4), ("up_0", 8), ("up_1", 8)):
+        assert_rel(acts[name][..., ::step, ::step], fx[f"{name}_sub"], 1e-5, name)
+        assert_stats(acts[name], fx[f"{name}_stats64"], 1e-4, name)
+    assert_rel(acts["conv_img"][..., ::4, ::4], fx["pre_sigmoid_sub"], 1e-5, "pre-sigmoid")
+    assert_close(out, fx["out"], 1e-4, "out")

@@ -181,11 +181,17 @@ class WarpingNetwork(nn.Module):
         self.third = SameBlock2d(config.max_features, config.out_channels, lrelu=True)
         self.fourth = nn.Conv2d(config.out_channels, config.out_channels, kernel_size=1)
 
-    def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
+        return_intermediates: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """feature_3d: B×32×16×64×64 (F's output); kp_*: B×21×3 posed keypoints.
 
-        Returns out B×256×64×64 (G's input), deformation B×16×64×64×3,
-        occlusion_map B×1×64×64 (None without occlusion) and the dense-motion mask.
+        Returns out B×256×64×64 (G's input), deformation B×16×64×64×3 and
+        occlusion_map B×1×64×64 (None without occlusion). With
+        return_intermediates also the dense-motion mask B×22×16×64×64, the
+        hourglass output B×142×16×64×64 and the warped volume B×32×16×64×64
+        (kept off by default: they are large).
         """
         dense = self.dense_motion_network(feature_3d, kp_driving, kp_source)
         deformation = dense["deformation"]
@@ -196,5 +202,7 @@ class WarpingNetwork(nn.Module):
         occlusion = dense.get("occlusion_map")
         if occlusion is not None:
             out = out * occlusion
-        return {"out": out, "deformation": deformation, "occlusion_map": occlusion, "mask": dense["mask"],
-                "warped": warped}
+        result = {"out": out, "deformation": deformation, "occlusion_map": occlusion}
+        if return_intermediates:
+            result.update(mask=dense["mask"], hourglass=dense["prediction"], warped=warped)
+        return result
