@@ -323,3 +323,23 @@ def test_spade_generator_parity(oracle, hf_cache):
         assert_stats(acts[name], fx[f"{name}_stats64"], 1e-4, name)
     assert_rel(acts["conv_img"][..., ::4, ::4], fx["pre_sigmoid_sub"], 1e-5, "pre-sigmoid")
     assert_close(out, fx["out"], 1e-4, "out")
+
+
+def test_tiny_networks_run_under_autocast():
+    """No dtype assumptions: the whole chain runs under autocast (bfloat16 on CPU here, fp16 on CUDA)."""
+    torch.manual_seed(0)
+    nets = lp.LivePortraitNetworks.random(LivePortraitConfig.tiny())
+    image = torch.rand(1, 3, 256, 256)
+
+    def run():
+        with torch.no_grad():
+            volume = nets.appearance(image)
+            x_s = keypoints.transform_keypoint(keypoints.refine_kp_info(nets.motion(image)))
+            x_d = keypoints.stitching(nets.stitching.stitching, x_s, x_s + 0.02)
+            return nets.generator(nets.warping(volume, kp_driving=x_d, kp_source=x_s)["out"]).float()
+
+    reference = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = run()
+    assert mixed.shape == reference.shape and torch.isfinite(mixed).all()
+    assert float((mixed - reference).abs().mean()) < 0.05

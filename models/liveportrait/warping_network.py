@@ -142,6 +142,8 @@ class DenseMotionNetwork(nn.Module):
         b, c, d, h, w = feature.shape
         k1 = motions.shape[1]
         repeated = feature[:, None].expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
+        # Sample in the flows' precision: half-precision coordinates would be off by ~¼ voxel.
+        repeated = repeated.to(motions.dtype)
         warped = F.grid_sample(repeated, motions.reshape(b * k1, d, h, w, 3), align_corners=False)
         return warped.view(b, k1, c, d, h, w)
 
@@ -195,8 +197,9 @@ class WarpingNetwork(nn.Module):
         """
         dense = self.dense_motion_network(feature_3d, kp_driving, kp_source)
         deformation = dense["deformation"]
-        # 5-D grid_sample stays in torch (no ONNX/TensorRT equivalent without a plugin).
-        warped = F.grid_sample(feature_3d, deformation.to(feature_3d.dtype), align_corners=False)
+        # 5-D grid_sample stays in torch (no ONNX/TensorRT equivalent without a plugin), and
+        # samples in the flow's precision (float32 under autocast).
+        warped = F.grid_sample(feature_3d.to(deformation.dtype), deformation, align_corners=False)
         b, c, d, h, w = warped.shape
         out = self.fourth(self.third(warped.view(b, c * d, h, w)))  # B×256×64×64
         occlusion = dense.get("occlusion_map")
