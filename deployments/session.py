@@ -269,10 +269,10 @@ class Session:
         if n:
             await self._render_speech(self._speech.take_frames(n))
             return True
-        if len(self._speech) and self._utterance_over(now):
-            await self._render_speech(self._speech.take_all_padded())
+        if len(self._speech) and self._utterance_over(now) and self._produced_pts - now_pts <= self.config.max_lead_frames:
+            await self._render_speech(self._speech.take_all_padded())  # the last partial frame
             return True
-        if self._speaking and self._utterance_over(now):
+        if self._speaking and not len(self._speech) and self._utterance_over(now):
             await self._finish_utterance()
             return True
         if self._produced_pts <= now_pts + self.config.idle_lead_frames:
@@ -281,11 +281,14 @@ class Session:
         return False
 
     def _speech_frames_to_render(self, now: float, now_pts: int) -> int:
+        """How many buffered whole frames to render now (0: wait)."""
         ahead = self._produced_pts - now_pts
-        if self._speech.frames >= self.config.chunk_frames and ahead <= self.config.max_lead_frames:
+        if ahead > self.config.max_lead_frames or not self._speech.frames:
+            return 0
+        if self._speech.frames >= self.config.chunk_frames:
             return self.config.chunk_frames
-        if self._speech.frames and ahead <= 1:  # about to starve: render what there is
-            return min(self._speech.frames, self.config.chunk_frames)
+        if ahead <= 1 or self._utterance_over(now):  # about to starve, or no more audio is coming
+            return self._speech.frames
         return 0
 
     def _utterance_over(self, now: float) -> bool:
@@ -353,6 +356,8 @@ class Session:
     async def _sleep_until_next_deadline(self) -> None:
         # The next idle frame is needed when produced_pts - idle_lead becomes the shown frame.
         due = self.clock.due(self._produced_pts - self.config.idle_lead_frames)
+        if self._speech.frames:  # buffered speech waits only for the lead to shrink
+            due = min(due, self.clock.due(self._produced_pts - self.config.max_lead_frames))
         if self._speaking or len(self._speech):
             due = min(due, self.last_input_at + self.config.speech_gap_s + 0.001)
         timeout = max(0.0, due - time.time())

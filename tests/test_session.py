@@ -1,0 +1,156 @@
+"""One session's render loop without Ray: pattern backend, real clock, real paced relay."""
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deployments.audio_in import pcm16_to_float
+from deployments.backends import LocalBackend
+from deployments.personas import PersonaStore
+from deployments.session import Session, SessionConfig
+from deployments.streams import paced
+from models.base import SAMPLES_PER_FRAME, Controls
+from models.still import StillPipeline
+from models.testing import FAIL_CODE, PatternPipeline
+from tests.streaming import assert_speech_frames_match_audio, coded_pcm16, frame_info
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = PersonaStore(tmp_path / "personas")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(buf, "PNG")
+    s.record = s.create(buf.getvalue(), real_person=False, consent=None, save=True)
+    return s
+
+
+async def items(viewer):
+    while True:
+        item = await viewer.queue.get()
+        yield item
+        if item["type"] == "end":
+            return
+
+
+async def open_session(store, lookahead=0, chunk_frames=5) -> Session:
+    session = Session(
+        "h.abcdefghijklmnopqrstuv", store.record.persona_id, "pattern", 16000, Controls(),
+        LocalBackend(StillPipeline(), store), LocalBackend(PatternPipeline(lookahead_frames=lookahead), store),
+        SessionConfig(chunk_frames=chunk_frames))
+    await session.start()
+    return session
+
+
+async def watch(session, until, want_audio=False, timeout_s=15.0):
+    """Collect (kind, pts, payload) from a paced viewer until `until(events, frames)` holds."""
+    viewer = session.subscribe(want_audio)
+    events, frames = [], []
+
+    async def run():
+        async for out in paced(items(viewer)):
+            if out.kind == "event":
+                events.append(out.event | {"pts": out.pts})
+            else:
+                frames.append((out.pts, *frame_info(out.jpeg), out.audio))
+            if until(events, frames):
+                return
+
+    try:
+        await asyncio.wait_for(run(), timeout_s)
+    finally:
+        session.unsubscribe(viewer)
+    return events, frames
+
+
+def has(events, kind):
+    return any(e["type"] == kind for e in events)
+
+
+async def wait_for_mode(session, mode):
+    for _ in range(200):
+        if session.mode == mode:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"session never reached mode {mode}")
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_each_speech_frame_shows_its_own_audio_span(store, lookahead):
+    async def main():
+        session = await open_session(store, lookahead)
+        await wait_for_mode(session, "pattern")
+        session.push_audio(pcm16_to_float(coded_pcm16(50).tobytes()))
+        session.end_of_speech()
+        events, frames = await watch(session, lambda e, f: has(e, "speech_ended"))
+        await session.close()
+        return events, frames
+
+    events, frames = asyncio.run(main())
+    speech = [(p, c) for p, is_speech, c, _ in frames if is_speech]
+    assert_speech_frames_match_audio(speech, 50)
+    started = next(e for e in events if e["type"] == "speech_started")
+    assert started["pts"] == speech[0][0]
+    pts = [p for p, *_ in frames]
+    assert pts == sorted(set(pts)), "pts strictly increase"
+
+
+def test_output_audio_is_on_the_frame_clock(store):
+    async def main():
+        session = await open_session(store)
+        await wait_for_mode(session, "pattern")
+        session.push_audio(pcm16_to_float(coded_pcm16(20).tobytes()))
+        session.end_of_speech()
+        _, frames = await watch(session, lambda e, f: has(e, "speech_ended"), want_audio=True)
+        await session.close()
+        return frames
+
+    for pts, is_speech, code, audio in asyncio.run(main()):
+        expected = code / 32768 if is_speech else 0.0
+        assert audio.shape == (SAMPLES_PER_FRAME,) and np.allclose(audio, expected)
+
+
+def test_interrupt_returns_to_idle_within_a_frame(store):
+    interrupted_at = []
+
+    def interrupt_after_10_speech_frames(events, frames):
+        speech = sum(1 for _, is_speech, *_ in frames if is_speech)
+        if speech >= 10 and not interrupted_at:
+            interrupted_at.append(session.clock.now_pts())
+            session.interrupt()
+        return bool(interrupted_at) and frames[-1][0] > interrupted_at[0] + 15
+
+    async def main():
+        global session
+        session = await open_session(store)
+        await wait_for_mode(session, "pattern")
+        session.push_audio(pcm16_to_float(coded_pcm16(250).tobytes()))
+        events, frames = await watch(session, interrupt_after_10_speech_frames)
+        await session.close()
+        return events, frames
+
+    events, frames = asyncio.run(main())
+    late_speech = [p for p, is_speech, *_ in frames if is_speech and p > interrupted_at[0] + 1]
+    assert not late_speech, f"speech frames after the interrupt at {interrupted_at[0]}: {late_speech}"
+    ended = [e for e in events if e["type"] == "speech_ended"]
+    assert ended and ended[0]["reason"] == "interrupted"
+    assert any(not is_speech and p > interrupted_at[0] for p, is_speech, *_ in frames), "idle again"
+
+
+def test_backend_failure_becomes_an_error_and_still_mode(store):
+    async def main():
+        session = await open_session(store)
+        await wait_for_mode(session, "pattern")
+        bad = np.full(5 * SAMPLES_PER_FRAME, FAIL_CODE, np.int16)
+        session.push_audio(pcm16_to_float(bad.tobytes()))
+        session.end_of_speech()
+        events, frames = await watch(session, lambda e, f: has(e, "mode_changed") and len(f) >= 30)
+        await session.close()
+        return session, events, frames
+
+    session, events, frames = asyncio.run(main())
+    error = next(e for e in events if e["type"] == "error")
+    assert error["code"] == "backend_error" and "injected failure" in error["reason"]
+    assert any(e["type"] == "mode_changed" and e["mode"] == "still" for e in events)
+    assert session.mode == "still" and len(frames) >= 30  # and it kept streaming
