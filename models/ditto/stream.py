@@ -82,7 +82,6 @@ class MotionStream:
         self.seq = sampler.shape[1]
         self.valid = self.seq - cfg.overlap
         self.fuse = min(cfg.overlap, self.valid) if cfg.online else cfg.overlap
-        self.fuse_alpha = (np.arange(self.fuse, dtype=np.float32) / self.fuse).reshape(-1, 1)
         self.clip = None if clip is None else np.asarray(clip, np.float32)[:2]
 
     # ---- public API -----------------------------------------------------
@@ -157,11 +156,7 @@ class MotionStream:
         if carry.motion is None:
             carry.motion = smooth(pred, 0, len(pred), self.cfg.smooth_k)
             return
-        res = carry.motion.copy()
-        seam = slice(len(res) - self.fuse, len(res))  # last fused frames of what we have
-        new_start = self.seq - self.valid - self.fuse  # the same frames in the new window
-        res[seam] = res[seam] * (1 - self.fuse_alpha) + pred[new_start : new_start + self.fuse] * self.fuse_alpha
-        res = np.concatenate([res, pred[self.seq - self.valid :]], 0)
+        res = fuse_windows(carry.motion.copy(), pred, self.seq, self.valid, self.fuse)
         n = len(res)
         carry.motion = smooth(res, n - self.valid - self.fuse, n - self.valid + 1, self.cfg.smooth_k)
 
@@ -213,3 +208,40 @@ def smooth(motion: np.ndarray, start: int, end: int, k: int) -> np.ndarray:
         lo, hi = max(0, i - half), min(n, i + half + 1)
         motion[i, :POSE_T_DIMS] = src[lo:hi, :POSE_T_DIMS].mean(axis=0)
     return motion
+
+
+def fuse_windows(res: np.ndarray, pred: np.ndarray, seq: int, valid: int, fuse: int) -> np.ndarray:
+    """res: (m, D) motion so far; pred: (seq, D) new window -> (m + valid, D).
+
+    The last `fuse` frames of res and the same frames of pred (they end where
+    pred's new part starts) are mixed with weights rising linearly 0 -> (fuse-1)/fuse
+    towards pred; pred's `valid` new frames are appended. res is changed in place.
+    """
+    alpha = (np.arange(fuse, dtype=np.float32) / fuse).reshape(-1, 1)
+    old = slice(len(res) - fuse, len(res))
+    new_start = seq - valid - fuse
+    res[old] = res[old] * (1 - alpha) + pred[new_start : new_start + fuse] * alpha
+    return np.concatenate([res, pred[seq - valid :]], 0)
+
+
+def mirror_index(i: int, size: int) -> int:
+    """Loop a video persona's frames forth and back: 0 1 2 3 3 2 1 0 0 1 ..."""
+    turn, rest = divmod(i, size)
+    return rest if turn % 2 == 0 else size - rest - 1
+
+
+def window_condition(
+    aud: np.ndarray, idx: int, emo: np.ndarray, eye_open: np.ndarray, eye_ball: np.ndarray, kp: np.ndarray
+) -> np.ndarray:
+    """The reference's ConditionHandler for frames idx .. idx + n - 1 (idx < 0: the
+    silence buffer, clamped to frame 0).
+
+    aud: (n, 1024); emo: (k, 8) cycled; eye_open (m, 2) / eye_ball (m, 6) mirror-looped
+    over a video persona's frames; kp: (63,) -> (n, 1103).
+    """
+    frames = [max(i, 0) for i in range(idx, idx + len(aud))]
+    emo_rows = emo[[f % len(emo) for f in frames]]
+    eye_rows = [mirror_index(f, len(eye_open)) for f in frames]
+    ball_rows = [mirror_index(f, len(eye_ball)) for f in frames]
+    sc = np.broadcast_to(np.asarray(kp, np.float32).reshape(1, -1), (len(aud), 63))
+    return np.concatenate([aud, emo_rows, eye_open[eye_rows], eye_ball[ball_rows], sc], -1)
