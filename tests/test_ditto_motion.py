@@ -158,3 +158,49 @@ def test_c14_fuse_and_smooth(fx):
     n = len(fused)
     out = smooth(fused, n - 10 - 10, n - 10 + 1, 3)
     np.testing.assert_allclose(out, fx["c14_smo_after_fuse"][0], atol=TOL)
+
+
+@pytest.fixture(scope="module")
+def stitch_mlp(oracle):
+    from models.liveportrait.config import StitchingRetargetingConfig
+    from models.liveportrait.stitching_retargeting import RetargetingMLP
+
+    mlp = RetargetingMLP(StitchingRetargetingConfig().stitching)
+    mlp.load_state_dict(load_seeded(oracle).seeded_state_dict(mlp.state_dict()), strict=True)
+    return mlp.eval()
+
+
+def blink_clip_of_fixture() -> np.ndarray:
+    """c11's delta_eye_arr is not stored; it is 0.01 N (15, 63) drawn from the case rng
+    (default_rng(31)) right after the 30 input frames (draws 11821..12765; located by
+    matching the stored inputs before and after it in that stream)."""
+    seq = np.random.default_rng(31).standard_normal(12766)
+    return (0.01 * seq[11821:12766].reshape(15, 63)).astype(np.float32)
+
+
+@pytest.mark.oracle
+def test_c11_motion_stitch_sequence(fx, src, stitch_mlp):
+    ms = M.MotionStitch(
+        src, blink_clip=blink_clip_of_fixture(), blink_open_n=[8, 10], fade_type="d0",
+        fade_out_keys=["exp"], overall_ctrl={"delta_pitch": 2},
+    )
+    ms.set_n_frames(30)
+    assert ms.blink_idx == fx["c11_blink_idx_after_setup_Nd"].tolist()
+    alpha = M.fade_schedule(30, fade_in=5, fade_out=6)
+    outs = []
+    for i in range(30):
+        ctrl = {"fade_alpha": alpha[i]} if i in alpha else {}
+        outs.append(ms(src, unflat(fx["c11_seq_x_d_info_in"][i]), stitch_mlp, **ctrl))
+    np.testing.assert_allclose(np.concatenate([o[0] for o in outs]), fx["c11_seq_x_s_out"], atol=TOL)
+    np.testing.assert_allclose(np.concatenate([o[1] for o in outs]), fx["c11_seq_x_d_out"], atol=TOL)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("case", ["nostitch", "video_defaults"])
+def test_c11b_variants(fx, src, stitch_mlp, case):
+    """(The third variant, relative_d=False with a dict use_d_keys, is not checked:
+    its dict of per-key weights is not stored in the fixture.)"""
+    kw = {"stitching": False} if case == "nostitch" else {"is_image": False}
+    ms = M.MotionStitch(src if case == "nostitch" else None, **kw)
+    out = [ms(src, unflat(fx["c11_seq_x_d_info_in"][i]), stitch_mlp)[1] for i in range(10)]
+    np.testing.assert_allclose(np.concatenate(out), fx[f"c11b_{case}_x_d"], atol=TOL)

@@ -7,6 +7,8 @@ In LMDM space column 0 holds scale - 1; an "info" dict holds scale itself.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from scipy.special import softmax
 
@@ -229,3 +231,102 @@ def stitch_keypoints(mlp, x_s: np.ndarray, x_d: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = stitching(mlp, torch.from_numpy(np.asarray(x_s, np.float32)), torch.from_numpy(np.asarray(x_d, np.float32)))
     return out.numpy()
+
+
+# ---- the per-frame stitcher ------------------------------------------------------
+
+
+class MotionStitch:
+    """Per frame: driving motion (LMDM output) + source -> keypoints (x_s, x_d) for the warp.
+
+    Order, as the reference: relative to the first driving frame d0 -> lips from the
+    driving motion, eyes from it or from a blink clip -> voice-activity damping ->
+    pose/exp controls -> fade -> gaze fix -> keypoints -> stitching.
+    State between frames (d0, fade target, frame index) is plain data, so the
+    object pickles with a session's carry.
+    """
+
+    def __init__(
+        self,
+        x_s_info: Info | None,
+        *,
+        is_image: bool = True,
+        use_d_keys=None,
+        relative_d: bool = True,
+        drive_eye: bool | None = None,
+        blink_clip: np.ndarray | None = None,  # (n, 63) exp deltas of one blink
+        blink_open_n: int | list[int] = -1,
+        fade_type: str = "",  # "" | "d0" | "s"
+        fade_out_keys=("exp",),
+        stitching: bool = True,
+        overall_ctrl: dict | None = None,
+        n_frames: int = -1,
+        rng=None,
+    ):
+        self.is_image = is_image
+        self.use_d_keys = use_d_keys if use_d_keys is not None else (("exp", "pitch", "yaw", "roll", "t") if is_image else ("exp",))
+        self.drive_eye = is_image if drive_eye is None else drive_eye
+        self.relative_d, self.blink_clip, self.blink_open_n = relative_d, blink_clip, blink_open_n
+        self.fade_type, self.fade_out_keys, self.stitching = fade_type, fade_out_keys, stitching
+        self.overall_ctrl = overall_ctrl or {}
+        self.a1, self.a2, self.a3 = fix_exp_weights(self.drive_eye, blink_clip is not None)
+        self.n_frames, self.blink_idx = None, None
+        self.set_n_frames(n_frames, rng)
+        self.pose_s, self.x_s, self.fade_dst = None, None, None
+        if is_image and x_s_info is not None:
+            self.pose_s = [bin66_to_degree(x_s_info[k]).item() for k in ("yaw", "pitch")]
+            self.x_s = transform_keypoint(x_s_info)
+            if fade_type == "s":
+                self.fade_dst = copy.deepcopy(x_s_info)
+        self.d0: Info | None = None
+        self.idx = 0
+
+    def set_n_frames(self, n_frames: int, rng=None) -> None:
+        """Known clip length (-1: open-ended, blinks planned for 3000 frames)."""
+        if n_frames == self.n_frames:
+            return
+        self.n_frames = n_frames
+        if self.drive_eye and self.blink_clip is not None:
+            n = 3000 if n_frames == -1 else n_frames
+            self.blink_idx = eye_blink_index(n, len(self.blink_clip), self.blink_open_n, rng)
+
+    def __call__(self, x_s_info: Info, x_d_info: Info, mlp=None, **ctrl) -> tuple[np.ndarray, np.ndarray]:
+        """-> (x_s, x_d), each (1, 21, 3). mlp: the stitching MLP (needed if stitching)."""
+        ctrl = {**self.overall_ctrl, **ctrl}
+        if self.relative_d and self.d0 is None:
+            self.d0 = copy.deepcopy(x_d_info)
+        x_d = mix_source_driving(x_s_info, x_d_info, self.use_d_keys, self.d0)
+        x_d["exp"] = x_d["exp"] * self.a1 + x_s_info["exp"] * self.a2 + self._blink_delta() * self.a3
+        if ctrl.get("vad_alpha", 1) < 1:
+            x_d = ctrl_vad(x_d, x_s_info, ctrl["vad_alpha"])
+        x_d = ctrl_motion(x_d, **ctrl)
+        x_d = self._fade(x_s_info, x_d, ctrl)
+        if self.drive_eye:
+            if self.pose_s is None:
+                self.pose_s = [bin66_to_degree(x_s_info[k]).item() for k in ("yaw", "pitch")]
+            x_d = fix_gaze(self.pose_s, x_d)
+        x_s = self.x_s if self.x_s is not None else transform_keypoint(x_s_info)
+        if self.is_image:
+            self.x_s = x_s
+        kp_d = transform_keypoint(x_d)
+        if self.stitching:
+            kp_d = stitch_keypoints(mlp, x_s, kp_d)
+        self.idx += 1
+        return x_s, kp_d
+
+    def _blink_delta(self):
+        if not (self.drive_eye and self.blink_clip is not None):
+            return 0
+        return self.blink_clip[self.blink_idx[self.idx % len(self.blink_idx)]][None]
+
+    def _fade(self, x_s_info: Info, x_d: Info, ctrl: dict) -> Info:
+        if self.fade_type == "d0" and self.fade_dst is None:
+            self.fade_dst = copy.deepcopy(x_d)  # the first frame's final motion
+        if "fade_alpha" not in ctrl or self.fade_type not in ("d0", "s"):
+            return x_d
+        dst = self.fade_dst
+        if dst is None:  # "s" on a video persona: this frame's source
+            dst = copy.deepcopy(x_s_info)
+            if self.is_image:
+                self.fade_dst = dst
+        return fade(x_d, dst, ctrl["fade_alpha"], ctrl.get("fade_out_keys", self.fade_out_keys))
