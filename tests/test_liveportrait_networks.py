@@ -133,9 +133,9 @@ def test_tiny_config_runs_end_to_end():
         x_d = keypoints.stitching(nets.stitching.stitching, x_s, x_s + 0.01)
         warped = nets.warping(volume, kp_driving=x_d, kp_source=x_s)
         out = nets.generator(warped["out"])
-    assert volume.shape == (2, 4, 16, 64, 64)
+    assert volume.shape == (2, 4, 4, 64, 64)
     assert x_s.shape == (2, 21, 3) and info["pitch"].shape == (2, 1)
-    assert warped["deformation"].shape == (2, 16, 64, 64, 3)
+    assert warped["deformation"].shape == (2, 4, 64, 64, 3)
     assert warped["occlusion_map"].shape == (2, 1, 64, 64)
     assert out.shape == (2, 3, 512, 512) and float(out.min()) >= 0 and float(out.max()) <= 1
 

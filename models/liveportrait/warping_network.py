@@ -121,11 +121,13 @@ class DenseMotionNetwork(nn.Module):
         self.num_kp = num_kp
         in_features = (num_kp + 1) * (config.compress + 1)  # per proposal: heatmap + compressed features
         self.hourglass = Hourglass(config.block_expansion, in_features, config.num_blocks, config.max_features)
-        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
+        k = config.mask_kernel_size
+        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=k, padding=k // 2)
         self.compress = nn.Conv3d(feature_channel, config.compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(config.compress)
         if estimate_occlusion_map:
-            self.occlusion = nn.Conv2d(self.hourglass.out_filters * config.reshape_depth, 1, kernel_size=7, padding=3)
+            k = config.occlusion_kernel_size
+            self.occlusion = nn.Conv2d(self.hourglass.out_filters * config.reshape_depth, 1, kernel_size=k, padding=k // 2)
         else:
             self.occlusion = None
 
