@@ -1,0 +1,231 @@
+"""MuseTalk v1.5 as a LockN Bod pipeline (mode "musetalk"), see models/base.py.
+
+prepare (once per persona, cached in `Persona.features`):
+    frames (portrait, or a short video cycled forward then back)
+      -> 68 face landmarks -> v1.5 face box (extra_margin) -> 256×256 crop
+      -> reference latents: VAE posterior mean of the masked and the full crop  F×8×32×32
+      -> blending mask per frame (face parser, 'jaw' mode, blurred)
+render (per chunk of 640·N samples):
+    audio -> streaming whisper prompts (lookahead 3 frames) -> batches of >= 8 frames
+      -> UNet step + VAE decode -> 256×256 faces -> resize + paste-back into the frame
+
+Silence: upstream animates the mouth even on silent audio. A frame whose audio
+(and its neighbours') is below `silence_rms` shows its reference frame unchanged,
+so the mouth stays as the persona's media shows it (closed, for a usual portrait),
+and the UNet is not run for it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..base import (
+    SAMPLES_PER_FRAME,
+    Carry,
+    Controls,
+    Persona,
+    PersonaError,
+    PersonaMedia,
+    check_audio_chunk,
+    empty_frames,
+)
+from . import vae as vae_ops
+from .audio import AudioConfig, AudioStream, StreamingPrompts, WhisperAudioEncoder
+from .blending import blend, prepare_mask, resize_face
+from .face_box import crop_face, face_box, fallback_box
+from .inference import MuseTalkNets, generate
+
+# (frame BGR) -> (68×2 landmarks, confidence in [0, 1])
+LandmarkFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class MuseTalkConfig:
+    """Pipeline settings; defaults are upstream v1.5's where it has one."""
+
+    batch_size: int = 8
+    extra_margin: int = 10
+    parsing_mode: str = "jaw"
+    cheek_width: int = 90
+    blur_fraction: float = 0.1  # realtime_inference.py's mask blur
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    silence_rms: float = 3e-3  # about -50 dBFS
+    min_landmark_score: float = 0.3
+    min_face_px: int = 32
+    device: str | None = None  # None: CUDA when available
+    fp16: bool = True  # on CUDA only
+
+
+@dataclass
+class MuseTalkCarry:
+    """What a stream carries between chunks: audio context, frame cycle, loudness of recent frames.
+
+    rms: per-frame RMS of frames [rms_start, rms_start + len(rms)).
+    """
+
+    audio: AudioStream = field(default_factory=AudioStream)
+    cycle_index: int = 0
+    rms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    rms_start: int = 0
+
+
+def frame_rms(audio16k: np.ndarray) -> np.ndarray:
+    """(640·N,) -> N per-frame RMS values."""
+    frames = audio16k.reshape(-1, SAMPLES_PER_FRAME).astype(np.float64)
+    return np.sqrt((frames**2).mean(axis=1)).astype(np.float32)
+
+
+def cycle_frame(cycle_index: int, n_frames: int) -> int:
+    """Index into the media frames of position `cycle_index` in forward-then-back order."""
+    if n_frames == 1:
+        return 0
+    i = cycle_index % (2 * n_frames)
+    return i if i < n_frames else 2 * n_frames - 1 - i
+
+
+class MuseTalkPipeline:
+    """The `musetalk` mode: networks injected, or loaded with `from_pretrained`."""
+
+    mode = "musetalk"
+
+    def __init__(
+        self,
+        nets: MuseTalkNets,
+        audio_encoder: WhisperAudioEncoder,
+        parser: Callable,
+        landmarks: LandmarkFn,
+        config: MuseTalkConfig | None = None,
+    ):
+        self.config = config or MuseTalkConfig()
+        self.nets = nets
+        self.parser = parser
+        self.landmarks = landmarks
+        self.streamer = StreamingPrompts(audio_encoder, self.config.audio)
+        self.lookahead_frames = self.config.audio.lookahead_frames
+
+    @classmethod
+    def from_pretrained(cls, config: MuseTalkConfig | None = None, landmarks: LandmarkFn | None = None):
+        """Load every official file from the local HF cache (WeightsMissingError names the fetch command)."""
+        from . import weights as w
+        from .face_box import DWPoseLandmarks
+        from .face_parsing import FaceParser, MaskConfig, load_bisenet
+        from .unet import PositionalEncoding, load_unet
+
+        config = config or MuseTalkConfig()
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if (config.fp16 and device.startswith("cuda")) else torch.float32
+        nets = MuseTalkNets(
+            load_unet(w.resolve(w.UNET_CONFIG, w.MODE), w.resolve(w.UNET_WEIGHTS, w.MODE)),
+            vae_ops.load_vae(w.folder_of(w.VAE_WEIGHTS)),
+            PositionalEncoding(384),
+        ).to(device, dtype)
+        for f in w.WHISPER_FILES:
+            w.resolve(f, w.MODE)  # a clear error per missing file before transformers looks
+        audio = WhisperAudioEncoder.from_pretrained(w.folder_of(w.WHISPER_FILES[0]), config.audio)
+        audio.encoder.to(device, dtype)
+        parser = FaceParser(load_bisenet(w.resolve(w.FACE_PARSER, w.MODE)).to(device), MaskConfig(cheek_width=config.cheek_width))
+        if landmarks is None:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+            landmarks = DWPoseLandmarks(w.resolve(w.LANDMARKS, w.MODE), providers=providers)
+        return cls(nets, audio, parser, landmarks, config)
+
+    # ------------------------------------------------------------ prepare
+
+    def prepare(self, media: PersonaMedia, persona_id: str = "") -> Persona:
+        frames_bgr = [np.ascontiguousarray(f[..., ::-1]) for f in media.frames]
+        boxes = [self._face_box(f, i) for i, f in enumerate(frames_bgr)]
+        crops = np.stack([crop_face(f, b) for f, b in zip(frames_bgr, boxes)])  # F×256×256×3 BGR
+        latents = torch.cat([
+            vae_ops.unet_input_latents(self.nets.vae, crops[i : i + self.config.batch_size]).float().cpu()
+            for i in range(0, len(crops), self.config.batch_size)
+        ])  # F×8×32×32, posterior means
+        masks = [
+            prepare_mask(f, b, self.parser, self.config.parsing_mode, self.config.blur_fraction)
+            for f, b in zip(frames_bgr, boxes)
+        ]
+        features = {
+            "frames_bgr": frames_bgr,
+            "boxes": boxes,
+            "latents": latents,
+            "masks": [m for m, _ in masks],
+            "mask_boxes": [b for _, b in masks],
+        }
+        return Persona(persona_id, media, features)
+
+    def _face_box(self, frame_bgr: np.ndarray, index: int) -> tuple[int, int, int, int]:
+        landmarks, score = self.landmarks(frame_bgr)
+        if score < self.config.min_landmark_score:
+            raise PersonaError(f"no face found in frame {index}", code="no_face")
+        hw = frame_bgr.shape[:2]
+        box = face_box(landmarks, fallback_box(landmarks, hw), hw, self.config.extra_margin)
+        x1, y1, x2, y2 = box
+        if min(x2 - x1, y2 - y1) < self.config.min_face_px:
+            raise PersonaError(f"face in frame {index} is too small ({x2 - x1}×{y2 - y1} px)", code="face_too_small")
+        return box
+
+    # ------------------------------------------------------------ stream
+
+    def start(self, persona: Persona, controls: Controls) -> Carry:
+        return MuseTalkCarry()
+
+    def render(self, persona: Persona, carry: Carry, audio16k: np.ndarray, controls: Controls):
+        check_audio_chunk(audio16k)
+        carry = self._add_rms(carry, frame_rms(audio16k))
+        first = carry.audio.frames_done
+        prompts, stream = self.streamer.push(carry.audio, audio16k)
+        return self._frames(persona, replace(carry, audio=stream), first, prompts)
+
+    def flush(self, persona: Persona, carry: Carry, controls: Controls):
+        first = carry.audio.frames_done
+        prompts, stream = self.streamer.flush(carry.audio)
+        return self._frames(persona, replace(carry, audio=stream), first, prompts)
+
+    def idle(self, persona: Persona, carry: Carry, n: int, controls: Controls):
+        """No speech: n frames of silence through the same path (reference frames, no UNet)."""
+        return self.render(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls)
+
+    def _add_rms(self, carry: MuseTalkCarry, rms: np.ndarray) -> MuseTalkCarry:
+        # Keep one frame before the next to emit: silence looks at each frame's neighbours.
+        keep_from = max(carry.audio.frames_done - 1, carry.rms_start)
+        kept = carry.rms[keep_from - carry.rms_start :]
+        return replace(carry, rms=np.concatenate([kept, rms]), rms_start=keep_from)
+
+    def _is_silent(self, carry: MuseTalkCarry, frame: int) -> bool:
+        lo = max(frame - 1 - carry.rms_start, 0)
+        hi = frame + 2 - carry.rms_start
+        window = carry.rms[lo:hi]
+        return window.size == 0 or float(window.max()) < self.config.silence_rms
+
+    def _frames(self, persona: Persona, carry: MuseTalkCarry, first: int, prompts: torch.Tensor):
+        n = len(prompts)
+        if n == 0:
+            return empty_frames(persona), carry
+        feats = persona.features
+        n_media = len(feats["frames_bgr"])
+        media_idx = [cycle_frame(carry.cycle_index + k, n_media) for k in range(n)]
+        out = [feats["frames_bgr"][i] for i in media_idx]  # silent frames stay the reference
+        speaking = [k for k in range(n) if not self._is_silent(carry, first + k)]
+        for start in range(0, len(speaking), self.config.batch_size):
+            batch = speaking[start : start + self.config.batch_size]
+            latents = feats["latents"][[media_idx[k] for k in batch]]
+            faces = generate(self.nets, latents, prompts[batch])  # B×256×256×3 BGR
+            for k, face in zip(batch, faces):
+                out[k] = self._paste(feats, media_idx[k], face)
+        frames = np.stack([f[..., ::-1] for f in out])  # N×H×W×3 RGB
+        return frames, replace(carry, cycle_index=(carry.cycle_index + n) % (2 * n_media))
+
+    @staticmethod
+    def _paste(feats: dict, i: int, face_bgr_256: np.ndarray) -> np.ndarray:
+        box = feats["boxes"][i]
+        face = resize_face(face_bgr_256, box)
+        return blend(feats["frames_bgr"][i], face, box, feats["masks"][i], feats["mask_boxes"][i])
+
+
+def weight_files():
+    """The official files the `musetalk` mode needs (for `lockn-bod weights fetch musetalk`)."""
+    from .weights import ALL_FILES
+
+    return ALL_FILES

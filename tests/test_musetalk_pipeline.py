@@ -1,0 +1,95 @@
+"""MuseTalkPipeline on CPU with the small seeded configs and a seeded whisper."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.base import Controls, Pipeline, PersonaError, PersonaMedia
+from models.musetalk.audio import AudioConfig
+from models.musetalk.pipeline import MuseTalkCarry, MuseTalkConfig, MuseTalkPipeline, cycle_frame
+from models.musetalk.face_parsing import BiSeNet
+from models.musetalk.weights import FACE_PARSER
+from tests.hf_layout import write_torch
+from tests.test_musetalk_seeded import load_seeded, small_whisper_config, write_unet, write_vae, write_whisper
+
+
+@pytest.fixture(scope="module")
+def hf_cache_module(tmp_path_factory):
+    """An offline HF cache shared by this module's tests (building the seeded files costs seconds)."""
+    import huggingface_hub.constants as c
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(c, "HF_HUB_CACHE", str(cache))
+    mp.setattr(c, "HF_HUB_OFFLINE", True)
+    yield cache
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def setup(oracle, hf_cache_module):
+    """Pipeline loaded through from_pretrained from seeded files; landmarks scripted."""
+    hf_cache = hf_cache_module
+    write_unet(hf_cache, oracle)
+    write_vae(hf_cache, oracle)
+    write_whisper(hf_cache, oracle, small_whisper_config(oracle))
+    seeded = load_seeded(oracle)
+    write_torch(hf_cache, FACE_PARSER.repo_id, FACE_PARSER.filename, seeded.seeded_state_dict(BiSeNet(19).state_dict()))
+    data = np.load(oracle / "musetalk" / "bbox_landmarks.npz")
+    landmarks = data["landmarks_dwpose_float"][0]
+    config = MuseTalkConfig(audio=AudioConfig(context_s=0.5, lookahead_frames=3))
+    pipe = MuseTalkPipeline.from_pretrained(config, landmarks=lambda frame: (landmarks, 1.0))
+    # Seeded BiSeNet labels are noise; an all-skin parse gives a deterministic jaw mask.
+    pipe.parser = lambda image, mode: Image.fromarray(np.full((512, 512), 255 * (mode != "none"), np.uint8))
+    portrait = np.ascontiguousarray(data["frame0_bgr"][..., ::-1])
+    speech = np.load(oracle / "musetalk" / "audio_whisper_short.npz")["waveform"]
+    return pipe, portrait, speech
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_render_speech_and_silence(setup):
+    pipe, portrait, speech = setup
+    assert isinstance(pipe, Pipeline) and pipe.mode == "musetalk"
+    persona = pipe.prepare(PersonaMedia([portrait]), "p")
+    carry = pipe.start(persona, Controls())
+    frames, carry = pipe.render(persona, carry, speech[: 640 * 8].copy(), Controls())
+    assert frames.shape == (8 - pipe.lookahead_frames, *portrait.shape) and frames.dtype == np.uint8
+    tail, carry = pipe.flush(persona, carry, Controls())
+    assert len(tail) == pipe.lookahead_frames
+    spoken = np.concatenate([frames, tail])
+    x1, y1, x2, y2 = persona.features["boxes"][0]
+    # speech changes the mouth region, never the frame outside the blending crop box
+    assert (spoken[:, (y1 + y2) // 2 : y2, x1:x2] != portrait[(y1 + y2) // 2 : y2, x1:x2]).any()
+    cx1, cy1, cx2, cy2 = persona.features["mask_boxes"][0]
+    outside = np.ones(portrait.shape[:2], bool)
+    outside[max(cy1, 0) : cy2, max(cx1, 0) : cx2] = False
+    assert (spoken[:, outside] == portrait[outside]).all()
+
+    silent, carry = pipe.render(persona, pipe.start(persona, Controls()), np.zeros(640 * 6, np.float32), Controls())
+    silent_tail, _ = pipe.flush(persona, carry, Controls())
+    silent = np.concatenate([silent, silent_tail])
+    assert len(silent) == 6
+    assert (silent == portrait).all()  # silence keeps the mouth (and all else) as the reference
+
+
+@pytest.mark.oracle
+def test_idle_frames_and_no_face(setup):
+    pipe, portrait, _ = setup
+    persona = pipe.prepare(PersonaMedia([portrait]), "p")
+    frames, carry = pipe.idle(persona, pipe.start(persona, Controls()), 5, Controls())
+    assert len(frames) == 5 - pipe.lookahead_frames and (frames == portrait).all()
+    landmarks = pipe.landmarks
+    pipe.landmarks = lambda frame: (np.zeros((68, 2), np.float32), 0.0)
+    try:
+        with pytest.raises(PersonaError, match="no face"):
+            pipe.prepare(PersonaMedia([portrait]), "q")
+    finally:
+        pipe.landmarks = landmarks
+
+
+def test_video_frames_cycle_forward_then_back():
+    assert [cycle_frame(i, 3) for i in range(8)] == [0, 1, 2, 2, 1, 0, 0, 1]
+    assert [cycle_frame(i, 1) for i in range(3)] == [0, 0, 0]
+    assert MuseTalkCarry().cycle_index == 0
