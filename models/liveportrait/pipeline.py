@@ -1,0 +1,251 @@
+"""The `liveportrait` mode: a portrait that speaks, blinks, moves and shows emotion.
+
+prepare (once per persona):
+    portrait -> face (detector, 106 points, 203 points) -> 512 crop -> 256 input
+    -> F, M once: f_s, x_s, pose; eye and lip ratios of the source (203 points);
+    the paste-back mask warped into the portrait once.
+render (per chunk of N frames, 640 samples each), per frame:
+    expression controls (emotion preset, eased) and head angles (controls +
+    idle motion) -> x_d from the source's canonical keypoints;
+    + lip retargeting from the audio's lip level; + eye retargeting for blinks;
+    stitching; then W+G for all N frames as one batch; paste-back at the
+    portrait's own resolution.
+
+The carry (`LivePortraitCarry`) is small: frame counter, smoothed lip level,
+current control vector, blink state, seed. No lookahead: frame k of a chunk
+shows audio samples [640k, 640(k+1)) of that chunk.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..base import FPS, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
+from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer, FaceWarning
+from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
+from ..face.mask import liveportrait_mask_template
+from ..face.paste_back import paste_back, warp_mask
+from . import expression, keypoints
+from .config import LivePortraitConfig
+from .decode import to_uint8, warp_decode
+from .lip import LipConfig, lip_levels
+from .loading import LivePortraitNetworks
+from .motion import BlinkConfig, BlinkState, IdleMotionConfig, blink_closures, idle_head_deg, start_blinks
+from .source import SourceMotion, extract_source
+
+MODE = "liveportrait"
+
+
+@dataclass(frozen=True)
+class LivePortraitPipelineConfig:
+    networks: LivePortraitConfig = field(default_factory=LivePortraitConfig)
+    face: FaceAnalysisConfig = field(default_factory=FaceAnalysisConfig)
+    crop: CropParams = SOURCE_CROP
+    lip: LipConfig = field(default_factory=LipConfig)
+    blink: BlinkConfig = field(default_factory=BlinkConfig)
+    idle: IdleMotionConfig = field(default_factory=IdleMotionConfig)
+    # Lip close ratio (lip gap / mouth width) the lip MLP is asked for at full
+    # openness; upstream's retargeting UI spans 0..0.8, speech rarely needs more than half.
+    lip_open_ratio: float = 0.45
+    # A source whose lip ratio is above this shows an open mouth: close it at rest
+    # (upstream's `flag_normalize_lip` rule and threshold).
+    open_source_lip_ratio: float = 0.03
+    expression_time_constant_s: float = 0.3
+    max_batch: int = 8
+    fp16: bool = True  # autocast on CUDA only
+    seed: int = 0
+
+
+@dataclass
+class PreparedSource:
+    """Everything `render` needs from a persona, computed once by `prepare`."""
+
+    motion: SourceMotion
+    M_c2o: np.ndarray  # 3×3 float32 crop(512) -> portrait
+    mask: np.ndarray  # H×W×3 float32 paste-back mask in portrait pixels
+    eye_ratio: torch.Tensor  # 1×2 source eye close ratios [left, right]
+    lip_ratio: torch.Tensor  # 1×1 source lip close ratio
+    eye_base: torch.Tensor  # 1×21×3 eye MLP output at the source's own openness
+    lip_base: torch.Tensor  # 1×21×3 lip MLP output that `lip_delta` subtracts
+    warnings: list[FaceWarning]
+
+
+@dataclass
+class LivePortraitCarry:
+    frame: int
+    lip_level: float
+    expression: np.ndarray  # (10,) current control vector (expression.CONTROL_NAMES)
+    blink: BlinkState
+    seed: int
+
+
+class LivePortraitPipeline:
+    """models.base.Pipeline for the liveportrait mode."""
+
+    mode = MODE
+    lookahead_frames = 0
+
+    def __init__(
+        self,
+        config: LivePortraitPipelineConfig | None = None,
+        networks: LivePortraitNetworks | None = None,
+        face: FaceAnalyzer | None = None,
+        device: str | None = None,
+    ):
+        self.config = config = config or LivePortraitPipelineConfig()
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.networks = networks or LivePortraitNetworks.load(config.networks, device=device)
+        self.face = face or FaceAnalyzer.from_hf_cache(MODE, config.face)
+
+    # ---- contract -------------------------------------------------------------------
+
+    def prepare(self, media: PersonaMedia, persona_id: str = "") -> Persona:
+        portrait = media.frames[0]
+        face = self.face.analyse(portrait)
+        crop = crop_image(portrait, face.points106, self.config.crop)
+        motion = extract_source(self.networks, network_input_256(crop.image), self._fp16)
+        motion = SourceMotion(motion.f_s, {k: v.cpu() for k, v in motion.info.items()}, motion.x_s.cpu(), motion.R_s.cpu())
+        eye_ratio = torch.from_numpy(keypoints.eye_close_ratio(face.points203[None])).float()  # 1×2
+        lip_ratio = torch.from_numpy(keypoints.lip_close_ratio(face.points203[None])).float()  # 1×1
+        source = PreparedSource(
+            motion=motion,
+            M_c2o=crop.M_c2o,
+            mask=warp_mask(liveportrait_mask_template(self.config.crop.dsize), crop.M_c2o, portrait.shape[:2]),
+            eye_ratio=eye_ratio,
+            lip_ratio=lip_ratio,
+            eye_base=self._eye_mlp(motion.x_s, torch.cat([eye_ratio, eye_ratio.mean(dim=1, keepdim=True)], dim=1)),
+            lip_base=self._lip_base(motion.x_s, lip_ratio),
+            warnings=face.warnings,
+        )
+        return Persona(persona_id=persona_id, media=media, features={MODE: source})
+
+    def start(self, persona: Persona, controls: Controls) -> LivePortraitCarry:
+        seed = (self.config.seed ^ zlib.crc32(persona.persona_id.encode())) & 0xFFFFFFFF
+        return LivePortraitCarry(
+            frame=0, lip_level=0.0, expression=target_vector(controls),
+            blink=start_blinks(seed, FPS, self.config.blink), seed=seed,
+        )
+
+    def render(self, persona: Persona, carry: LivePortraitCarry, audio16k: np.ndarray, controls: Controls):
+        check_audio_chunk(audio16k)
+        levels, lip_level = lip_levels(audio16k, carry.lip_level, self.config.lip)
+        return self._animate(persona, replace(carry, lip_level=lip_level), levels, controls)
+
+    def flush(self, persona: Persona, carry: LivePortraitCarry, controls: Controls):
+        return empty_frames(persona), carry  # no lookahead: nothing held back
+
+    def idle(self, persona: Persona, carry: LivePortraitCarry, n: int, controls: Controls):
+        # Silence: the lip level keeps releasing from where speech left it.
+        return self.render(persona, carry, np.zeros(n * 640, np.float32), controls)
+
+    # ---- per-frame motion -----------------------------------------------------------
+
+    def frame_keypoints(self, source: PreparedSource, carry: LivePortraitCarry, levels: np.ndarray,
+                        controls: Controls) -> tuple[torch.Tensor, LivePortraitCarry]:
+        """x_d before stitching, N×21×3, for N = len(levels) frames, and the advanced carry."""
+        n = len(levels)
+        cfg = self.config
+        vectors = expression.approach(carry.expression, target_vector(controls), n, FPS,
+                                      cfg.expression_time_constant_s)  # N×10
+        closures, blink = blink_closures(carry.blink, n, carry.seed, FPS, cfg.blink)
+        head = expression.head_offsets_deg(vectors) + idle_head_deg(carry.frame + np.arange(n), carry.seed, FPS, cfg.idle)
+        x_d = posed_keypoints(source.motion, expression.expression_offsets(vectors), head)
+        x_d = x_d + self.lip_delta(source, levels) + self.eye_delta(source, closures)
+        new_carry = replace(carry, frame=carry.frame + n, expression=vectors[-1] if n else carry.expression, blink=blink)
+        return x_d, new_carry
+
+    def lip_delta(self, source: PreparedSource, levels: np.ndarray) -> torch.Tensor:
+        """N lip levels in [0, 1] -> N×21×3 keypoint offsets from the lip retargeting MLP."""
+        target = torch.as_tensor(levels, dtype=torch.float32)[:, None] * self.config.lip_open_ratio  # N×1
+        cond = torch.cat([source.lip_ratio.expand(len(levels), 1), target], dim=1)  # N×2
+        delta = self._lip_mlp(source.motion.x_s, cond) - source.lip_base
+        if float(source.lip_ratio) < self.config.open_source_lip_ratio:
+            # Closed-mouth source in silence: exactly the source (not batch-size rounding noise).
+            delta[torch.as_tensor(levels) == 0] = 0
+        return delta
+
+    def eye_delta(self, source: PreparedSource, closures: np.ndarray) -> torch.Tensor:
+        """N eyelid closures in [0, 1] -> N×21×3 offsets; 0 closure gives exactly 0."""
+        open_ratio = source.eye_ratio.mean(dim=1, keepdim=True)  # 1×1
+        target = open_ratio * (1 - torch.as_tensor(closures, dtype=torch.float32)[:, None])  # N×1
+        cond = torch.cat([source.eye_ratio.expand(len(closures), 2), target], dim=1)  # N×3
+        delta = self._eye_mlp(source.motion.x_s, cond) - source.eye_base
+        delta[torch.as_tensor(closures) == 0] = 0  # eyes open: exactly the source
+        return delta
+
+    # ---- internals ------------------------------------------------------------------
+
+    @property
+    def _fp16(self) -> bool:
+        return self.config.fp16 and self.networks.device.type == "cuda"
+
+    @torch.no_grad()
+    def _run_mlp(self, fn, mlp, *tensors: torch.Tensor) -> torch.Tensor:
+        """Call a keypoints.* MLP helper on the MLP's device and dtype; result float32 on CPU."""
+        param = next(mlp.parameters())
+        return fn(mlp, *(t.to(device=param.device, dtype=param.dtype) for t in tensors)).float().cpu()
+
+    def _lip_mlp(self, x_s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # x_s: 1×21×3, cond: N×2 [c_s_lip, c_d_lip] -> N×21×3
+        return self._run_mlp(keypoints.retarget_lip, self.networks.stitching.lip, x_s.expand(len(cond), -1, -1), cond)
+
+    def _eye_mlp(self, x_s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # x_s: 1×21×3, cond: N×3 [c_s_left, c_s_right, c_d_eye] -> N×21×3
+        return self._run_mlp(keypoints.retarget_eye, self.networks.stitching.eye, x_s.expand(len(cond), -1, -1), cond)
+
+    def _lip_base(self, x_s: torch.Tensor, lip_ratio: torch.Tensor) -> torch.Tensor:
+        """What `lip_delta` subtracts, 1×21×3.
+
+        Closed-mouth source: the MLP's output for a closed mouth, so silence leaves
+        the source as it is. Open-mouth source (upstream's normalize-lip rule): 0,
+        so silence applies retarget(closed) and shuts the mouth.
+        """
+        if float(lip_ratio) >= self.config.open_source_lip_ratio:
+            return torch.zeros(1, *x_s.shape[1:])
+        return self._lip_mlp(x_s, torch.cat([lip_ratio, torch.zeros(1, 1)], dim=1))
+
+    @torch.no_grad()
+    def _animate(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray, controls: Controls):
+        source: PreparedSource = persona.features[MODE]
+        if not len(levels):
+            return empty_frames(persona), carry
+        x_d, carry = self.frame_keypoints(source, carry, levels, controls)
+        x_s = source.motion.x_s
+        stitched = self._run_mlp(keypoints.stitching, self.networks.stitching.stitching, x_s.expand(len(x_d), -1, -1), x_d)
+        frames = []
+        for start in range(0, len(stitched), self.config.max_batch):
+            batch = stitched[start:start + self.config.max_batch].to(self.networks.device)
+            images = to_uint8(warp_decode(self.networks, source.motion.f_s, x_s.to(self.networks.device), batch,
+                                          self._fp16)["image"])
+            frames += [paste_back(img, source.M_c2o, persona.portrait, source.mask) for img in images]
+        return np.stack(frames), carry
+
+
+def target_vector(controls: Controls) -> np.ndarray:
+    """(10,) control vector the session asks for: the emotion preset plus explicit head offsets."""
+    v = expression.preset(controls.emotion, controls.intensity).to_vector()
+    v[-3:] += [controls.head_pitch_deg, controls.head_yaw_deg, controls.head_roll_deg]
+    return v
+
+
+def posed_keypoints(source: SourceMotion, exp_offsets: np.ndarray, head_deg: np.ndarray) -> torch.Tensor:
+    """The source's canonical keypoints with extra expression and head angles: N×21×3.
+
+    exp_offsets: N×21×3 added to exp_s; head_deg: N×3 [pitch, yaw, roll] added to the source pose.
+    """
+    info = source.info
+    n = len(exp_offsets)
+    head = torch.as_tensor(head_deg, dtype=torch.float32)
+    angles = [info[k].reshape(1, 1).expand(n, 1) + head[:, i:i + 1] for i, k in enumerate(("pitch", "yaw", "roll"))]
+    driven = {
+        "kp": info["kp"].expand(n, -1, -1),
+        "exp": info["exp"] + torch.as_tensor(exp_offsets, dtype=torch.float32),
+        "scale": info["scale"].expand(n, 1),
+        "t": info["t"].expand(n, 3),
+        "pitch": angles[0], "yaw": angles[1], "roll": angles[2],
+    }
+    return keypoints.transform_keypoint(driven)

@@ -1,0 +1,163 @@
+"""The liveportrait pipeline: the contract on a tiny config, and end-to-end parity with
+fixture_pipeline_A (oracle README section 4) on the real config with seeded weights."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from models.base import SAMPLES_PER_FRAME, Controls, Pipeline, PersonaMedia
+from models.face.analysis import AnalysedFace
+from models.face.detection import FaceBox
+from models.liveportrait.config import LivePortraitConfig
+from models.liveportrait.loading import LivePortraitNetworks
+from models.liveportrait.pipeline import LivePortraitPipeline, LivePortraitPipelineConfig
+
+PORTRAIT_HW = (360, 480)
+MOUTH_KP = 19
+
+
+class FixedFace:
+    """Stands in for FaceAnalyzer: returns the given landmarks (as the fixtures' fakes did)."""
+
+    def __init__(self, points106: np.ndarray, points203: np.ndarray):
+        self.result = AnalysedFace(FaceBox(np.zeros(4), 1.0, np.zeros((5, 2))), points106, points203, [])
+
+    def analyse(self, image):
+        return self.result
+
+
+def unit_face(points: np.ndarray, centre=(240.0, 170.0), half_side=80.0) -> np.ndarray:
+    return (np.asarray(centre) + points * half_side).astype(np.float32)
+
+
+def open_mouth_lip_mlp(mlp: torch.nn.Module) -> None:
+    """Hand-set the tiny lip MLP so its output moves only keypoint 19 down by c_d_lip."""
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.zero_()
+        mlp.mlp[0].weight[0, 64] = 1.0  # input 64 = c_d_lip
+        mlp.mlp[2].weight[0, 0] = 1.0
+        mlp.mlp[4].weight[MOUTH_KP * 3 + 1, 0] = 1.0
+
+
+class CheapWarp(torch.nn.Module):
+    """W stand-in with W's output contract, so contract tests do not pay for 3-D convs on CPU:
+    out B×C×64×64 from the source volume plus a term that varies with the driving keypoints,
+    so different keypoints give different frames."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, feature_3d, kp_driving, kp_source):
+        b = kp_driving.shape[0]
+        level = torch.sin(1000 * (kp_driving - kp_source).abs().mean(dim=(1, 2))).view(b, 1, 1, 1)
+        out = feature_3d.mean(dim=2)[:, :1].expand(b, self.channels, 64, 64) + level
+        return {"out": out, "deformation": None, "occlusion_map": None}
+
+
+class CheapGenerator(torch.nn.Module):
+    def forward(self, feature):
+        # feature: B×C×64×64 -> B×3×512×512 in (0, 1)
+        x = torch.sigmoid(feature[:, :3])
+        return torch.nn.functional.interpolate(x, scale_factor=8, mode="nearest")
+
+
+def make_tiny(real_renderer: bool):
+    from tests import face_onnx_models as fm
+
+    torch.manual_seed(0)
+    config = LivePortraitConfig.tiny()
+    nets = LivePortraitNetworks.random(config)
+    open_mouth_lip_mlp(nets.stitching.lip)
+    if not real_renderer:
+        nets.warping, nets.generator = CheapWarp(config.spade.input_channels), CheapGenerator()
+    face = FixedFace(unit_face(fm.face_points_106()), unit_face(fm.face_points_203()))
+    pipeline = LivePortraitPipeline(LivePortraitPipelineConfig(networks=config, max_batch=4), networks=nets, face=face)
+    rng = np.random.default_rng(0)
+    portrait = rng.integers(0, 256, (*PORTRAIT_HW, 3), dtype=np.uint8)
+    return pipeline, pipeline.prepare(PersonaMedia([portrait]), "p1")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_tiny(real_renderer=False)
+
+
+def test_one_frame_through_the_real_tiny_networks():
+    pipeline, persona = make_tiny(real_renderer=True)
+    carry = pipeline.start(persona, Controls())
+    frames, carry = pipeline.render(persona, carry, np.zeros(SAMPLES_PER_FRAME, np.float32), Controls())
+    assert frames.shape == (1, *PORTRAIT_HW, 3) and frames.dtype == np.uint8 and carry.frame == 1
+
+
+def speech(n_frames: int, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(n_frames * SAMPLES_PER_FRAME) / 16_000
+    return (amplitude * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+
+
+def test_implements_the_contract(tiny):
+    pipeline, persona = tiny
+    assert isinstance(pipeline, Pipeline) and pipeline.mode == "liveportrait"
+    carry = pipeline.start(persona, Controls())
+    frames, carry = pipeline.render(persona, carry, speech(10), Controls(emotion="happy"))
+    assert frames.shape == (10, *PORTRAIT_HW, 3) and frames.dtype == np.uint8
+    assert carry.frame == 10 and carry.lip_level > 0
+    assert len({f.tobytes() for f in frames}) > 1  # the face moves
+    frames, carry = pipeline.idle(persona, carry, 3, Controls())
+    assert frames.shape == (3, *PORTRAIT_HW, 3) and carry.frame == 13
+    frames, carry = pipeline.flush(persona, carry, Controls())
+    assert frames.shape == (0, *PORTRAIT_HW, 3)
+    assert len(pickle.dumps(carry)) < 2048  # small, serialisable
+
+
+def test_paste_back_leaves_the_portrait_outside_the_crop(tiny):
+    pipeline, persona = tiny
+    frames, _ = pipeline.render(persona, pipeline.start(persona, Controls()), speech(1), Controls())
+    outside = persona.features["liveportrait"].mask[..., 0] == 0
+    np.testing.assert_array_equal(frames[0][outside], persona.portrait[outside])
+    assert outside.any() and not outside.all()
+
+
+def test_lip_opens_with_loud_speech_and_closes_in_silence(tiny):
+    pipeline, persona = tiny
+    source = persona.features["liveportrait"]
+    carry = pipeline.start(persona, Controls())
+    delta_loud = pipeline.lip_delta(source, np.ones(1))
+    delta_silent = pipeline.lip_delta(source, np.zeros(1))
+    assert torch.count_nonzero(delta_silent) == 0  # mouth at rest in silence
+    moved = torch.nonzero(delta_loud[0].abs() > 1e-6).tolist()
+    assert moved == [[MOUTH_KP, 1]] and delta_loud[0, MOUTH_KP, 1] > 0.3  # keypoint 19 down: open
+
+    # Through render's lip level: speech then silence.
+    from models.liveportrait.lip import lip_levels
+
+    audio = np.concatenate([speech(6), np.zeros(10 * SAMPLES_PER_FRAME, np.float32)])
+    levels, _ = lip_levels(audio, 0.0)
+    x_d, _ = pipeline.frame_keypoints(source, carry, levels, Controls())
+    x_rest, _ = pipeline.frame_keypoints(source, carry, np.zeros_like(levels), Controls())
+    gap = (x_d - x_rest)[:, MOUTH_KP, 1]
+    assert gap[1:6].min() > 0.1 and gap[-3:].abs().max() == 0
+
+
+def test_blink_is_identity_when_eyes_open(tiny):
+    pipeline, persona = tiny
+    source = persona.features["liveportrait"]
+    assert torch.count_nonzero(pipeline.eye_delta(source, np.zeros(3))) == 0
+    assert pipeline.eye_delta(source, np.ones(1)).abs().max() > 0
+
+
+def test_emotion_changes_blend_over_frames(tiny):
+    from models.liveportrait.expression import CONTROL_NAMES
+
+    pipeline, persona = tiny
+    source = persona.features["liveportrait"]
+    brow = CONTROL_NAMES.index("brow")
+    carry = pipeline.start(persona, Controls())
+    _, carry = pipeline.frame_keypoints(source, carry, np.zeros(3), Controls(emotion="surprised"))
+    assert 0.1 < carry.expression[brow] < 0.5  # partway after 3 frames, not jumped
+    _, later = pipeline.frame_keypoints(source, carry, np.zeros(50), Controls(emotion="surprised"))
+    assert later.expression[brow] == pytest.approx(1.0, abs=0.01)  # there after 2 s
