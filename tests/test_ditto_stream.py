@@ -121,3 +121,21 @@ def test_carry_pickles_and_resumes_elsewhere(tiny_model, fx):
     c = tiny_stream(tiny_model, fx)  # "another replica"
     rest, _, _ = run_chunks(c, pickle.loads(blob), feats[20:], 5, emo)
     np.testing.assert_array_equal(np.concatenate([first, rest]), ref)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("overlap", [40, 60, 70, 75, 78])
+def test_algorithmic_delay(tiny_model, fx, overlap):
+    """Feeding one feature frame at a time, the first motion frame leaves after
+    2 * (80 - overlap) frames (the README's '4th 5-frame chunk' for overlap 70)."""
+    from models.ditto.stream import first_frame_delay_frames
+
+    torch.set_num_threads(1)
+    stream = tiny_stream(tiny_model, fx, overlap)
+    silence = np.repeat(fx["audio_feat_silence_buffer"][:1], overlap, 0)
+    carry = stream.start(silence, class_vector(4))
+    for n in range(1, 200):
+        out, carry = stream.feed(carry, fx["audio_feat_real"][n - 1 : n], class_vector(4))
+        if len(out):
+            break
+    assert n == first_frame_delay_frames(overlap)

@@ -245,3 +245,14 @@ def window_condition(
     ball_rows = [mirror_index(f, len(eye_ball)) for f in frames]
     sc = np.broadcast_to(np.asarray(kp, np.float32).reshape(1, -1), (len(aud), 63))
     return np.concatenate([aud, emo_rows, eye_open[eye_rows], eye_ball[ball_rows], sc], -1)
+
+
+def first_frame_delay_frames(overlap: int, seq_frames: int = 80, online: bool = True) -> int:
+    """Frames of audio features needed before motion for frame 0 comes out.
+
+    The first window needs `valid = seq - overlap` real frames (the rest is the
+    silence buffer); online, its frames wait for the second window's blend.
+    Add HuBERT's own lookahead (2 frames + 80 samples) for the audio delay.
+    """
+    valid = seq_frames - overlap
+    return 2 * valid if online else valid
