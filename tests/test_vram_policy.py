@@ -47,6 +47,19 @@ def test_declared_neighbour_keeps_its_high_water_mark_after_it_exits():
     assert rig.controller.state.budget_bytes == 11 * GIB
 
 
+def test_a_settled_neighbour_is_reserved_at_the_peak_of_its_current_run():
+    rig = Rig(small_config(neighbour_settle_s=60.0), llm_bytes=10 * GIB)
+    rig.step(0.0)
+    rig.llm_bytes = 0
+    rig.step(1.0)  # unloaded: its return is protected at the all-time peak
+    assert rig.controller.state.budget_bytes == 11 * GIB
+    rig.llm_bytes = 6 * GIB
+    rig.step(2.0)  # back, loading: still the all-time peak
+    assert rig.controller.state.budget_bytes == 11 * GIB
+    rig.step(63.0)  # settled: the peak of this run plus the allowance
+    assert rig.controller.state.budget_bytes == (24 - 8 - 1) * GIB
+
+
 def test_undeclared_process_is_reserved_while_alive_and_forgotten_after():
     rig = Rig(small_config(), others=[ProcessReading(77, 3 * GIB, "python")])
     rig.step(0.0)
@@ -73,7 +86,7 @@ def test_a_neighbour_needs_a_way_to_be_recognised():
 def test_without_per_process_numbers_used_minus_ours_is_unattributed():
     tracker = NeighbourTracker((), PolicyConfig(growth_allowance_bytes=GIB))
     reading = DeviceReading(0, 24 * GIB, 10 * GIB, 14 * GIB, per_process_available=False)
-    tracker.observe(reading, own_pids=set(), own_bytes=4 * GIB)
+    tracker.observe(reading, own_pids=set(), own_bytes=4 * GIB, now_s=0.0)
     assert tracker.total_reservation_bytes() == 7 * GIB
 
 

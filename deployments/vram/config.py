@@ -78,6 +78,9 @@ class PolicyConfig(_Frozen):
     load_margin_bytes: int = Field(default=512 * MIB, ge=0)
     # Default KV-cache growth room for neighbours that do not declare their own.
     growth_allowance_bytes: int = Field(default=4 * GIB, ge=0)
+    # A neighbour that (re)appeared is loading for this long: until then it is
+    # reserved at its all-time peak, afterwards at the peak of its current run.
+    neighbour_settle_s: float = Field(default=120.0, ge=0)
     # Against thrashing: a backend is not evicted to make room before this age...
     min_residency_s: float = Field(default=60.0, ge=0)
     # ...and an idle backend is unloaded after this long without sessions.

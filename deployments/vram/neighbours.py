@@ -2,9 +2,16 @@
 
 A neighbour's reservation is the larger of its declared cap and its observed
 high-water mark plus a growth allowance (an LLM's KV cache grows with context).
-Declared neighbours keep their high-water mark across restarts, because an LLM
-server that unloads at lunch comes back at the same size. Undeclared processes
-are tracked per PID and forgotten when they exit.
+
+Which high-water mark: while a declared neighbour is absent (an LLM server that
+unloaded at lunch) or still settling after it (re)appeared (loading weights),
+its all-time peak, so its return finds room. Once settled, the peak of its
+current lifetime: its growth from there is covered by the allowance and by our
+reaction time (an unload takes seconds; KV caches grow over minutes). Holding
+the all-time peak forever would keep memory idle all day for a peak that the
+current process may never reach. Undeclared processes are tracked per PID and
+forgotten when they exit; without per-process numbers, everything not ours is
+one "unattributed" neighbour that keeps its all-time peak.
 """
 from __future__ import annotations
 
@@ -22,18 +29,31 @@ class NeighbourState:
     declared: bool
     declared_cap_bytes: int
     growth_allowance_bytes: int
+    settle_s: float
     used_bytes: int = 0
+    # All-time peak, and the peak since it last appeared.
     high_water_bytes: int = 0
+    lifetime_high_water_bytes: int = 0
+    present_since_s: float | None = None
     pids: tuple[int, ...] = ()
+    now_s: float = 0.0
 
     def reservation_bytes(self) -> int:
-        observed = self.high_water_bytes + self.growth_allowance_bytes if self.high_water_bytes else 0
+        settled = (self.present_since_s is not None
+                   and self.now_s - self.present_since_s >= self.settle_s)
+        peak = self.lifetime_high_water_bytes if settled else self.high_water_bytes
+        observed = peak + self.growth_allowance_bytes if peak else 0
         return max(self.declared_cap_bytes, observed)
 
-    def see(self, used_bytes: int, pids: tuple[int, ...]) -> None:
-        self.used_bytes = used_bytes
+    def see(self, used_bytes: int, pids: tuple[int, ...], now_s: float) -> None:
+        present = used_bytes > 0
+        if present and self.present_since_s is None:
+            self.present_since_s, self.lifetime_high_water_bytes = now_s, 0
+        elif not present:
+            self.present_since_s = None
+        self.used_bytes, self.pids, self.now_s = used_bytes, pids, now_s
         self.high_water_bytes = max(self.high_water_bytes, used_bytes)
-        self.pids = pids
+        self.lifetime_high_water_bytes = max(self.lifetime_high_water_bytes, used_bytes)
 
 
 def matches(spec: NeighbourSpec, process: ProcessReading) -> bool:
@@ -53,6 +73,7 @@ class NeighbourTracker:
     states: dict[str, NeighbourState] = field(default_factory=dict)
     # True while readings lack per-process numbers (see _observe_aggregate).
     aggregate: bool = False
+    _now_s: float = 0.0
 
     def __post_init__(self) -> None:
         for spec in self.specs:
@@ -62,11 +83,13 @@ class NeighbourTracker:
     def _new_state(self, name: str, declared: bool, cap_bytes: int,
                    allowance_bytes: int | None) -> NeighbourState:
         allowance = self.policy.growth_allowance_bytes if allowance_bytes is None else allowance_bytes
-        return NeighbourState(name, declared, cap_bytes, allowance)
+        return NeighbourState(name, declared, cap_bytes, allowance, self.policy.neighbour_settle_s)
 
-    def observe(self, reading: DeviceReading, own_pids: set[int], own_bytes: int) -> None:
+    def observe(self, reading: DeviceReading, own_pids: set[int], own_bytes: int,
+                now_s: float) -> None:
         """Update from one reading. `own_pids`/`own_bytes` are our backends, excluded."""
         self.aggregate = not reading.per_process_available
+        self._now_s = now_s
         if not self.aggregate:
             self._observe_per_process(reading, own_pids)
         else:
@@ -82,7 +105,7 @@ class NeighbourTracker:
             (by_name[spec.name] if spec else undeclared).append(process)
         for name, processes in by_name.items():
             used = sum(p.used_bytes or 0 for p in processes)
-            self.states[name].see(used, tuple(p.pid for p in processes))
+            self.states[name].see(used, tuple(p.pid for p in processes), self._now_s)
         self._track_undeclared(undeclared)
 
     def _track_undeclared(self, processes: list[ProcessReading]) -> None:
@@ -92,7 +115,7 @@ class NeighbourTracker:
             alive.add(key)
             if key not in self.states:
                 self.states[key] = self._new_state(key, False, 0, None)
-            self.states[key].see(process.used_bytes or 0, (process.pid,))
+            self.states[key].see(process.used_bytes or 0, (process.pid,), self._now_s)
         # An undeclared process that exited freed its memory; its PID will not return.
         for key in [k for k, s in self.states.items()
                     if not s.declared and k != UNATTRIBUTED and k not in alive]:
@@ -101,8 +124,10 @@ class NeighbourTracker:
     def _observe_aggregate(self, reading: DeviceReading, own_bytes: int) -> None:
         """No per-process numbers: whatever is used and is not ours is a neighbour's."""
         if UNATTRIBUTED not in self.states:
-            self.states[UNATTRIBUTED] = self._new_state(UNATTRIBUTED, False, 0, None)
-        self.states[UNATTRIBUTED].see(max(0, reading.used_bytes - own_bytes), ())
+            state = self._new_state(UNATTRIBUTED, False, 0, None)
+            state.settle_s = float("inf")  # no lifetimes to tell apart: keep the all-time peak
+            self.states[UNATTRIBUTED] = state
+        self.states[UNATTRIBUTED].see(max(0, reading.used_bytes - own_bytes), (), self._now_s)
 
     def forget_pid(self, pid: int) -> None:
         """A PID we first took for a neighbour turned out to be one of our backends."""

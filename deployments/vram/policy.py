@@ -188,7 +188,7 @@ class Controller:
         self._adopt_loading_pid(reading)
         own_pids = {b.pid for b in s.backends.values() if b.pid is not None}
         own_bytes = sum(b.reserved_bytes for b in s.backends.values())
-        s.neighbours.observe(reading, own_pids, own_bytes)
+        s.neighbours.observe(reading, own_pids, own_bytes, self._now_s)
         self._track_live_peaks(reading)
         self._confirm_unloads(reading)
         s.budget_bytes = (reading.total_bytes - s.neighbours.total_reservation_bytes()

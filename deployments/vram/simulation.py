@@ -255,8 +255,10 @@ class RunResult:
             "session_wait_p95_s": _percentile(waits, 95),
             "sessions": len(self.sessions),
             "sessions_never_animated": sum(1 for s in animated if s.first_animated_s is None),
-            "share_time_in_requested_mode": round(
-                sum(s.requested_s for s in self.sessions) / asked_s, 4) if asked_s else None,
+            # Ticks land on whole steps, so a session may collect one tick more than it lasts.
+            "share_time_in_requested_mode": round(sum(
+                min(s.requested_s, s.script.duration_s) for s in self.sessions) / asked_s, 4)
+            if asked_s else None,
         }
 
 
@@ -283,7 +285,8 @@ class _Scorer:
                 - self.config.policy.floor_bytes)
 
     def update(self, now_s: float) -> None:
-        self.tracker.observe(self.device.truth(), self.device.our_pids(), self.device.our_used_bytes())
+        self.tracker.observe(self.device.truth(), self.device.our_pids(),
+                             self.device.our_used_bytes(), now_s)
         over = self.device.our_used_bytes() - max(self.budget_bytes(), 0)
         self.max_overshoot_bytes = max(self.max_overshoot_bytes, over)
         if over > 0 and self._over_since_s is None:
