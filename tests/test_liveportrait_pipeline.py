@@ -161,3 +161,105 @@ def test_emotion_changes_blend_over_frames(tiny):
     assert 0.1 < carry.expression[brow] < 0.5  # partway after 3 frames, not jumped
     _, later = pipeline.frame_keypoints(source, carry, np.zeros(50), Controls(emotion="surprised"))
     assert later.expression[brow] == pytest.approx(1.0, abs=0.01)  # there after 2 s
+
+
+# ---- parity with fixture_pipeline_A (real config, seeded weights) ----------------------
+
+KP_TOL = 1e-4  # keypoints come out of M (README: F, M ≤ 1e-4)
+OUT_TOL = 5e-4  # README: pipeline frame1_out
+
+
+@pytest.fixture(scope="module")
+def seeded_pipeline(oracle, tmp_path_factory):
+    """The real-size pipeline, its five networks seeded as the fixtures were and loaded from
+    an offline HF cache through models.liveportrait.loading; faces faked as upstream's run was."""
+    import huggingface_hub.constants as hub
+
+    from tests.test_liveportrait_networks import NETWORKS, write_seeded, write_seeded_stitching
+
+    fx = dict(np.load(oracle / "liveportrait" / "fixture_pipeline_A.npz"))
+    cache = tmp_path_factory.mktemp("hf-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(hub, "HF_HUB_CACHE", str(cache))
+        mp.setattr(hub, "HF_HUB_OFFLINE", True)
+        for network in NETWORKS:
+            write_seeded(oracle, cache, network)
+        write_seeded_stitching(oracle, cache)
+        nets = LivePortraitNetworks.load(device="cpu")
+    pipeline = LivePortraitPipeline(networks=nets, face=FixedFace(fx["lmk106"], fx["lmk203"]))
+    persona = pipeline.prepare(PersonaMedia([fx["img_ori"]]), "fixture")
+    return pipeline, persona, fx
+
+
+def template_frames(fx) -> list[dict[str, torch.Tensor]]:
+    return [{k: torch.from_numpy(fx[f"drv{i}_{k}"]) for k in ("R", "exp", "scale", "t")} for i in range(2)]
+
+
+def assert_close(ours, ref, atol, what):
+    err = float(np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64)).max())
+    assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol}"
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_prepare_matches_the_reference_source(seeded_pipeline):
+    pipeline, persona, fx = seeded_pipeline
+    source = persona.features["liveportrait"]
+    assert_close(source.M_c2o, fx["M_c2o"], 1e-4, "M_c2o")
+    np.testing.assert_array_equal(source.mask, fx["mask_ori"])
+    motion = source.motion
+    assert_close(motion.x_s, fx["x_s"], KP_TOL, "x_s")
+    assert_close(motion.R_s, fx["R_s"], KP_TOL, "R_s")
+    for k in ("pitch", "yaw", "roll"):
+        assert_close(motion.info[k], fx[f"src_{k}"], 1e-3, k)  # degrees
+    for k in ("t", "exp", "scale", "kp"):
+        assert_close(motion.info[k], fx[f"src_{k}"], KP_TOL, k)
+    assert_close(motion.f_s[..., ::4, ::4], fx["f_s_sub"], 1e-4, "f_s_sub")
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_template_driving_and_one_rendered_frame_match(seeded_pipeline):
+    from models.liveportrait.decode import to_uint8, warp_decode
+    from models.liveportrait.template_driving import drive_with_template
+    from models.face.paste_back import paste_back
+
+    pipeline, persona, fx = seeded_pipeline
+    source = persona.features["liveportrait"]
+    frames, multiplier = drive_with_template(pipeline.networks, source.motion, template_frames(fx))
+    assert multiplier == pytest.approx(float(fx["motion_multiplier"][0]), rel=1e-4)
+    for i, frame in enumerate(frames):
+        assert_close(frame.stitch_in, fx[f"frame{i}_stitch_in"], KP_TOL, f"frame{i}_stitch_in")
+        assert_close(frame.stitch_out, fx[f"frame{i}_stitch_out"], KP_TOL, f"frame{i}_stitch_out")
+        assert_close(frame.x_d, fx[f"frame{i}_x_d_final"], KP_TOL, f"frame{i}_x_d_final")
+
+    # One frame through W and G (about 15 s on 2 CPU cores).
+    out = warp_decode(pipeline.networks, source.motion.f_s, source.motion.x_s, frames[1].x_d)
+    assert_close(out["occlusion_map"], fx["frame1_occlusion_map"], 1e-5, "occlusion_map")
+    assert_close(out["deformation"][:, :, ::2, ::2], fx["frame1_deformation_sub"], 1e-5, "deformation")
+    assert_close(out["image"], fx["frame1_out"], OUT_TOL, "frame1_out")
+    image = to_uint8(out["image"])[0]
+    off = np.abs(image.astype(int) - fx["frame1_I_p"]).astype(int)
+    assert off.max() <= 1 and (off > 0).mean() < 0.01, f"I_p: {(off > 0).sum()} values off by {off.max()}"
+    pasted = paste_back(image, source.M_c2o, persona.portrait, source.mask)
+    off = np.abs(pasted.astype(int) - fx["frame1_pasteback"])
+    assert off.max() <= 1 and (off > 0).mean() < 0.01
+
+
+@pytest.mark.oracle
+def test_paste_back_of_the_reference_frames_is_exact(oracle):
+    from models.face.crop import SOURCE_CROP, crop_image, network_input_256
+    from models.face.mask import liveportrait_mask_template
+    from models.face.paste_back import paste_back, warp_mask
+
+    fx = np.load(oracle / "liveportrait" / "fixture_pipeline_A.npz")
+    crop = crop_image(fx["img_ori"], fx["lmk106"], SOURCE_CROP)
+    np.testing.assert_array_equal(crop.image, fx["img_crop_512"])
+    np.testing.assert_array_equal(network_input_256(crop.image), fx["img_crop_256"])
+    mask = warp_mask(liveportrait_mask_template(), crop.M_c2o, fx["img_ori"].shape[:2])
+    np.testing.assert_array_equal(mask, fx["mask_ori"])
+    for i in range(2):
+        pasted = paste_back(fx[f"frame{i}_I_p"], crop.M_c2o, fx["img_ori"], mask)
+        np.testing.assert_array_equal(pasted, fx[f"frame{i}_pasteback"])
