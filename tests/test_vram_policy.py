@@ -60,6 +60,17 @@ def test_a_settled_neighbour_is_reserved_at_the_peak_of_its_current_run():
     assert rig.controller.state.budget_bytes == (24 - 8 - 1) * GIB
 
 
+def test_an_absent_neighbour_is_reserved_at_its_load_size_not_its_kv_peak():
+    rig = Rig(small_config(neighbour_settle_s=60.0), llm_bytes=10 * GIB)
+    rig.step(0.0)
+    rig.llm_bytes = 14 * GIB
+    rig.step(200.0)  # KV cache grew after it settled
+    assert rig.controller.state.budget_bytes == (24 - 16 - 1) * GIB
+    rig.llm_bytes = 0
+    rig.step(201.0)
+    assert rig.controller.state.budget_bytes == (24 - 12 - 1) * GIB
+
+
 def test_undeclared_process_is_reserved_while_alive_and_forgotten_after():
     rig = Rig(small_config(), others=[ProcessReading(77, 3 * GIB, "python")])
     rig.step(0.0)
@@ -283,10 +294,9 @@ def test_queue_ends_in_a_503_after_the_sessions_patience():
 
 
 def test_a_degraded_session_is_upgraded_when_room_appears():
-    rig = Rig(small_config(), llm_bytes=20 * GIB)
+    rig = Rig(small_config(), others=[ProcessReading(77, 20 * GIB, "python")])
     rig.step(0.0, SessionRequest("s1", "small"))  # still: no room
-    rig.llm_bytes = 0
-    rig.controller.state.neighbours.states["llm"].high_water_bytes = 0  # operator reset
+    rig.others = []  # the undeclared process exits
     decisions = rig.step(1.0)
     assert find(decisions, Action.LOAD)[0].mode == "small"
 

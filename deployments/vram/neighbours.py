@@ -3,13 +3,14 @@
 A neighbour's reservation is the larger of its declared cap and its observed
 high-water mark plus a growth allowance (an LLM's KV cache grows with context).
 
-Which high-water mark: while a declared neighbour is absent (an LLM server that
-unloaded at lunch) or still settling after it (re)appeared (loading weights),
-its all-time peak, so its return finds room. Once settled, the peak of its
-current lifetime: its growth from there is covered by the allowance and by our
-reaction time (an unload takes seconds; KV caches grow over minutes). Holding
-the all-time peak forever would keep memory idle all day for a peak that the
-current process may never reach. Undeclared processes are tracked per PID and
+Which high-water mark: a settled neighbour (present for `neighbour_settle_s`) is
+reserved at the peak of its current run; its growth from there is covered by the
+allowance and by our reaction time (an unload takes seconds; KV caches grow over
+minutes). A neighbour that is absent (an LLM server unloaded at lunch) or still
+loading is reserved at the largest size it ever reached while loading, so that
+its return finds room; its later KV growth is again a matter of reaction.
+Holding its all-time peak instead would idle that memory all day for a peak the
+next run may never reach. Undeclared processes are tracked per PID and
 forgotten when they exit; without per-process numbers, everything not ours is
 one "unattributed" neighbour that keeps its all-time peak.
 """
@@ -31,17 +32,22 @@ class NeighbourState:
     growth_allowance_bytes: int
     settle_s: float
     used_bytes: int = 0
-    # All-time peak, and the peak since it last appeared.
+    # All-time peak (reported), peak since it last appeared, and the largest size it
+    # reached while loading (the first `settle_s` of any run).
     high_water_bytes: int = 0
     lifetime_high_water_bytes: int = 0
+    load_high_water_bytes: int = 0
     present_since_s: float | None = None
     pids: tuple[int, ...] = ()
     now_s: float = 0.0
 
     def reservation_bytes(self) -> int:
-        settled = (self.present_since_s is not None
-                   and self.now_s - self.present_since_s >= self.settle_s)
-        peak = self.lifetime_high_water_bytes if settled else self.high_water_bytes
+        if self.present_since_s is None:
+            peak = self.load_high_water_bytes  # absent: room for its return
+        elif self._settled():
+            peak = self.lifetime_high_water_bytes
+        else:
+            peak = max(self.lifetime_high_water_bytes, self.load_high_water_bytes)
         observed = peak + self.growth_allowance_bytes if peak else 0
         return max(self.declared_cap_bytes, observed)
 
@@ -54,6 +60,12 @@ class NeighbourState:
         self.used_bytes, self.pids, self.now_s = used_bytes, pids, now_s
         self.high_water_bytes = max(self.high_water_bytes, used_bytes)
         self.lifetime_high_water_bytes = max(self.lifetime_high_water_bytes, used_bytes)
+        if present and not self._settled():
+            self.load_high_water_bytes = max(self.load_high_water_bytes, used_bytes)
+
+    def _settled(self) -> bool:
+        return (self.present_since_s is not None
+                and self.now_s - self.present_since_s >= self.settle_s)
 
 
 def matches(spec: NeighbourSpec, process: ProcessReading) -> bool:
