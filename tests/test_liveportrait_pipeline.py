@@ -114,6 +114,26 @@ def test_implements_the_contract(tiny):
     assert len(pickle.dumps(carry)) < 2048  # small, serialisable
 
 
+def test_missing_weights_name_the_fetch_command(hf_cache):
+    from models.base import WeightsMissingError
+
+    with pytest.raises(WeightsMissingError, match="lockn-bod weights fetch liveportrait"):
+        LivePortraitPipeline(device="cpu")
+
+
+def test_several_faces_warning_reaches_the_persona(tiny):
+    from models.face.analysis import FaceWarning
+
+    pipeline, persona = tiny
+    face = pipeline.face
+    face.result.warnings = [FaceWarning("several_faces", "2 faces found; using the largest (160 px)")]
+    try:
+        prepared = pipeline.prepare(persona.media, "p2")
+    finally:
+        face.result.warnings = []
+    assert prepared.features["warnings"] == [{"code": "several_faces", "message": "2 faces found; using the largest (160 px)"}]
+
+
 def test_paste_back_leaves_the_portrait_outside_the_crop(tiny):
     pipeline, persona = tiny
     frames, _ = pipeline.render(persona, pipeline.start(persona, Controls()), speech(1), Controls())

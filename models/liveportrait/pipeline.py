@@ -23,11 +23,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..base import FPS, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
+from ..base import FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
 from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer, FaceWarning
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import liveportrait_mask_template
-from ..face.paste_back import paste_back, warp_mask
+from ..face.paste_back import mask_box, paste_back, warp_mask
 from . import expression, keypoints
 from .config import LivePortraitConfig
 from .decode import to_uint8, warp_decode
@@ -66,6 +66,7 @@ class PreparedSource:
     motion: SourceMotion
     M_c2o: np.ndarray  # 3×3 float32 crop(512) -> portrait
     mask: np.ndarray  # H×W×3 float32 paste-back mask in portrait pixels
+    mask_box: tuple[slice, slice]  # rows, columns where the mask is non-zero
     eye_ratio: torch.Tensor  # 1×2 source eye close ratios [left, right]
     lip_ratio: torch.Tensor  # 1×1 source lip close ratio
     eye_base: torch.Tensor  # 1×21×3 eye MLP output at the source's own openness
@@ -111,17 +112,21 @@ class LivePortraitPipeline:
         motion = SourceMotion(motion.f_s, {k: v.cpu() for k, v in motion.info.items()}, motion.x_s.cpu(), motion.R_s.cpu())
         eye_ratio = torch.from_numpy(keypoints.eye_close_ratio(face.points203[None])).float()  # 1×2
         lip_ratio = torch.from_numpy(keypoints.lip_close_ratio(face.points203[None])).float()  # 1×1
+        mask = warp_mask(liveportrait_mask_template(self.config.crop.dsize), crop.M_c2o, portrait.shape[:2])
         source = PreparedSource(
             motion=motion,
             M_c2o=crop.M_c2o,
-            mask=warp_mask(liveportrait_mask_template(self.config.crop.dsize), crop.M_c2o, portrait.shape[:2]),
+            mask=mask,
+            mask_box=mask_box(mask),
             eye_ratio=eye_ratio,
             lip_ratio=lip_ratio,
             eye_base=self._eye_mlp(motion.x_s, torch.cat([eye_ratio, eye_ratio.mean(dim=1, keepdim=True)], dim=1)),
             lip_base=self._lip_base(motion.x_s, lip_ratio),
             warnings=face.warnings,
         )
-        return Persona(persona_id=persona_id, media=media, features={MODE: source})
+        # "warnings": what the caller should tell the user (e.g. several faces, the largest used).
+        warnings = [{"code": w.code, "message": w.message} for w in face.warnings]
+        return Persona(persona_id=persona_id, media=media, features={MODE: source, "warnings": warnings})
 
     def start(self, persona: Persona, controls: Controls) -> LivePortraitCarry:
         seed = (self.config.seed ^ zlib.crc32(persona.persona_id.encode())) & 0xFFFFFFFF
@@ -140,7 +145,7 @@ class LivePortraitPipeline:
 
     def idle(self, persona: Persona, carry: LivePortraitCarry, n: int, controls: Controls):
         # Silence: the lip level keeps releasing from where speech left it.
-        return self.render(persona, carry, np.zeros(n * 640, np.float32), controls)
+        return self.render(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls)
 
     # ---- per-frame motion -----------------------------------------------------------
 
@@ -221,7 +226,7 @@ class LivePortraitPipeline:
             batch = stitched[start:start + self.config.max_batch].to(self.networks.device)
             images = to_uint8(warp_decode(self.networks, source.motion.f_s, x_s.to(self.networks.device), batch,
                                           self._fp16)["image"])
-            frames += [paste_back(img, source.M_c2o, persona.portrait, source.mask) for img in images]
+            frames += [paste_back(img, source.M_c2o, persona.portrait, source.mask, source.mask_box) for img in images]
         return np.stack(frames), carry
 
 
