@@ -394,3 +394,27 @@ def test_snapshot_is_plain_json():
     _load_big(rig)
     snap = rig.controller.snapshot()
     assert json.loads(json.dumps(snap))["backends"]["big"]["phase"] == "resident"
+
+
+def test_desired_replicas_follow_loads_and_unloads():
+    rig = Rig(small_config())
+    assert rig.controller.desired_replicas() == {"big": 0, "small": 0}
+    _load_big(rig)
+    assert rig.controller.desired_replicas() == {"big": 1, "small": 0}
+    rig.step(11.0, SessionEnded("s1"))
+    rig.step(300.0)  # idle TTL
+    assert rig.controller.desired_replicas()["big"] == 0
+    assert rig.controller.metrics()["backend_bytes:big"] == 6 * GIB  # until NVML confirms
+
+
+def test_profiles_round_trip_through_the_configured_file(tmp_path):
+    from deployments.vram.policy import Controller
+
+    config = small_config().model_copy(update={"profile_path": tmp_path / "p.json"})
+    rig = Rig(config)
+    rig.controller = Controller.from_config(config)
+    _load_big(rig, peak=5 * GIB)
+    rig.controller.save_profiles()
+    again = Controller.from_config(config)
+    decisions = Rig(config, controller=again).step(0.0, SessionRequest("s", "big"))
+    assert find(decisions, Action.LOAD)[0].cap_bytes == 5 * GIB

@@ -121,6 +121,39 @@ class Controller:
 
     # ================================================================ public API
 
+    @classmethod
+    def from_config(cls, config: ControllerConfig) -> "Controller":
+        """A controller with the profiles measured in earlier runs (config.profile_path)."""
+        profiles = ProfileStore.load(config.profile_path) if config.profile_path else ProfileStore()
+        return cls(config, profiles)
+
+    def save_profiles(self) -> None:
+        """Persist measured profiles; call after steps that loaded or raised a profile."""
+        if self.config.profile_path is not None:
+            self.state.profiles.save(self.config.profile_path)
+
+    def desired_replicas(self) -> dict[str, int]:
+        """Replica target per backend mode: 1 while loading or resident, else 0.
+        What a custom autoscaling policy (or an external scaler) should apply."""
+        return {mode: int(mode in self.state.backends
+                          and self.state.backends[mode].phase != Phase.UNLOADING)
+                for mode in self._specs}
+
+    def metrics(self) -> dict[str, float]:
+        """Gauges for Prometheus: bytes per backend, budget, ledger, free, emergency."""
+        r = self.state.reading
+        out = {"budget_bytes": float(self.state.budget_bytes),
+               "ledger_bytes": float(self.committed_bytes()),
+               "pending_free_bytes": float(self.pending_free_bytes()),
+               "free_bytes": float(r.free_bytes if r else 0),
+               "neighbour_reserved_bytes": float(self.state.neighbours.total_reservation_bytes()),
+               "emergency": float(self.state.emergency),
+               "queued_sessions": float(sum(1 for x in self.state.sessions.values() if x.mode == ""))}
+        for mode in self._specs:
+            backend = self.state.backends.get(mode)
+            out[f"backend_bytes:{mode}"] = float(backend.reserved_bytes if backend else 0)
+        return out
+
     def step(self, now_s: float, reading: DeviceReading, requests: list[Request] = ()) -> list[Decision]:
         """Advance the policy to `now_s` with a fresh reading; returns this step's decisions."""
         self._now_s, self._out = now_s, []

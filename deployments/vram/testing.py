@@ -40,11 +40,12 @@ class Rig:
     # mode -> (pid, bytes) of our backends that hold memory
     ours: dict[str, tuple[int, int]] = field(default_factory=dict)
     others: list[ProcessReading] = field(default_factory=list)
-    controller: Controller = None  # type: ignore[assignment]
+    controller: Controller | None = None  # a fresh one unless given
     now_s: float = 0.0
 
     def __post_init__(self) -> None:
-        self.controller = Controller(self.config)
+        if self.controller is None:
+            self.controller = Controller(self.config)
 
     def reading(self) -> DeviceReading:
         procs = [ProcessReading(pid, used, "ray::ServeRepli") for pid, used in self.ours.values()]
