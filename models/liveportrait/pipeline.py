@@ -3,7 +3,8 @@
 prepare (once per persona):
     portrait -> face (detector, 106 points, 203 points) -> 512 crop -> 256 input
     -> F, M once: f_s, x_s, pose; eye and lip ratios of the source (203 points);
-    the paste-back mask warped into the portrait once.
+    the paste-back mask warped into the portrait once. Face warnings (several
+    faces: the largest is used) go to `persona.features["warnings"]`.
 render (per chunk of N frames, 640 samples each), per frame:
     expression controls (emotion preset, eased) and head angles (controls +
     idle motion) -> x_d from the source's canonical keypoints;
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..base import FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
-from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer, FaceWarning
+from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import liveportrait_mask_template
 from ..face.paste_back import mask_box, paste_back, warp_mask
@@ -71,7 +72,6 @@ class PreparedSource:
     lip_ratio: torch.Tensor  # 1×1 source lip close ratio
     eye_base: torch.Tensor  # 1×21×3 eye MLP output at the source's own openness
     lip_base: torch.Tensor  # 1×21×3 lip MLP output that `lip_delta` subtracts
-    warnings: list[FaceWarning]
 
 
 @dataclass
@@ -122,7 +122,6 @@ class LivePortraitPipeline:
             lip_ratio=lip_ratio,
             eye_base=self._eye_mlp(motion.x_s, torch.cat([eye_ratio, eye_ratio.mean(dim=1, keepdim=True)], dim=1)),
             lip_base=self._lip_base(motion.x_s, lip_ratio),
-            warnings=face.warnings,
         )
         # "warnings": what the caller should tell the user (e.g. several faces, the largest used).
         warnings = [{"code": w.code, "message": w.message} for w in face.warnings]
