@@ -83,3 +83,10 @@ def test_weight_files_are_exactly_dittos():
     files = DittoFiles().all()
     assert len({f.filename for f in files}) == len(files) == 12
     assert all(f.repo_id == "digital-avatar/ditto-talkinghead" and f.licence for f in files)
+
+
+def test_clip_rows_from_cfg():
+    from models.ditto.config import clip_from_cfg
+
+    assert clip_from_cfg(read_cfg_pkl(pickle.dumps(_cfg()))).shape == (2, 265)
+    assert clip_from_cfg({}) is None

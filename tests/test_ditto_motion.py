@@ -204,3 +204,20 @@ def test_c11b_variants(fx, src, stitch_mlp, case):
     ms = M.MotionStitch(src if case == "nostitch" else None, **kw)
     out = [ms(src, unflat(fx["c11_seq_x_d_info_in"][i]), stitch_mlp)[1] for i in range(10)]
     np.testing.assert_allclose(np.concatenate(out), fx[f"c11b_{case}_x_d"], atol=TOL)
+
+
+@pytest.mark.oracle
+def test_ditto_stitch_file_loads_through_hf_cache(oracle, fx, hf_cache, stitch_mlp):
+    """stitch_network.pth in the official container ({'retarget_shoulder': {'module.…'}})."""
+    from models.ditto.config import DittoFiles
+    from models.ditto.pipeline import load_stitch_mlp
+    from models.liveportrait.config import StitchingRetargetingConfig
+    from models.liveportrait.stitching_retargeting import RetargetingMLP
+    from tests.hf_layout import write_torch
+
+    f = DittoFiles().stitch_network
+    state = {f"module.{k}": v for k, v in stitch_mlp.state_dict().items()}
+    write_torch(hf_cache, f.repo_id, f.filename, {"retarget_shoulder": state})
+    mlp = load_stitch_mlp(RetargetingMLP(StitchingRetargetingConfig().stitching))
+    out = M.stitch_keypoints(mlp, fx["c11_stitch_kp_source"], fx["c11_stitch_kp_driving"])
+    np.testing.assert_allclose(out, fx["c11_stitch_out"], atol=1e-5)

@@ -136,3 +136,10 @@ def lmdm_config_from_cfg(cfg: dict, base: LMDMConfig = LMDMConfig()) -> LMDMConf
         cond_dim=int(a2m.get("audio_feat_dim", base.cond_dim)),
         seq_frames=int(a2m.get("seq_frames", base.seq_frames)),
     )
+
+
+def clip_from_cfg(cfg: dict):
+    """(2, 265) v_min / v_max rows the online cfg clips motion with (it stores 4 rows;
+    the reference reads rows 0 and 1), or None."""
+    clip = cfg.get("default_kwargs", {}).get("v_min_max_for_clip")
+    return None if clip is None else clip[:2]

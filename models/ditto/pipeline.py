@@ -173,13 +173,11 @@ def load_renderer(files: DittoFiles | None = None, device: str = "cpu") -> LiveP
     the lip and eye MLPs of the returned object stay unloaded: Ditto never uses them.
     """
     from ..liveportrait import loading as lp
-    from ..liveportrait.stitching_retargeting import StitchingRetargeting, strip_ddp
-    from ..weights import load_torch_state_dict, resolve
+    from ..liveportrait.stitching_retargeting import StitchingRetargeting
 
     files = files or DittoFiles()
     stitching = StitchingRetargeting()
-    ckpt = load_torch_state_dict(resolve(files.stitch_network, MODE))
-    stitching.stitching.load_state_dict(strip_ddp(ckpt["retarget_shoulder"]), strict=True)
+    load_stitch_mlp(stitching.stitching, files)
     nets = LivePortraitNetworks(
         appearance=lp.load_appearance_feature_extractor(file=files.appearance_extractor, mode=MODE),
         motion=lp.load_motion_extractor(file=files.motion_extractor, mode=MODE),
@@ -188,3 +186,13 @@ def load_renderer(files: DittoFiles | None = None, device: str = "cpu") -> LiveP
         stitching=stitching,
     )
     return nets.to(device)
+
+
+def load_stitch_mlp(mlp: torch.nn.Module, files: DittoFiles | None = None) -> torch.nn.Module:
+    """Ditto's stitch_network.pth: `ckpt['retarget_shoulder']`, 'module.' removed, strict."""
+    from ..liveportrait.stitching_retargeting import strip_ddp
+    from ..weights import load_torch_state_dict, resolve
+
+    ckpt = load_torch_state_dict(resolve((files or DittoFiles()).stitch_network, MODE))
+    mlp.load_state_dict(strip_ddp(ckpt["retarget_shoulder"]), strict=True)
+    return mlp.eval()
