@@ -65,7 +65,8 @@ def stages(nets: LivePortraitNetworks, inp: dict[str, torch.Tensor]) -> dict[str
     s = nets.stitching
 
     def stitching_and_retargeting():
-        delta = keypoints.retarget_eye(s.eye, inp["x_s"], inp["eye"]) + keypoints.retarget_lip(s.lip, inp["x_s"], inp["lip"])
+        delta = keypoints.retarget_eye(s.eye, inp["x_s"], inp["eye"])
+        delta = delta + keypoints.retarget_lip(s.lip, inp["x_s"], inp["lip"])
         return keypoints.stitching(s.stitching, inp["x_s"], inp["x_d"] + delta)
 
     return {
@@ -77,7 +78,9 @@ def stages(nets: LivePortraitNetworks, inp: dict[str, torch.Tensor]) -> dict[str
     }
 
 
-def run(nets: LivePortraitNetworks, batch: int, precision: str, device: torch.device, warmup: int, repeats: int) -> dict:
+def run(
+    nets: LivePortraitNetworks, batch: int, precision: str, device: torch.device, warmup: int, repeats: int
+) -> dict:
     autocast = (torch.autocast("cuda", dtype=torch.float16) if precision == "fp16"
                 else contextlib.nullcontext())
     with torch.no_grad(), autocast:

@@ -46,8 +46,13 @@ def weight_files() -> list[WeightFile]:
     return [*NETWORK_FILES, *FACE_FILES]
 
 
-def _load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], None] | None = None) -> nn.Module:
-    state = load_torch_state_dict(resolve(file, MODE))
+def load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], None] | None = None,
+              mode: str = MODE) -> nn.Module:
+    """Load `file` into `module` strictly (or through `adapt(state)`), return it in eval mode.
+
+    `mode` names the fetch command in WeightsMissingError (Ditto passes "ditto").
+    """
+    state = load_torch_state_dict(resolve(file, mode))
     if adapt is None:
         module.load_state_dict(state, strict=True)
     else:
@@ -55,32 +60,43 @@ def _load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], N
     return module.eval()
 
 
-def load_appearance_feature_extractor(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> AppearanceFeatureExtractor:
+def load_appearance_feature_extractor(
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+) -> AppearanceFeatureExtractor:
     config = config or LivePortraitConfig()
-    return _load_into(AppearanceFeatureExtractor(config.appearance), file or APPEARANCE_FEATURE_EXTRACTOR)
+    module = AppearanceFeatureExtractor(config.appearance)
+    return load_into(module, file or APPEARANCE_FEATURE_EXTRACTOR, mode=mode)
 
 
-def load_motion_extractor(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> MotionExtractor:
+def load_motion_extractor(
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+) -> MotionExtractor:
     config = config or LivePortraitConfig()
-    return _load_into(MotionExtractor(config.motion), file or MOTION_EXTRACTOR)
+    return load_into(MotionExtractor(config.motion), file or MOTION_EXTRACTOR, mode=mode)
 
 
-def load_warping_network(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> WarpingNetwork:
+def load_warping_network(
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+) -> WarpingNetwork:
     config = config or LivePortraitConfig()
-    return _load_into(WarpingNetwork(config.warping), file or WARPING_MODULE)
+    return load_into(WarpingNetwork(config.warping), file or WARPING_MODULE, mode=mode)
 
 
-def load_spade_generator(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> SPADEGenerator:
+def load_spade_generator(
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+) -> SPADEGenerator:
     """Loads weight_orig/weight_u/weight_v strictly; the spectral norm is folded on load."""
     config = config or LivePortraitConfig()
-    return _load_into(SPADEGenerator(config.spade), file or SPADE_GENERATOR)
+    return load_into(SPADEGenerator(config.spade), file or SPADE_GENERATOR, mode=mode)
 
 
-def load_stitching_retargeting(config: LivePortraitConfig | None = None, file: WeightFile | None = None) -> StitchingRetargeting:
+def load_stitching_retargeting(
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+) -> StitchingRetargeting:
     """The official nested file: three sub-dicts, `module.` stripped, each loaded strictly."""
     config = config or LivePortraitConfig()
     module = StitchingRetargeting(config.stitching)
-    return _load_into(module, file or STITCHING_RETARGETING, module.load_official_state_dict)
+    return load_into(module, file or STITCHING_RETARGETING, module.load_official_state_dict, mode=mode)
 
 
 @dataclass

@@ -78,10 +78,12 @@ class ConvNeXtV2(nn.Module):
         super().__init__()
         dims = config.dims
         # Stem: 4×4 patchify conv then LayerNorm; later stages: LayerNorm then 2×2 stride-2 conv.
-        stem = nn.Sequential(nn.Conv2d(config.in_chans, dims[0], kernel_size=4, stride=4), ChannelsFirstLayerNorm(dims[0]))
+        stem = nn.Sequential(
+            nn.Conv2d(config.in_chans, dims[0], kernel_size=4, stride=4), ChannelsFirstLayerNorm(dims[0])
+        )
         downs = [stem]
-        for i in range(1, len(dims)):
-            downs.append(nn.Sequential(ChannelsFirstLayerNorm(dims[i - 1]), nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2)))
+        for cin, cout in zip(dims[:-1], dims[1:]):
+            downs.append(nn.Sequential(ChannelsFirstLayerNorm(cin), nn.Conv2d(cin, cout, kernel_size=2, stride=2)))
         self.downsample_layers = nn.ModuleList(downs)
         self.stages = nn.ModuleList(
             nn.Sequential(*[ConvNeXtV2Block(dim) for _ in range(depth)]) for dim, depth in zip(dims, config.depths)

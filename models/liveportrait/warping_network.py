@@ -127,11 +127,14 @@ class DenseMotionNetwork(nn.Module):
         self.norm = nn.BatchNorm3d(config.compress)
         if estimate_occlusion_map:
             k = config.occlusion_kernel_size
-            self.occlusion = nn.Conv2d(self.hourglass.out_filters * config.reshape_depth, 1, kernel_size=k, padding=k // 2)
+            flat_channels = self.hourglass.out_filters * config.reshape_depth
+            self.occlusion = nn.Conv2d(flat_channels, 1, kernel_size=k, padding=k // 2)
         else:
             self.occlusion = None
 
-    def sparse_motions(self, spatial_size: tuple[int, int, int], kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
+    def sparse_motions(
+        self, spatial_size: tuple[int, int, int], kp_driving: torch.Tensor, kp_source: torch.Tensor
+    ) -> torch.Tensor:
         # -> B×(K+1)×D×H×W×3 backward flows; proposal 0 is the identity.
         b = kp_source.shape[0]
         identity = make_coordinate_grid(spatial_size, kp_source)[None, None]  # 1×1×D×H×W×3
@@ -149,13 +152,17 @@ class DenseMotionNetwork(nn.Module):
         warped = F.grid_sample(repeated, motions.reshape(b * k1, d, h, w, 3), align_corners=False)
         return warped.view(b, k1, c, d, h, w)
 
-    def heatmaps(self, spatial_size: tuple[int, int, int], kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
+    def heatmaps(
+        self, spatial_size: tuple[int, int, int], kp_driving: torch.Tensor, kp_source: torch.Tensor
+    ) -> torch.Tensor:
         # -> B×(K+1)×1×D×H×W: Gaussian(driving) − Gaussian(source), zeros for the identity proposal
         heat = kp_to_gaussian(kp_driving, spatial_size) - kp_to_gaussian(kp_source, spatial_size)
         zeros = torch.zeros_like(heat[:, :1])
         return torch.cat([zeros, heat], dim=1)[:, :, None]
 
-    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         # feature: B×32×16×64×64; kp_*: B×K×3
         b, _, d, h, w = feature.shape
         feature = F.relu(self.norm(self.compress(feature)))  # B×4×D×H×W
