@@ -283,3 +283,32 @@ def test_paste_back_of_the_reference_frames_is_exact(oracle):
     for i in range(2):
         pasted = paste_back(fx[f"frame{i}_I_p"], crop.M_c2o, fx["img_ori"], mask)
         np.testing.assert_array_equal(pasted, fx[f"frame{i}_pasteback"])
+
+
+def test_prepare_runs_the_face_models_and_reports_persona_errors(tmp_path):
+    """prepare through real onnxruntime sessions over the stand-in face models."""
+    pytest.importorskip("onnx", reason="the stand-in face models are built with the `onnx` package")
+    from models.base import PersonaError
+    from models.face.analysis import FaceAnalyzer
+    from models.face.onnx_session import open_session
+    from tests import face_onnx_models as fm
+
+    def analyzer(faces):
+        paths = []
+        for name, data in [("det", fm.detector_model(faces)), ("106", fm.landmarks106_model()),
+                           ("203", fm.landmarks203_model())]:
+            paths.append(tmp_path / f"{name}-{len(faces)}.onnx")
+            paths[-1].write_bytes(data)
+        return FaceAnalyzer(*(open_session(p, prefer_cuda=False, threads=1) for p in paths))
+
+    pipeline, persona = make_tiny(real_renderer=False)
+    pipeline.face = analyzer([([150, 100, 330, 330], 0.9), ([20, 20, 80, 90], 0.8)])
+    prepared = pipeline.prepare(persona.media, "two-faces")
+    assert [w["code"] for w in prepared.features["warnings"]] == ["several_faces"]
+    frames, _ = pipeline.idle(prepared, pipeline.start(prepared, Controls()), 1, Controls())
+    assert frames.shape == (1, *PORTRAIT_HW, 3)
+
+    pipeline.face = analyzer([])
+    with pytest.raises(PersonaError) as err:
+        pipeline.prepare(persona.media, "nobody")
+    assert err.value.code == "no_face"
