@@ -343,3 +343,27 @@ def test_tiny_networks_run_under_autocast():
         mixed = run()
     assert mixed.shape == reference.shape and torch.isfinite(mixed).all()
     assert float((mixed - reference).abs().mean()) < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_official_size_fp16_autocast_on_cuda():
+    """Full-size chain under fp16 autocast on CUDA stays close to fp32 (5-D grid_sample in torch)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(0)
+    nets = lp.LivePortraitNetworks.random(device="cuda")
+    image = torch.rand(2, 3, 256, 256, device="cuda")
+
+    def run():
+        with torch.no_grad():
+            volume = nets.appearance(image)
+            x_s = keypoints.transform_keypoint(keypoints.refine_kp_info(nets.motion(image))).float().clamp(-0.8, 0.8)
+            x_d = keypoints.stitching(nets.stitching.stitching, x_s, x_s + 0.02).float()
+            return nets.generator(nets.warping(volume, kp_driving=x_d, kp_source=x_s)["out"]).float()
+
+    reference = run()
+    with torch.autocast("cuda", dtype=torch.float16):
+        mixed = run()
+    assert torch.isfinite(mixed).all()
+    assert float((mixed - reference).abs().mean()) < 2e-2

@@ -39,7 +39,12 @@ class SpectralNormConv2d(nn.Module):
         self.register_buffer("weight_v", torch.empty(in_channels * kernel_size * kernel_size))
         self.register_buffer("weight", torch.empty(shape), persistent=False)
         self._init_singular_vectors()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refold())
+        self.register_load_state_dict_post_hook(SpectralNormConv2d._refold_after_load)
+
+    @staticmethod
+    def _refold_after_load(module: "SpectralNormConv2d", _incompatible_keys) -> None:
+        # A static method, not a lambda, so the module stays picklable.
+        module.refold()
 
     @torch.no_grad()
     def _init_singular_vectors(self, iterations: int = 5) -> None:
