@@ -86,7 +86,10 @@ def write_seeded_stitching(oracle, cache):
     for name in ("stitching", "lip", "eye"):
         mlp = getattr(fresh, name)
         mlp.load_state_dict(seeded.seeded_state_dict(template(mlp), seed=0, gain=1.0))
-    write_torch(cache, lp.HF_REPO, lp.STITCHING_RETARGETING.filename, official_state_dict(fresh))
+    nested = official_state_dict(fresh)
+    # The official file is larger than the three MLPs: it may hold other entries, which must be ignored.
+    nested["unrelated_entry"] = {"module.mlp.0.weight": torch.zeros(1)}
+    write_torch(cache, lp.HF_REPO, lp.STITCHING_RETARGETING.filename, nested)
 
 
 def load_seeded(oracle, cache, network: str):
