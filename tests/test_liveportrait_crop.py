@@ -113,7 +113,7 @@ def test_resize_to_limit(fx):
 
 @pytest.mark.oracle
 def test_ditto_mask_and_crop_share_the_geometry(oracle):
-    """Ditto's crop is the same code path: its fixture's final crop must match ours too."""
+    """Ditto's crop, mask and paste-back are the same code path: its fixture must match ours too."""
     path = oracle / "ditto" / "image_geometry.npz"
     if not path.exists():
         pytest.skip(f"{path} is absent")
@@ -125,6 +125,10 @@ def test_ditto_mask_and_crop_share_the_geometry(oracle):
     small = fc.crop_image(g["src_img_rgb"], g["lmk106"], fc.LANDMARK_RUNNER_CROP)
     assert_close(small.M_o2c, g["crop224_M_o2c"])
     np.testing.assert_array_equal(small.image, g["crop224_img"])
+    # Ditto's PutBackNumpy: a float render, a 2-D float mask, the same blend and truncation.
+    mask = warp_mask(ditto_mask(), g["crop512_M_c2o"], g["src_img_rgb"].shape[:2])
+    pasted = paste_back(g["render_512_float"], g["crop512_M_c2o"], g["src_img_rgb"], mask, mask_box(mask))
+    np.testing.assert_array_equal(pasted, g["pasted_rgb"])
 
 
 def test_feathered_mask_shape():
