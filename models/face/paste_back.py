@@ -45,7 +45,7 @@ def paste_back(
 ) -> np.ndarray:
     """Blend one rendered crop into the portrait.
 
-    crop: S×S×3 uint8 (the network output); portrait: H×W×3 uint8;
+    crop: S×S×3 uint8 (LivePortrait's network output) or float32 in 0..255 (Ditto's); portrait: H×W×3 uint8;
     mask: H×W×3 (or H×W) float32 in [0, 1] from `warp_mask`; box: `mask_box(mask)`
     to blend only where the mask is non-zero (same bytes, less work). Returns H×W×3 uint8.
     """
