@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .onnx_session import OnnxSession
+from .onnx_session import OnnxSession, model_input_name
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ class FaceDetector:
         cfg = self.config
         canvas, scale = letterbox(image, cfg.det_size)
         x = ((canvas.astype(np.float32) - cfg.input_mean) / cfg.input_std).transpose(2, 0, 1)[None]  # 1×3×S×S
-        outputs = [self._unbatch(o) for o in self.session.run(None, {cfg.input_name: x})]
+        feed = {model_input_name(self.session, cfg.input_name): x}
+        outputs = [self._unbatch(o) for o in self.session.run(None, feed)]
         boxes, scores, points = self._decode(outputs)
         if not len(scores):
             return []

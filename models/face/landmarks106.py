@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .detection import FaceBox
-from .onnx_session import OnnxSession
+from .onnx_session import OnnxSession, model_input_name
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Landmark106Runner:
         M = box_crop_transform(face.box, cfg.input_size, cfg.box_scale)
         crop = cv2.warpAffine(image, M, (cfg.input_size, cfg.input_size), borderValue=0.0)
         x = ((crop.astype(np.float32) - cfg.input_mean) / cfg.input_std).transpose(2, 0, 1)[None]  # 1×3×192×192
-        raw = np.asarray(self.session.run(None, {cfg.input_name: x})[0], np.float32)[0]
+        raw = np.asarray(self.session.run(None, {model_input_name(self.session, cfg.input_name): x})[0], np.float32)[0]
         pred = raw.reshape(-1, 2)[-cfg.num_points:]  # 106×2 in [−1, 1]
         crop_points = (pred + 1) * (cfg.input_size // 2)
         back = cv2.invertAffineTransform(M)

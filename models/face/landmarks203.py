@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .crop import LANDMARK_RUNNER_CROP, Crop, crop_image, transform_points
-from .onnx_session import OnnxSession
+from .onnx_session import OnnxSession, model_input_name
 
 INPUT_NAME = "input"
 POINTS_OUTPUT_INDEX = 2
@@ -35,6 +35,6 @@ class Landmark203Runner:
         crop = crop_image(image, coarse_points, LANDMARK_RUNNER_CROP)
         size = LANDMARK_RUNNER_CROP.dsize
         x = (crop.image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]  # 1×3×224×224 RGB
-        outputs = self.session.run(None, {INPUT_NAME: x})
+        outputs = self.session.run(None, {model_input_name(self.session, INPUT_NAME): x})
         normalised = np.asarray(outputs[POINTS_OUTPUT_INDEX])[0].reshape(-1, 2)  # 203×2 in [0, 1]
         return transform_points(normalised * size, crop.M_c2o).astype(np.float32), crop

@@ -29,3 +29,12 @@ def open_session(path: Path, prefer_cuda: bool = True, threads: int = 0) -> Any:
     if prefer_cuda and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def model_input_name(session: OnnxSession, default: str) -> str:
+    """The model's first input name when the session can tell (real sessions can), else `default`.
+
+    Reading it from the file keeps us working if a re-export renames the input.
+    """
+    get_inputs = getattr(session, "get_inputs", None)
+    return get_inputs()[0].name if get_inputs is not None else default
