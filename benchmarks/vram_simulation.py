@@ -147,16 +147,13 @@ class _Baseline:
         del self.loaded[mode]
         self._emit(Action.UNLOAD, code, why, now_s, mode=mode)
 
-    def _common(self, now_s: float, requests: list[Request]) -> list[str]:
-        """Handle reports and ends; returns the ids of new sessions."""
+    def _common(self, now_s: float, requests: list[Request]) -> None:
+        """Reports, ends and new sessions; waiting sessions take free seats."""
         new = []
         for r in requests:
             if isinstance(r, LoadReport) and r.mode in self.loaded:
                 if r.ok:
                     self.loaded[r.mode].ready = True
-                    for sid, mode in self.requested.items():
-                        if mode == r.mode and self.sessions.get(sid) == "still":
-                            self._assign(sid, mode, now_s, Code.BACKEND_READY, "backend loaded")
                 else:
                     self._unload(r.mode, now_s, Code.LOAD_FAILED, r.error)
             elif isinstance(r, SessionEnded):
@@ -167,21 +164,37 @@ class _Baseline:
             elif isinstance(r, SessionRequest):
                 self.requested[r.session_id] = r.mode
                 new.append(r.session_id)
-        for sid, mode in self.sessions.items():
+        for sid in new:
+            self._place(sid, now_s)
+        self._promote_waiting(now_s)
+        for mode in self.sessions.values():
             if mode in self.loaded:
                 self.loaded[mode].last_used_s = now_s
-        return new
+
+    def _has_seat(self, mode: str) -> bool:
+        """The same one-replica-per-mode seat limit as the real policy, for fairness."""
+        seated = sum(1 for m in self.sessions.values() if m == mode)
+        return seated < self.config.backend(mode).max_sessions
+
+    def _ready(self, mode: str) -> bool:
+        return mode in self.loaded and self.loaded[mode].ready
 
     def _assign(self, sid: str, mode: str, now_s: float, code: Code, why: str) -> None:
         self.sessions[sid] = mode
         self._emit(Action.ASSIGN, code, why, now_s, session_id=sid, mode=mode)
 
-    def _place(self, sid: str, now_s: float, no_room_code: Code = Code.WAIT_FOR_LOAD) -> None:
+    def _place(self, sid: str, now_s: float) -> None:
         mode = self.requested[sid]
-        if mode == "still" or (mode in self.loaded and self.loaded[mode].ready):
+        if mode == "still" or (self._ready(mode) and self._has_seat(mode)):
             self._assign(sid, mode, now_s, Code.ADMITTED, "resident")
         else:
-            self._assign(sid, "still", now_s, no_room_code, "backend not ready")
+            self._assign(sid, "still", now_s, Code.WAIT_FOR_LOAD, "backend not ready or full")
+
+    def _promote_waiting(self, now_s: float) -> None:
+        for sid, mode in list(self.sessions.items()):
+            wanted = self.requested[sid]
+            if mode == "still" != wanted and self._ready(wanted) and self._has_seat(wanted):
+                self._assign(sid, wanted, now_s, Code.BACKEND_READY, "backend ready with a seat")
 
 
 class AllResident(_Baseline):
@@ -189,8 +202,7 @@ class AllResident(_Baseline):
 
     def step(self, now_s: float, reading: DeviceReading, requests: list[Request]) -> list[Decision]:
         self.out = []
-        for sid in self._common(now_s, requests):
-            self._place(sid, now_s)
+        self._common(now_s, requests)
         if int(now_s) % 60 == 0:
             for spec in self.config.backends:
                 if spec.mode not in self.loaded:
@@ -206,8 +218,7 @@ class IdleLru(_Baseline):
 
     def step(self, now_s: float, reading: DeviceReading, requests: list[Request]) -> list[Decision]:
         self.out = []
-        for sid in self._common(now_s, requests):
-            self._place(sid, now_s)
+        self._common(now_s, requests)
         self._expire(now_s)
         self._load_for_waiting(now_s, reading)
         return self.out

@@ -418,3 +418,14 @@ def test_profiles_round_trip_through_the_configured_file(tmp_path):
     again = Controller.from_config(config)
     decisions = Rig(config, controller=again).step(0.0, SessionRequest("s", "big"))
     assert find(decisions, Action.LOAD)[0].cap_bytes == 5 * GIB
+
+
+def test_a_load_waits_for_unloads_in_flight_to_be_confirmed():
+    rig = Rig(small_config(growth_allowance_bytes=6 * GIB), llm_bytes=8 * GIB)  # budget 9
+    _load_big(rig)
+    rig.llm_bytes = 12 * GIB  # budget 24-18-1 = 5 < 6: big is shed; small (2) fits the plan
+    decisions = rig.step(11.0)
+    assert find(decisions, Action.UNLOAD, Code.EVICT_OVER_BUDGET)
+    assert not find(decisions, Action.LOAD)  # live free (6) allows it, the ledger does not yet
+    rig.free_unloaded(decisions)
+    assert [d.mode for d in find(rig.step(13.0), Action.LOAD)] == ["small"]

@@ -499,11 +499,18 @@ class Controller:
     def _no_rung(self, session: Session) -> None:
         if session.request.allow_still:
             self._to_still(session, Code.STILL_NO_ROOM,
-                           f"no room for {session.request.mode} or its fallbacks next to the "
-                           f"neighbours (budget {_gib(self.state.budget_bytes)}, ledger "
-                           f"{_gib(self.committed_bytes())}); still mode, upgraded when room appears")
+                           f"{self._obstacle(session.request.mode)}; still mode, upgraded when "
+                           "room appears")
         else:
             self._keep_queued(session)
+
+    def _obstacle(self, mode: str) -> str:
+        """Why the requested mode cannot serve: a full replica, or memory."""
+        backend, spec = self.state.backends.get(mode), self._specs[mode]
+        if backend is not None and self._seats(mode) >= spec.max_sessions:
+            return f"{mode}'s replica is full ({spec.max_sessions} sessions) and no fallback has room"
+        return (f"no room for {mode} or its fallbacks next to the neighbours (budget "
+                f"{_gib(self.state.budget_bytes)}, ledger {_gib(self.committed_bytes())})")
 
     def _keep_queued(self, session: Session) -> None:
         """Queue while an ETA exists within the session's patience; else 503."""
@@ -568,11 +575,18 @@ class Controller:
                     self._unload(backend, Code.EVICT_FOR_ROOM,
                                  f"unloading idle {backend.mode} to make room for {rung.mode}")
                 return  # load once the unloads are confirmed
-            if self._fits_live(reading, need):
+            if self._fits_live(reading, need) and self._fits_confirmed(need):
                 self._load(rung, need, reading)
                 return
             if self.pending_free_bytes():
                 return  # memory is still being freed: wait for the probe to see it
+
+    def _fits_confirmed(self, need_bytes: int) -> bool:
+        """The ledger plans with unloads in flight as freed; a load waits until the probe
+        has confirmed them, so our real usage never exceeds the budget in between."""
+        room = (self.state.budget_bytes - self.committed_bytes() - self.pending_free_bytes()
+                - self.policy.load_margin_bytes)
+        return room >= need_bytes
 
     def _wanted_loads(self) -> list[Rung]:
         """Targets of waiting sessions that are not loading yet, most wanted first."""

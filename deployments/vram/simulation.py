@@ -232,6 +232,7 @@ class RunResult:
     decisions: list[Decision]
     sessions: list[_SessionLog]
     max_overshoot_bytes: int
+    max_overshoot_at_s: float
     over_budget_episodes_s: list[float]
     invariant_violations: list[str] = field(default_factory=list)
 
@@ -246,6 +247,7 @@ class RunResult:
             "neighbour_oom_events": len(self.neighbour_ooms),
             "backend_oom_events": len(self.backend_ooms),
             "max_overshoot_above_budget_gib": round(self.max_overshoot_bytes / 1024**3, 3),
+            "max_overshoot_at_h": round(self.max_overshoot_at_s / 3600, 3),
             "false_rejects": sum(s.false_reject for s in self.sessions),
             "refused_sessions": sum(s.refused for s in self.sessions),
             "shed_sessions": sum(s.shed for s in self.sessions),
@@ -277,6 +279,7 @@ class _Scorer:
         self.config, self.device = config, device
         self.tracker = NeighbourTracker(config.neighbours, config.policy)
         self.max_overshoot_bytes = 0
+        self.max_overshoot_at_s = 0.0
         self.episodes_s: list[float] = []
         self._over_since_s: float | None = None
 
@@ -288,7 +291,8 @@ class _Scorer:
         self.tracker.observe(self.device.truth(), self.device.our_pids(),
                              self.device.our_used_bytes(), now_s)
         over = self.device.our_used_bytes() - max(self.budget_bytes(), 0)
-        self.max_overshoot_bytes = max(self.max_overshoot_bytes, over)
+        if over > self.max_overshoot_bytes:
+            self.max_overshoot_bytes, self.max_overshoot_at_s = over, now_s
         if over > 0 and self._over_since_s is None:
             self._over_since_s = now_s
         elif over <= 0 and self._over_since_s is not None:
@@ -329,7 +333,8 @@ def run_trace(policy: Policy, device: SimulatedDevice, config: ControllerConfig,
         scorer.update(now_s)
     scorer.close(n_ticks * tick_s)
     return RunResult(end_s, device.neighbour_ooms, device.backend_ooms, decisions,
-                     list(run.logs.values()), scorer.max_overshoot_bytes, scorer.episodes_s, violations)
+                     list(run.logs.values()), scorer.max_overshoot_bytes, scorer.max_overshoot_at_s,
+                     scorer.episodes_s, violations)
 
 
 class _Run:
@@ -384,11 +389,16 @@ class _Run:
             log.mode = ""
 
     def _would_have_fit(self, log: _SessionLog) -> bool:
-        """In hindsight the requested backend had room: free memory held its true peak
-        above the floor, without touching anything else."""
+        """In hindsight the requested mode could have served it: its replica had a free
+        seat, and it was resident or free memory held its true peak above a floor."""
         spec = self.specs.get(log.script.request.mode)
         if spec is None:
             return False
+        seated = sum(1 for other in self.logs.values() if other.mode == spec.mode)
+        if seated >= spec.max_sessions:
+            return False  # one replica per mode: a full replica is not a memory decision
+        if self.device.ready(spec.mode):
+            return True
         need = self.true_peak_bytes(spec.mode, spec.variants[0]) + _FLOOR_FOR_SCORING_BYTES
         return self.device.free_bytes() >= need
 
