@@ -429,3 +429,10 @@ def test_a_load_waits_for_unloads_in_flight_to_be_confirmed():
     assert not find(decisions, Action.LOAD)  # live free (6) allows it, the ledger does not yet
     rig.free_unloaded(decisions)
     assert [d.mode for d in find(rig.step(13.0), Action.LOAD)] == ["small"]
+
+
+def test_a_load_longer_than_the_sessions_patience_is_a_503_with_its_eta():
+    rig = Rig(small_config())
+    impatient = SessionRequest("s1", "big", allow_substitute=False, allow_still=False, max_wait_s=5.0)
+    refusal = find(rig.step(0.0, impatient), Action.REFUSE, Code.REFUSED_NO_ROOM, "s1")
+    assert refusal[0].retry_after_s == pytest.approx(10.0)

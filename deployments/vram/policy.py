@@ -439,8 +439,8 @@ class Controller:
     def _place(self, session: Session) -> None:
         request, fresh = session.request, session.rank == _UNPLACED
         if request.mode == STILL_MODE:
-            self._move(session, Rung(0, STILL_MODE, _NO_VARIANT, Code.ADMITTED), Code.ADMITTED,
-                       "still mode requested: no GPU needed")
+            self._to_still(session, Code.ADMITTED, "still mode requested: no GPU needed")
+            session.rank = 0  # nothing better to move to
             return
         for rung in self._ladder(request):
             if rung.rank >= session.rank:
@@ -455,8 +455,6 @@ class Controller:
                 return
         if fresh:
             self._no_rung(session)
-        elif session.mode == "":
-            self._keep_queued(session)
 
     def _ladder(self, request: SessionRequest) -> list[Rung]:
         """ditto -> liveportrait or musetalk -> lower resolution/fps; still is not a rung
@@ -494,7 +492,7 @@ class Controller:
                            f"{rung.mode} is not resident yet; still mode until it loads (~{eta_s:.0f}s)",
                            eta_s=eta_s)
         elif session.mode == "":
-            self._queue(session, eta_s, f"waiting for {rung.mode} to load (~{eta_s:.0f}s)")
+            self._queue_or_refuse(session, eta_s, f"waiting for {rung.mode} to load (~{eta_s:.0f}s)")
 
     def _no_rung(self, session: Session) -> None:
         if session.request.allow_still:
@@ -514,11 +512,17 @@ class Controller:
 
     def _keep_queued(self, session: Session) -> None:
         """Queue while an ETA exists within the session's patience; else 503."""
-        waited_s = self._now_s - (session.queued_since_s or self._now_s)
         eta_s = self._room_eta_s(session.request)
+        why = f"no room now; room expected in ~{eta_s:.0f}s" if eta_s is not None else ""
+        self._queue_or_refuse(session, eta_s, why)
+
+    def _queue_or_refuse(self, session: Session, eta_s: float | None, why: str) -> None:
+        """Queue while the ETA fits the session's patience; else 503 with Retry-After."""
+        waited_s = self._now_s - (session.queued_since_s or self._now_s)
         if eta_s is not None and waited_s + eta_s <= session.request.max_wait_s:
-            self._queue(session, eta_s, f"no room now; room expected in ~{eta_s:.0f}s")
+            self._queue(session, eta_s, why)
             return
+        session.target = None
         code = Code.REFUSED_QUEUE_TIMEOUT if session.queued_since_s is not None else Code.REFUSED_NO_ROOM
         retry_s = max(eta_s or self.policy.retry_after_s, 1.0)
         self._emit(Action.REFUSE, code,
@@ -662,9 +666,8 @@ class Controller:
     def _move(self, session: Session, rung: Rung, code: Code, why: str) -> None:
         session.mode, session.variant, session.rank = rung.mode, rung.variant, rung.rank
         session.target, session.queued_since_s = None, None
-        v = rung.variant if rung.mode != STILL_MODE else None
         self._emit(Action.ASSIGN, code, why, session_id=session.request.session_id, mode=rung.mode,
-                   resolution_px=v.resolution_px if v else None, fps=v.fps if v else None)
+                   resolution_px=rung.variant.resolution_px, fps=rung.variant.fps)
 
     def _to_still(self, session: Session, code: Code, why: str, eta_s: float | None = None) -> None:
         session.mode, session.variant, session.queued_since_s = STILL_MODE, None, None
@@ -685,7 +688,6 @@ class Controller:
 # Ranks: rungs count up from 0 (the requested mode); still and the queue sit below them.
 _STILL_RANK = 10**6
 _UNPLACED = 10**7
-_NO_VARIANT = VariantSpec(resolution_px=1, default_peak_bytes=1)
 _NOW, _LATER, _NO = "now", "later", "no"
 
 
