@@ -348,6 +348,8 @@ class _Run:
         self._arrivals = sorted(sessions, key=lambda s: s.start_s)
         self._ends = sorted(sessions, key=lambda s: s.start_s + s.duration_s)
         self._a = self._e = 0
+        # Sessions between arrival and end: the only ones whose time is accounted.
+        self._live: dict[str, _SessionLog] = {}
 
     def true_peak_bytes(self, mode: str, variant: VariantSpec) -> int:
         return int(variant.default_peak_bytes * self.peak_scale)
@@ -355,12 +357,16 @@ class _Run:
     def requests(self, now_s: float) -> list[Request]:
         out: list[Request] = list(self.device.take_reports())
         while self._e < len(self._ends) and _end_s(self._ends[self._e]) <= now_s:
-            out.append(SessionEnded(self._ends[self._e].request.session_id))
-            self.logs[self._ends[self._e].request.session_id].mode = ""
+            sid = self._ends[self._e].request.session_id
+            out.append(SessionEnded(sid))
+            self.logs[sid].mode = ""
+            self._live.pop(sid, None)
             self._e += 1
         while self._a < len(self._arrivals) and self._arrivals[self._a].start_s <= now_s:
-            if _end_s(self._arrivals[self._a]) > now_s:
-                out.append(self._arrivals[self._a].request)
+            script = self._arrivals[self._a]
+            if _end_s(script) > now_s:
+                out.append(script.request)
+                self._live[script.request.session_id] = self.logs[script.request.session_id]
             self._a += 1
         return out
 
@@ -403,7 +409,7 @@ class _Run:
         return self.device.free_bytes() >= need
 
     def account(self, tick_s: float, now_s: float) -> None:
-        for log in self.logs.values():
+        for log in self._live.values():
             if log.mode == STILL_MODE == log.script.request.mode:
                 log.requested_s += tick_s
             if not log.mode or log.mode == STILL_MODE or not self.device.ready(log.mode):
