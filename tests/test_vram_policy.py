@@ -5,11 +5,11 @@ import pytest
 
 from deployments.vram.config import GIB, NeighbourSpec, PolicyConfig
 from deployments.vram.data import (
-    Action, Code, LoadReport, PeakReport, ProcessReading, SessionEnded, SessionRequest,
+    Action, Code, DeviceReading, LoadReport, PeakReport, ProcessReading, SessionEnded,
+    SessionRequest,
 )
 from deployments.vram.eviction import EvictionCandidate, cheapest_set
 from deployments.vram.neighbours import NeighbourTracker, matches
-from deployments.vram.data import DeviceReading
 from deployments.vram.testing import LLM_PORT, Rig, find, small_config
 
 

@@ -10,10 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deployments.vram.config import GIB
-from deployments.vram.data import SHED_CODES, Action, Code, Decision
+from deployments.vram.data import SHED_CODES, Action, Code, Decision, SessionRequest
 from deployments.vram.policy import Controller, Phase
 from deployments.vram.simulation import NeighbourScript, SessionScript, SimulatedDevice, run_trace
-from deployments.vram.data import SessionRequest
 from deployments.vram.testing import LLM_PORT, small_config
 
 TRACE_S = 400.0
@@ -81,7 +80,7 @@ class InvariantChecker:
         return errors
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(neighbours=st.lists(_neighbour, max_size=3), sessions=st.lists(_session, max_size=12),
        per_process=st.booleans(), total_gib=st.integers(12, 40))
 def test_invariants_hold_over_random_traces(neighbours, sessions, per_process, total_gib):
