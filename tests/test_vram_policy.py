@@ -436,3 +436,13 @@ def test_a_load_longer_than_the_sessions_patience_is_a_503_with_its_eta():
     impatient = SessionRequest("s1", "big", allow_substitute=False, allow_still=False, max_wait_s=5.0)
     refusal = find(rig.step(0.0, impatient), Action.REFUSE, Code.REFUSED_NO_ROOM, "s1")
     assert refusal[0].retry_after_s == pytest.approx(10.0)
+
+
+def test_emergency_sheds_the_lowest_priority_sessions_when_nothing_is_idle():
+    rig = Rig(small_config())
+    _load_big(rig)  # s1 renders on big
+    rig.others = [ProcessReading(77, 17 * GIB + 512 * 1024**2, "python")]  # free 0.5 < floor 1
+    decisions = rig.step(11.0)
+    shed = find(decisions, Action.ASSIGN, Code.SHED_EMERGENCY, "s1")
+    assert shed and shed[0].mode == "still" and "below the floor" in shed[0].reason
+    assert find(decisions, Action.UNLOAD, Code.EVICT_EMERGENCY)[0].mode == "big"
