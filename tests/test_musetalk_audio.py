@@ -114,3 +114,17 @@ def test_streaming_chunks_emit_in_order_with_lookahead(whisper, fixture_npz):
     assert len(prompts) == 3 and stream.frames_done == 20
     # the carry keeps only the left context, not the whole stream
     assert len(stream.history) <= 0.5 * 16000 + 640 * 6
+
+
+@pytest.mark.oracle
+def test_stream_mel_floor_follows_loudest_audio(whisper, fixture_npz):
+    """Clamping a quiet buffer's mel at (running max - 2) equals whisper's own normalisation
+    of that audio next to the louder audio that set the max."""
+    wav = fixture_npz["waveform"]
+    quiet, loud = 0.01 * wav[:8000], wav[16000:24000]
+    streamer = StreamingPrompts(whisper, AudioConfig())
+    joint = whisper.mel(np.concatenate([quiet, np.zeros(16000, np.float32), loud]))
+    mel, mel_max = streamer._mel(quiet, float(joint.max()))
+    assert mel_max == float(joint.max())
+    np.testing.assert_allclose(mel[0, :, :45].numpy(), joint[0, :, :45].numpy(), atol=1e-5)  # quiet frames
+    np.testing.assert_allclose(mel[0, :, 60:90].numpy(), joint[0, :, 60:90].numpy(), atol=1e-5)  # silence / padding

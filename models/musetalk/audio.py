@@ -14,13 +14,25 @@ exactly `hidden_states` of transformers' `WhisperEncoder`.
 Streaming (`AudioStream`): upstream encodes whole 30 s segments of a finished
 clip. A live session gets audio in chunks, so we re-encode a sliding buffer
 that holds `context_s` seconds of audio before the first frame to emit, up to
-all audio received so far. Frame f needs encoder positions up to
+all audio received so far (one 30 s encoder pass per chunk: the context costs
+carry memory, not compute). Frame f's window reads encoder positions up to
 2f + 5, i.e. audio up to the end of frame f + 2, so a stream emits a frame
-`lookahead_frames` (>= 2) frames after its audio arrived. Whisper normalises
-each mel input on its own maximum and attends over the whole input, so the
-streamed states differ slightly from whole-clip states; `benchmarks/musetalk.py`
-measures that difference for several contexts (see `AudioConfig` for the
-chosen values).
+`lookahead_frames` (>= 2) frames after its audio arrived. The mel floor follows
+the loudest audio heard so far (see `StreamingPrompts._mel`).
+
+Streamed vs whole-clip prompts on the oracle's 2.23 s waveform, 200 ms chunks,
+oracle-seeded whisper (mean |diff| / mean |whole-clip|; benchmarks/musetalk.py):
+
+    context_s        0.2    0.5    1.0    2.0
+    lookahead 2     0.20   0.17   0.14   0.095
+    lookahead 3     0.20   0.16   0.13   0.088
+    lookahead 5     0.19   0.16   0.13   0.080
+
+Seeded weights attend globally over the whole 30 s input, so every state moves
+with any audio change; the real encoder attends mostly locally and should do far
+better (no official weights on the build machine to measure). We take 2 s of
+context (the largest the clip could test; free in compute) and 3 frames of
+lookahead (120 ms, one frame more than the window needs, for the conv edge).
 """
 from __future__ import annotations
 
@@ -49,7 +61,7 @@ class AudioConfig:
 
     pad_left: int = 2
     pad_right: int = 2
-    context_s: float = 1.0
+    context_s: float = 2.0
     lookahead_frames: int = 3
 
     @property
@@ -104,8 +116,12 @@ class WhisperAudioEncoder:
     @torch.no_grad()
     def encode(self, wav: np.ndarray) -> torch.Tensor:
         """wav (n,) float32, n <= 30 s -> 1500×5×384 float32 states (positions past the audio included)."""
-        mel = self.mel(wav).to(self.device, self.dtype)
-        return _stack_states(self.encoder, mel)[0].float().cpu()
+        return self.encode_mel(self.mel(wav))
+
+    @torch.no_grad()
+    def encode_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """1×80×3000 log-mel -> 1500×5×384 float32 states."""
+        return _stack_states(self.encoder, mel.to(self.device, self.dtype))[0].float().cpu()
 
     def whole_clip_states(self, wav: np.ndarray) -> torch.Tensor:
         """Upstream semantics: 30 s segments encoded on their own, concatenated, trimmed.
@@ -163,11 +179,13 @@ class AudioStream:
     history: float32 samples [start, start + len(history)) of the stream.
     start: absolute index of history[0], a multiple of 320 (one encoder position).
     frames_done: frames whose prompts were emitted.
+    mel_max: loudest normalised log-mel value heard so far (sets the mel floor, see `_mel`).
     """
 
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     start: int = 0
     frames_done: int = 0
+    mel_max: float = -np.inf
 
     @property
     def n_seen(self) -> int:
@@ -205,7 +223,9 @@ class StreamingPrompts:
         frames_done = stream.frames_done
         while frames_done < upto:
             stop = min(upto, frames_done + per_pass)
-            chunks.append(self._prompts(stream, frames_done, stop, end))
+            prompts, mel_max = self._prompts(stream, frames_done, stop, end)
+            stream = replace(stream, mel_max=mel_max)
+            chunks.append(prompts)
             frames_done = stop
         stream = self._trim(replace(stream, frames_done=frames_done))
         if not chunks:
@@ -217,14 +237,16 @@ class StreamingPrompts:
         pad = left_padding(self.fps, self.config)
         return frame_start(first, self.fps) - pad, frame_start(stop - 1, self.fps) - pad + self.config.window
 
-    def _prompts(self, stream: AudioStream, first: int, stop: int, end: int | None) -> torch.Tensor:
+    def _prompts(self, stream: AudioStream, first: int, stop: int, end: int | None) -> tuple[torch.Tensor, float]:
+        """Prompts K×50×384 of frames [first, stop) and the updated loudest mel value."""
         lo, hi = self._positions(first, stop)
         context = int(self.config.context_s * SAMPLE_RATE_HZ)
         buf_start = max(stream.start, (max(lo, 0) * SAMPLES_PER_POSITION - context))
         buf_start -= buf_start % SAMPLES_PER_POSITION
         buf_stop = min(stream.n_seen, buf_start + SEGMENT_SAMPLES)
         buf = stream.history[buf_start - stream.start : buf_stop - stream.start]
-        states = self.encoder.encode(buf)  # 1500×5×384, position 0 = buf_start
+        mel, mel_max = self._mel(buf, stream.mel_max)
+        states = self.encoder.encode_mel(mel)  # 1500×5×384, position 0 = buf_start
         first_pos = buf_start // SAMPLES_PER_POSITION
         # Positions before the stream or past its end (at flush) are the zero padding upstream adds.
         valid_hi = (end // SAMPLES_PER_POSITION) if end is not None else stream.n_seen // SAMPLES_PER_POSITION
@@ -234,7 +256,20 @@ class StreamingPrompts:
             window[a - lo : b - lo] = states[a - first_pos : b - first_pos]
         pad = left_padding(self.fps, self.config)
         starts = [frame_start(f, self.fps) - pad - lo for f in range(first, stop)]
-        return torch.stack([window[s : s + self.config.window] for s in starts]).flatten(1, 2)
+        return torch.stack([window[s : s + self.config.window] for s in starts]).flatten(1, 2), mel_max
+
+    def _mel(self, buf: np.ndarray, mel_max: float) -> tuple[torch.Tensor, float]:
+        """Log-mel of the buffer with the floor set by the loudest audio of the whole stream.
+
+        Whisper clamps log-mel at (its input's max - 8) before scaling by (x + 4) / 4; the 30 s
+        input is mostly zero padding, which sits exactly at that floor. A short buffer has a
+        lower max than the whole clip, so its padding, and everything attending to it, would
+        shift. Normalised, the floor is max - 2, and raising it only needs the running max:
+        max((max(L, m-8)+4)/4, R-2) = (max(L, M-8)+4)/4 for M >= m.
+        """
+        mel = self.encoder.mel(buf)
+        mel_max = max(mel_max, float(mel.max()))
+        return torch.clamp(mel, min=mel_max - 2.0), mel_max
 
     def _trim(self, stream: AudioStream) -> AudioStream:
         """Drop audio older than the left context of the next frame to emit."""
