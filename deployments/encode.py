@@ -46,7 +46,7 @@ class Mp4Writer:
         self._out = io.BytesIO()
         self._container = av.open(self._out, mode="w", format="mp4")
         self._crf = crf
-        self._video = None
+        self._video = self._audio = None
         self._n = 0
 
     def add_frames(self, frames: np.ndarray) -> None:
@@ -57,6 +57,8 @@ class Mp4Writer:
                 "libx264", rate=FPS, options={"crf": str(self._crf), "preset": "veryfast"})
             self._video.width, self._video.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
             self._video.pix_fmt = "yuv420p"
+            # Every stream must exist before the first packet is muxed.
+            self._audio = self._container.add_stream("aac", rate=SAMPLE_RATE_HZ, layout="mono")
         for frame in frames:
             crop = np.ascontiguousarray(frame[: self._video.height, : self._video.width])
             vf = av.VideoFrame.from_ndarray(crop, format="rgb24")
@@ -66,10 +68,11 @@ class Mp4Writer:
 
     def finish(self, audio16k: np.ndarray) -> bytes:
         """audio16k: float32 mono, muxed after the video; returns the file."""
-        if self._video is not None:
+        if self._video is None:
+            self._audio = self._container.add_stream("aac", rate=SAMPLE_RATE_HZ, layout="mono")
+        else:
             self._container.mux(self._video.encode())
-        stream = self._container.add_stream("aac", rate=SAMPLE_RATE_HZ, layout="mono")
-        _mux_audio(self._container, stream, audio16k)
+        _mux_audio(self._container, self._audio, audio16k)
         self._container.close()
         return self._out.getvalue()
 

@@ -271,7 +271,7 @@ class RouterImpl:
 
     @api.websocket("/v1/sessions/{session_id}/ws")
     async def websocket(self, ws: WebSocket, session_id: str):
-        await ws.accept()
+        await ws.accept(headers=[(b"x-locknbod-router", self.replica.encode())])
         try:
             await self._host("get_session", session_id=check_session_id(session_id))
         except ServiceError as err:

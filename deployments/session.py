@@ -157,13 +157,13 @@ class Session:
         self._wake.set()
 
     def push_audio_16k(self, samples16k: np.ndarray) -> None:
-        """A whole clip already at 16 kHz (HTTP upload), followed by end of speech."""
+        """Audio already at 16 kHz (an HTTP upload, resampled from its own rate)."""
         self.last_input_at = time.time()
         try:
             self._speech.push(samples16k)
         except OverflowError as err:
             raise ServiceError(429, "audio_buffer_full", str(err)) from None
-        self._eos = True
+        self._eos = False
         self._wake.set()
 
     def set_emotion(self, value: str, intensity: float) -> None:

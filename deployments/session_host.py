@@ -112,7 +112,7 @@ class SessionHostImpl:
         self._get(session_id).push_audio(pcm16_to_float(data))
 
     async def push_audio(self, session_id: str, samples: np.ndarray, rate_hz: int) -> None:
-        """A whole clip (HTTP): resampled here from its own rate, then end of speech."""
+        """An HTTP upload: resampled here from its own rate (the pause rule or end_of_speech ends it)."""
         from .audio_in import resample_to_16k
 
         session = self._get(session_id)

@@ -35,3 +35,49 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     return cache
+
+
+# ---------------- a real local Ray cluster for graph tests ----------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One loopback-only Ray cluster (2 CPUs, one logical GPU) and Serve, shared by all graph tests."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind loopback only
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, log_to_driver=bool(os.environ.get("LOCKN_TEST_RAY_LOGS")))
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy_app(base_url: str, args: dict) -> str:
+    """Deploy graph.build_app(args) as the one app (replacing the previous module's) and wait for health."""
+    import time
+
+    import httpx
+    from ray import serve
+
+    import graph
+
+    serve.run(graph.build_app(args), name="lockn-bod", route_prefix="/", blocking=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return base_url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("app did not become healthy within 120 s")

@@ -1,0 +1,302 @@
+"""The whole graph on a real local Ray cluster, through real HTTP, WebSocket and MJPEG clients.
+
+The `pattern` backend runs as its own Serve deployment (fractional logical
+GPU); its frames encode the audio span they show, so the tests can check
+that every frame is the right one.
+"""
+import asyncio
+import io
+import json
+import time
+import wave
+
+import av
+import httpx
+import numpy as np
+import pytest
+
+from models.base import SAMPLES_PER_FRAME
+from models.testing import FAIL_CODE, decode_pattern
+from tests.conftest import deploy_app
+from tests.graph_client import (
+    WsViewer, create_persona, create_session, mjpeg_frames, open_ws, portrait_png, stop_task,
+)
+from tests.streaming import assert_speech_frames_match_audio, coded_pcm16, frame_info
+
+pytestmark = pytest.mark.graph
+MAX_SESSIONS = 6
+
+
+@pytest.fixture(scope="module")
+def app(ray_serve, tmp_path_factory):
+    args = {
+        "data_dir": str(tmp_path_factory.mktemp("data")),
+        "enable_test_modes": True,
+        "router_replicas": 2, "router_max_replicas": 2,
+        "limits": {"max_sessions": MAX_SESSIONS, "max_upload_bytes": 300_000},
+        "timeouts": {"disconnect_grace_s": 5},
+        "backends": {
+            "pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": 5, "options": {"size": 64}},
+            "liveportrait": {"num_gpus": 0.25, "num_cpus": 0.1},
+        },
+    }
+    base = deploy_app(ray_serve, args)
+    # Scale the pattern backend up from zero once, and keep it busy with idle frames.
+    persona = create_persona(base, save=True)
+    warm = create_session(base, persona, "pattern")
+
+    async def wait_ready():
+        async with await open_ws(base, warm["session_id"]) as ws:
+            await WsViewer(ws).recv_until(lambda v: v.in_mode("pattern"), 90)
+
+    asyncio.run(wait_ready())
+    yield {"base": base, "persona": persona}
+    httpx.delete(f"{base}/v1/sessions/{warm['session_id']}")
+
+
+def pattern_session(app) -> str:
+    return create_session(app["base"], app["persona"], "pattern")["session_id"]
+
+
+def speech_of(frames) -> list[tuple[int, int]]:
+    out = []
+    for pts, jpeg, *_ in frames:
+        is_speech, code = frame_info(jpeg)
+        if is_speech:
+            out.append((pts, code))
+    return out
+
+
+def close(app, session_id):
+    assert httpx.delete(f"{app['base']}/v1/sessions/{session_id}").status_code == 204
+
+
+def test_modes_say_what_is_available_and_why_not(app):
+    modes = {m["name"]: m for m in httpx.get(f"{app['base']}/v1/modes").json()["modes"]}
+    assert modes["still"]["available"] and modes["pattern"]["available"]
+    lp = modes["liveportrait"]
+    assert not lp["available"] and lp["reason"]
+    r = httpx.post(f"{app['base']}/v1/sessions", json={"persona_id": app["persona"], "mode": "liveportrait"})
+    assert r.status_code == 409 and r.json()["code"] == "mode_unavailable"
+
+
+def test_ten_seconds_of_audio_give_exactly_250_frames_to_every_viewer(app):
+    base, session_id = app["base"], pattern_session(app)
+
+    async def main():
+        async with await open_ws(base, session_id) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            mjpeg = []
+            mjpeg_task = asyncio.create_task(mjpeg_frames(base, session_id, mjpeg))
+            while not mjpeg:
+                await asyncio.sleep(0.05)
+            pcm = coded_pcm16(250)
+            t_first = time.time()
+            for i in range(50):  # 200 ms chunks, sent faster than real time
+                await ws.send(pcm[i * 3200 : (i + 1) * 3200].tobytes())
+            await ws.send(json.dumps({"type": "end_of_speech"}))
+            await viewer.recv_until(lambda v: v.has("speech_ended"), 30)
+            await asyncio.sleep(0.3)
+            await stop_task(mjpeg_task)
+            return viewer, mjpeg, t_first
+
+    viewer, mjpeg, t_first = asyncio.run(main())
+    ws_speech, mjpeg_speech = speech_of(viewer.frames), speech_of(mjpeg)
+    assert_speech_frames_match_audio(ws_speech, 250)
+    assert_speech_frames_match_audio(mjpeg_speech, 250)
+    assert ws_speech == mjpeg_speech  # the same frames, the same pts, for both transports
+    all_pts = [p for p, *_ in viewer.frames]
+    assert all_pts == sorted(set(all_pts))
+    started = next(e for e in viewer.events if e["type"] == "speech_started")
+    assert started["pts"] == ws_speech[0][0]
+    close(app, session_id)
+
+
+def test_one_session_driven_through_both_router_replicas(app):
+    base, session_id = app["base"], pattern_session(app)
+    routers = set()
+
+    async def main():
+        async with await open_ws(base, session_id) as ws, httpx.AsyncClient(base_url=base) as http:
+            routers.add(ws.response.headers["x-locknbod-router"])
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            pcm = coded_pcm16(100)
+            # The proxy prefers the less busy Router: the one not holding the WebSocket.
+            for i in range(20):  # 200 ms per POST
+                r = await http.post(f"/v1/sessions/{session_id}/audio", content=pcm[i * 3200 : (i + 1) * 3200].tobytes(),
+                                    headers={"content-type": "audio/pcm;rate=16000"})
+                assert r.status_code == 202, r.text
+                routers.add(r.headers["x-locknbod-router"])
+            for _ in range(6):
+                r = await http.get(f"/v1/sessions/{session_id}")
+                routers.add(r.headers["x-locknbod-router"])
+            r = await http.post(f"/v1/sessions/{session_id}/events", json={"type": "end_of_speech"})
+            assert r.status_code == 202
+            await viewer.recv_until(lambda v: v.has("speech_ended"), 30)
+            return viewer
+
+    viewer = asyncio.run(main())
+    assert len(routers) == 2, f"requests reached {routers}"
+    codes = [c for _, c in speech_of(viewer.frames)]
+    assert codes == list(range(1, 101))
+    close(app, session_id)
+
+
+def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def test_bad_input_gets_a_clear_error_and_others_keep_streaming(app):
+    base = app["base"]
+    streaming = pattern_session(app)
+    victim = pattern_session(app)
+
+    async def main():
+        frames = []
+        watcher = asyncio.create_task(mjpeg_frames(base, streaming, frames))
+        while not frames:
+            await asyncio.sleep(0.05)
+        n0, t0 = len(frames), time.time()
+        results = {}
+        async with httpx.AsyncClient(base_url=base) as http:
+            results["unknown persona"] = await http.post("/v1/sessions", json={"persona_id": "p_" + "0" * 24, "mode": "still"})
+            results["bad persona id"] = await http.post("/v1/sessions", json={"persona_id": "../../etc", "mode": "still"})
+            results["unknown mode"] = await http.post("/v1/sessions", json={"persona_id": app["persona"], "mode": "hologram"})
+            results["unknown emotion"] = await http.post("/v1/sessions", json={"persona_id": app["persona"], "mode": "still", "emotion": "smug"})
+            results["extra field"] = await http.post("/v1/sessions", json={"persona_id": app["persona"], "mode": "still", "x": 1})
+            results["unknown session"] = await http.get("/v1/sessions/abc.defghijklmnopqrstuvw")
+            results["malformed session id"] = await http.get("/v1/sessions/..%2F..%2Fetc")
+            results["wrong audio type"] = await http.post(f"/v1/sessions/{victim}/audio", content=b"hello", headers={"content-type": "text/plain"})
+            results["odd PCM"] = await http.post(f"/v1/sessions/{victim}/audio", content=b"\x01\x02\x03", headers={"content-type": "audio/pcm"})
+            wav = wav_bytes(coded_pcm16(50), 16000)
+            results["truncated WAV"] = await http.post(f"/v1/sessions/{victim}/audio", content=wav[: len(wav) // 2], headers={"content-type": "audio/wav"})
+            results["garbage WAV"] = await http.post(f"/v1/sessions/{victim}/audio", content=b"RIFF" + b"\x00" * 40, headers={"content-type": "audio/wav"})
+            results["bad event"] = await http.post(f"/v1/sessions/{victim}/events", json={"type": "dance"})
+            results["bad emotion event"] = await http.post(f"/v1/sessions/{victim}/events", json={"type": "emotion", "value": "smug"})
+            results["intensity out of range"] = await http.post(f"/v1/sessions/{victim}/events", json={"type": "emotion", "value": "happy", "intensity": 3})
+            results["oversized image"] = await http.post("/v1/personas", files={"image": ("big.png", b"\x89PNG" + b"\x00" * 400_000, "image/png")}, data={"real_person": "false"})
+            results["not an image"] = await http.post("/v1/personas", files={"image": ("x.png", b"hello world" * 10, "image/png")}, data={"real_person": "false"})
+            results["no consent"] = await http.post("/v1/personas", files={"image": ("p.png", portrait_png(), "image/png")}, data={"real_person": "true"})
+            results["no image field"] = await http.post("/v1/personas", data={"real_person": "false"}, files={"other": ("a", b"a")})
+            results["json to upload"] = await http.post("/v1/personas", json={"image": "x"})
+            async with await open_ws(base, "abc.defghijklmnopqrstuvw") as ws:
+                results["ws unknown session"] = json.loads(await ws.recv())
+            async with await open_ws(base, victim) as ws:
+                viewer = WsViewer(ws)
+                await ws.send(json.dumps({"type": "emotion", "value": "smug"}))
+                await ws.send("not json")
+                await ws.send(b"\x01\x02\x03")
+                await viewer.recv_until(lambda v: sum(e["type"] == "error" for e in v.events) >= 3, 10)
+                results["ws errors"] = [e for e in viewer.events if e["type"] == "error"]
+                await ws.send(coded_pcm16(5).tobytes())  # the same WebSocket still works
+                await viewer.recv_until(lambda v: v.has("speech_started"), 10)
+        await asyncio.sleep(0.5)
+        await stop_task(watcher)
+        return results, len(frames) - n0, time.time() - t0
+
+    results, new_frames, elapsed = asyncio.run(main())
+    expected = {
+        "unknown persona": (404, "unknown_persona"), "bad persona id": (404, "unknown_persona"),
+        "unknown mode": (422, "unknown_mode"), "unknown emotion": (422, "unknown_emotion"),
+        "extra field": (422, "invalid_request"), "unknown session": (404, "unknown_session"),
+        "malformed session id": (404, None), "wrong audio type": (415, "unsupported_media_type"),
+        "odd PCM": (400, "bad_audio"), "truncated WAV": (422, "truncated_audio"), "garbage WAV": (422, None),
+        "bad event": (422, "invalid_event"), "bad emotion event": (422, "unknown_emotion"),
+        "intensity out of range": (422, "invalid_event"), "oversized image": (413, "too_large"),
+        "not an image": (415, "not_an_image"), "no consent": (422, "consent_required"),
+        "no image field": (422, "missing_image"), "json to upload": (415, "unsupported_media_type"),
+    }
+    for name, (status, code) in expected.items():
+        r = results[name]
+        assert r.status_code == status, f"{name}: {r.status_code} {r.text}"
+        if code:
+            assert r.json()["code"] == code, f"{name}: {r.text}"
+            assert r.json()["error"], f"{name}: no reason"
+    assert results["ws unknown session"]["code"] == "unknown_session"
+    assert {e["code"] for e in results["ws errors"]} >= {"unknown_emotion", "invalid_event", "bad_audio"}
+    assert new_frames >= 0.8 * 25 * elapsed, f"the other session slowed: {new_frames} frames in {elapsed:.1f} s"
+    close(app, streaming)
+    close(app, victim)
+
+
+def test_backend_error_becomes_an_error_event_and_still_mode(app):
+    base, session_id = app["base"], pattern_session(app)
+
+    async def main():
+        async with await open_ws(base, session_id) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            await ws.send(np.full(5 * SAMPLES_PER_FRAME, FAIL_CODE, np.int16).tobytes())
+            await ws.send(json.dumps({"type": "end_of_speech"}))
+            await viewer.recv_until(lambda v: v.has("mode_changed", mode="still"), 15)
+            n = len(viewer.frames)
+            await viewer.recv_until(lambda v: len(v.frames) >= n + 25, 5)  # keeps streaming
+            return viewer
+
+    viewer = asyncio.run(main())
+    error = next(e for e in viewer.events if e["type"] == "error")
+    assert error["code"] == "backend_error" and error["reason"]
+    assert httpx.get(f"{base}/v1/sessions/{session_id}").json()["mode"] == "still"
+    close(app, session_id)
+
+
+def test_a_viewer_that_leaves_frees_what_it_held(app):
+    base, session_id = app["base"], pattern_session(app)
+
+    async def main():
+        for _ in range(3):
+            async with await open_ws(base, session_id) as ws:
+                await WsViewer(ws).recv_until(lambda v: len(v.frames) >= 5, 10)
+                assert httpx.get(f"{base}/v1/sessions/{session_id}").json()["viewers"] == 1
+
+    asyncio.run(main())
+    deadline = time.time() + 5
+    while httpx.get(f"{base}/v1/sessions/{session_id}").json()["viewers"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(f"{base}/v1/sessions/{session_id}").json()["viewers"] == 0
+    close(app, session_id)
+
+
+def test_session_cap_answers_503_with_retry_after(app):
+    base, opened = app["base"], []
+    try:
+        for _ in range(MAX_SESSIONS + 1):
+            r = httpx.post(f"{base}/v1/sessions", json={"persona_id": app["persona"], "mode": "still"})
+            if r.status_code != 201:
+                break
+            opened.append(r.json()["session_id"])
+        assert r.status_code == 503 and r.json()["code"] == "too_many_sessions"
+        assert int(r.headers["retry-after"]) > 0
+    finally:
+        for session_id in opened:
+            close(app, session_id)
+
+
+def test_ephemeral_persona_goes_with_its_last_session(app):
+    base = app["base"]
+    ephemeral, saved = create_persona(base, save=False), create_persona(base, save=True)
+    sessions = [create_session(base, p, "still")["session_id"] for p in (ephemeral, saved)]
+    assert httpx.get(f"{base}/v1/personas/{ephemeral}").json()["sessions"] == 1
+    for s in sessions:
+        close(app, s)
+    assert httpx.get(f"{base}/v1/personas/{ephemeral}").status_code == 404
+    assert httpx.get(f"{base}/v1/personas/{saved}").status_code == 200
+    assert httpx.delete(f"{base}/v1/personas/{saved}").status_code == 204
+
+
+def test_one_shot_render_returns_mp4_with_audio(app):
+    pcm = coded_pcm16(50)
+    r = httpx.post(f"{app['base']}/v1/render", timeout=60,
+                   files={"audio": ("speech.wav", wav_bytes(pcm, 16000), "audio/wav")},
+                   data={"persona_id": app["persona"], "mode": "pattern"})
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(r.content)) as container:
+        assert container.streams.audio, "audio is muxed in"
+        codes = [decode_pattern(f.to_ndarray(format="rgb24"))[1] for f in container.decode(video=0)]
+    assert codes == list(range(1, 51))
