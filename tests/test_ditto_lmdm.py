@@ -18,7 +18,14 @@ from models.ditto.lmdm import LMDMConfig, MotionDecoder, load_lmdm
 from models.ditto.sampler import DDIMSampler, FixedNoise, cosine_alphas_cumprod, ddim_time_pairs
 from models.weights import resolve
 from tests.hf_layout import write_torch
-from tests.test_ditto_support import npz, rel_err, seeded_lmdm_state
+from tests.test_ditto_support import npz, one_torch_thread, rel_err, seeded_lmdm_state
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
 
 # Bitwise-reproducible fixtures; our graph differs from the reference only in op
 # order inside fused kernels, so ~1e-5 of the output range is the target.
@@ -28,7 +35,6 @@ TOL = 2e-5
 @pytest.fixture(scope="module")
 def seeded_ckpt(oracle, tmp_path_factory):
     """The seeded state dict, as the official file's dict layout."""
-    torch.set_num_threads(1)
     return {"model_state_dict": seeded_lmdm_state(oracle, MotionDecoder(LMDMConfig()))}
 
 

@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 import pytest
-import torch
+
 
 from models.ditto import motion as M
 from models.ditto.emotion import class_vector

@@ -17,6 +17,14 @@ from models.ditto.lmdm import LMDMConfig, MotionDecoder
 from models.ditto.pipeline import DittoPipeline
 from models.liveportrait.config import LivePortraitConfig
 from models.liveportrait.loading import LivePortraitNetworks
+from tests.test_ditto_support import one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
 
 
 class FakeHubert:
@@ -78,7 +86,6 @@ def motion_of(pipeline, persona, audio, chunk_frames, switch_s=1.5):
 
 
 def test_200ms_chunks_and_one_piece_give_the_same_motion(pipeline, persona):
-    torch.set_num_threads(1)
     audio = speech(3.0)
     chunked, carry = motion_of(pipeline, persona, audio, 5)
     assert chunked.shape == (75, 21, 3)
@@ -91,7 +98,6 @@ def test_200ms_chunks_and_one_piece_give_the_same_motion(pipeline, persona):
 
 
 def test_one_piece_equals_chunks_over_the_whole_clip(pipeline, persona):
-    torch.set_num_threads(1)
     audio = speech(2.0)
     chunked, _ = motion_of(pipeline, persona, audio, 5, switch_s=99)
     whole, _ = motion_of(pipeline, persona, audio, 10_000, switch_s=99)
@@ -99,7 +105,6 @@ def test_one_piece_equals_chunks_over_the_whole_clip(pipeline, persona):
 
 
 def test_render_contract(pipeline, persona):
-    torch.set_num_threads(1)
     carry = pipeline.start(persona, Controls())
     frames, carry = pipeline.render(persona, carry, speech(0.2), Controls())
     assert frames.shape[1:] == (256, 224, 3) and frames.dtype == np.uint8

@@ -18,7 +18,14 @@ from models.ditto.emotion import class_vector
 from models.ditto.lmdm import LMDMConfig, MotionDecoder
 from models.ditto.sampler import DDIMSampler, FixedNoise, SeededNoise
 from models.ditto.stream import MotionStream, SourceCond
-from tests.test_ditto_support import npz, rel_err, seeded_lmdm_state
+from tests.test_ditto_support import npz, one_torch_thread, rel_err, seeded_lmdm_state
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
 
 TOL = 2e-5
 ONLINE = StreamConfig()  # official online defaults
@@ -49,7 +56,6 @@ def run_chunks(stream, carry, feats, chunk, emo):
 @pytest.mark.oracle
 @pytest.mark.slow
 def test_online_stream_matches_reference(oracle, fx):
-    torch.set_num_threads(1)
     model = MotionDecoder(LMDMConfig())
     model.load_state_dict(seeded_lmdm_state(oracle, model), strict=True)
     model.eval()
@@ -96,7 +102,6 @@ def tiny_stream(model, fx, overlap=70):
 @pytest.mark.parametrize("chunk", [1, 7])
 def test_chunking_does_not_change_motion(tiny_model, fx, chunk):
     """Features fed 5 frames at a time (200 ms), or in other pieces, vs one piece."""
-    torch.set_num_threads(1)
     feats, emo = fx["audio_feat_real"][:60], class_vector(4)
     ref_stream = tiny_stream(tiny_model, fx)
     ref, _, _ = run_chunks(ref_stream, ref_stream.start(fx["audio_feat_silence_buffer"], emo), feats, 60, emo)
@@ -109,7 +114,6 @@ def test_chunking_does_not_change_motion(tiny_model, fx, chunk):
 @pytest.mark.oracle
 def test_carry_pickles_and_resumes_elsewhere(tiny_model, fx):
     """A stream continued from a pickled carry by a fresh MotionStream gives the same frames."""
-    torch.set_num_threads(1)
     feats, emo = fx["audio_feat_real"][:40], class_vector(4)
     a = tiny_stream(tiny_model, fx)
     ref, _, _ = run_chunks(a, a.start(fx["audio_feat_silence_buffer"], emo), feats, 5, emo)
@@ -130,7 +134,6 @@ def test_algorithmic_delay(tiny_model, fx, overlap):
     2 * (80 - overlap) frames (the README's '4th 5-frame chunk' for overlap 70)."""
     from models.ditto.stream import first_frame_delay_frames
 
-    torch.set_num_threads(1)
     stream = tiny_stream(tiny_model, fx, overlap)
     silence = np.repeat(fx["audio_feat_silence_buffer"][:1], overlap, 0)
     carry = stream.start(silence, class_vector(4))

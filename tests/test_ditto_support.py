@@ -1,6 +1,7 @@
 """Shared helpers of the Ditto tests: seeded weights and fixtures from the oracle folder."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -32,3 +33,18 @@ def npz(oracle: Path, name: str) -> dict:
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread for a test module, restored after: the reference fixtures were
+    made with one thread, and on a shared 2-core CI box more threads oversubscribe
+    (measured here: the S50 run went from 8 s to 237 s)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
