@@ -56,17 +56,24 @@ class SessionConfig:
 
 @dataclass
 class FrameBatch:
-    """Frames published to viewers. audio: N×640 float32 output audio (zeros when idle)."""
+    """Frames published to viewers.
+
+    frames: N×H×W×3 uint8 RGB (for in-process viewers such as WebRTC peers);
+    audio: N×640 float32 output audio on the frame clock (zeros when idle).
+    """
 
     t0: float
     pts: list[int]
     jpegs: list[bytes]
     audio: np.ndarray
+    frames: np.ndarray
 
-    def to_item(self, want_audio: bool) -> dict:
+    def to_item(self, viewer: "Viewer") -> dict:
         item = {"type": "frames", "t0": self.t0, "pts": self.pts, "jpegs": self.jpegs}
-        if want_audio:
+        if viewer.want_audio:
             item["audio"] = self.audio
+        if viewer.want_raw:
+            item["frames"] = self.frames
         return item
 
 
@@ -74,6 +81,7 @@ class FrameBatch:
 class Viewer:
     want_audio: bool
     queue: asyncio.Queue
+    want_raw: bool = False  # raw frames: only for viewers in this process (never across Ray)
     overflowed: bool = False
 
 
@@ -200,10 +208,10 @@ class Session:
         self._wake.set()
 
     # ---------------- viewers ----------------
-    def subscribe(self, want_audio: bool = False) -> Viewer:
+    def subscribe(self, want_audio: bool = False, want_raw: bool = False) -> Viewer:
         if len(self._viewers) >= self.config.max_viewers:
             raise ServiceError(429, "too_many_viewers", f"session already has {self.config.max_viewers} viewers")
-        viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items))
+        viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items), want_raw)
         self._put(viewer, {"type": "event", "pts": None, "t0": self.clock.t0, "event": self._ready_event()})
         self._viewers.add(viewer)
         self.last_viewer_left_at = None
@@ -234,7 +242,7 @@ class Session:
 
     def _publish(self, item: dict | FrameBatch) -> None:
         for viewer in list(self._viewers):
-            self._put(viewer, item.to_item(viewer.want_audio) if isinstance(item, FrameBatch) else item)
+            self._put(viewer, item.to_item(viewer) if isinstance(item, FrameBatch) else item)
 
     def _event(self, event: dict, pts: int | None = None) -> None:
         self._publish({"type": "event", "pts": pts, "t0": self.clock.t0, "event": event})
@@ -351,7 +359,7 @@ class Session:
                     audio[i] = self._spans.popleft()
         pts = list(range(self._produced_pts, self._produced_pts + len(frames)))
         self._produced_pts += len(frames)
-        self._publish(FrameBatch(self.clock.t0, pts, jpegs, audio))
+        self._publish(FrameBatch(self.clock.t0, pts, jpegs, audio, frames))
 
     async def _sleep_until_next_deadline(self) -> None:
         # The next idle frame is needed when produced_pts - idle_lead becomes the shown frame.
