@@ -8,4 +8,6 @@ Stages, in data-flow order:
     stream.py   the online window scheme: windows, fusion, smoothing, clipping
     motion.py   motion post-processing into LivePortrait keypoints
     config.py   typed config, official weight files, the restricted pkl reader
+    pipeline.py the ditto mode (models.base contract): the stages above + the
+                LivePortrait renderer (Ditto's files) + paste-back
 """
