@@ -25,22 +25,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL_UNET = dict(
-    act_fn="silu", attention_head_dim=8, block_out_channels=[32, 64, 64, 64], center_input_sample=False,
-    cross_attention_dim=384,
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=8, layers_per_block=2,
-    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4, sample_size=32,
-    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-)
-FULL_UNET = {**SMALL_UNET, "block_out_channels": [320, 640, 1280, 1280], "sample_size": 64}
-VAE_BLOCKS = dict(
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4,
-)
-SMALL_VAE = {**VAE_BLOCKS, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1}
-FULL_VAE = {**VAE_BLOCKS, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}
-
-
 def oracle_dir() -> Path:
     return Path(os.environ.get("LOCKN_ORACLE_DIR", ROOT.parent / "shared" / "oracle"))
 
@@ -67,6 +51,7 @@ def build_nets(full: bool, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
     from models.musetalk.inference import MuseTalkNets
+    from models.musetalk.testing import FULL_UNET, FULL_VAE, SMALL_UNET, SMALL_VAE
     from models.musetalk.unet import PositionalEncoding, build_unet
 
     unet = build_unet(FULL_UNET if full else SMALL_UNET).eval()
@@ -95,9 +80,9 @@ def whisper_encoder(device: str, dtype: torch.dtype):
             model.load_state_dict(seeded.seeded_state_dict(model.state_dict()))
             source = "oracle-seeded"
         else:
-            model = WhisperModel(WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                                               encoder_ffn_dim=1536, decoder_layers=1, decoder_attention_heads=6,
-                                               decoder_ffn_dim=1536))
+            from models.musetalk.testing import TINY_WHISPER
+
+            model = WhisperModel(WhisperConfig(**TINY_WHISPER))
             source = "random"
         enc = WhisperAudioEncoder(model.encoder, WhisperFeatureExtractor(feature_size=80))
     enc.encoder.to(device, dtype)

@@ -93,3 +93,23 @@ def test_video_frames_cycle_forward_then_back():
     assert [cycle_frame(i, 3) for i in range(8)] == [0, 1, 2, 2, 1, 0, 0, 1]
     assert [cycle_frame(i, 1) for i in range(3)] == [0, 0, 0]
     assert MuseTalkCarry().cycle_index == 0
+
+
+def test_tiny_pipeline_streams_200ms_chunks():
+    """The file-free tiny pipeline (for graph tests): 1 s of audio in 200 ms chunks -> 25 frames."""
+    from models.musetalk.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    portrait = np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    persona = pipe.prepare(PersonaMedia([portrait, portrait[::-1].copy()]), "tiny")
+    carry = pipe.start(persona, Controls())
+    audio = (0.1 * np.random.default_rng(1).standard_normal(16000)).astype(np.float32)
+    out = []
+    for i in range(0, len(audio), 3200):
+        frames, carry = pipe.render(persona, carry, audio[i : i + 3200], Controls())
+        out.append(frames)
+    frames, carry = pipe.flush(persona, carry, Controls())
+    out.append(frames)
+    frames = np.concatenate(out)
+    assert frames.shape == (25, 96, 80, 3)
+    assert carry.cycle_index == 25 % 4
