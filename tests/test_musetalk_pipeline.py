@@ -113,3 +113,23 @@ def test_tiny_pipeline_streams_200ms_chunks():
     frames = np.concatenate(out)
     assert frames.shape == (25, 96, 80, 3)
     assert carry.cycle_index == 25 % 4
+
+
+@pytest.mark.oracle
+def test_render_clip_uses_cycle_and_injected_noise(setup):
+    """Offline clip (upstream scripts' order): frame i uses cycle position i; injected
+    posterior noise changes the cached latents as upstream's sampling would."""
+    import torch
+
+    pipe, portrait, speech = setup
+    media = PersonaMedia([portrait, portrait[:, ::-1].copy()])
+    eps = torch.randn(2, 2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    persona = pipe.prepare(media, "clip", posterior_eps=eps)
+    mean_persona = pipe.prepare(media, "mean")
+    assert not torch.allclose(persona.features["latents"], mean_persona.features["latents"])
+    frames = pipe.render_clip(mean_persona, speech[:6400], fps=25)
+    assert frames.shape == (10, *portrait.shape)
+    # cycle 0,1,1,0,0,1,...: frames outside the crop box come from the matching media frame
+    cx1, cy1, cx2, cy2 = mean_persona.features["mask_boxes"][0]
+    for i, j in enumerate([0, 1, 1, 0, 0, 1, 1, 0, 0, 1]):
+        assert (frames[i, :, : max(cx1, 0)] == media.frames[j][:, : max(cx1, 0)]).all()

@@ -134,14 +134,13 @@ class MuseTalkPipeline:
 
     # ------------------------------------------------------------ prepare
 
-    def prepare(self, media: PersonaMedia, persona_id: str = "") -> Persona:
+    def prepare(self, media: PersonaMedia, persona_id: str = "", posterior_eps: torch.Tensor | None = None) -> Persona:
+        """posterior_eps: F×2×4×32×32 (masked, reference) noise to reproduce upstream's sampled
+        latents in parity checks; None (production) uses the posterior mean."""
         frames_bgr = [np.ascontiguousarray(f[..., ::-1]) for f in media.frames]
         boxes = [self._face_box(f, i) for i, f in enumerate(frames_bgr)]
         crops = np.stack([crop_face(f, b) for f, b in zip(frames_bgr, boxes)])  # F×256×256×3 BGR
-        latents = torch.cat([
-            vae_ops.unet_input_latents(self.nets.vae, crops[i : i + self.config.batch_size]).float().cpu()
-            for i in range(0, len(crops), self.config.batch_size)
-        ])  # F×8×32×32, posterior means
+        latents = torch.cat([self._latents(crops, i, posterior_eps) for i in range(0, len(crops), self.config.batch_size)])
         masks = [
             prepare_mask(f, b, self.parser, self.config.parsing_mode, self.config.blur_fraction)
             for f, b in zip(frames_bgr, boxes)
@@ -154,6 +153,12 @@ class MuseTalkPipeline:
             "mask_boxes": [b for _, b in masks],
         }
         return Persona(persona_id, media, features)
+
+    def _latents(self, crops: np.ndarray, start: int, eps: torch.Tensor | None) -> torch.Tensor:
+        """B×8×32×32 float32 CPU latents of crops[start : start + batch]."""
+        sl = slice(start, start + self.config.batch_size)
+        eps_masked, eps_ref = (None, None) if eps is None else (eps[sl, 0], eps[sl, 1])
+        return vae_ops.unet_input_latents(self.nets.vae, crops[sl], eps_masked, eps_ref).float().cpu()
 
     def _face_box(self, frame_bgr: np.ndarray, index: int) -> tuple[int, int, int, int]:
         landmarks, score = self.landmarks(frame_bgr)
@@ -186,6 +191,14 @@ class MuseTalkPipeline:
     def idle(self, persona: Persona, carry: Carry, n: int, controls: Controls):
         """No speech: n frames of silence through the same path (reference frames, no UNet)."""
         return self.render(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls)
+
+    def render_clip(self, persona: Persona, wav16k: np.ndarray, fps: float = 25.0) -> np.ndarray:
+        """A finished clip the way upstream's scripts do it: whole-clip prompts, every frame
+        generated (no silence rule), frame i from cycle position i. -> F×H×W×3 uint8 RGB."""
+        prompts = self.streamer.encoder.prompts(wav16k, fps)
+        carry = MuseTalkCarry(rms=np.full(len(prompts), np.inf, np.float32))
+        frames, _ = self._frames(persona, carry, 0, prompts)
+        return frames
 
     def _add_rms(self, carry: MuseTalkCarry, rms: np.ndarray) -> MuseTalkCarry:
         # Keep one frame before the next to emit: silence looks at each frame's neighbours.
