@@ -133,3 +133,12 @@ def test_render_clip_uses_cycle_and_injected_noise(setup):
     cx1, cy1, cx2, cy2 = mean_persona.features["mask_boxes"][0]
     for i, j in enumerate([0, 1, 1, 0, 0, 1, 1, 0, 0, 1]):
         assert (frames[i, :, : max(cx1, 0)] == media.frames[j][:, : max(cx1, 0)]).all()
+
+
+def test_missing_weights_name_the_fetch_command(hf_cache):
+    from models.base import WeightsMissingError
+    from models.musetalk.pipeline import weight_files
+
+    with pytest.raises(WeightsMissingError, match="lockn-bod weights fetch musetalk"):
+        MuseTalkPipeline.from_pretrained(MuseTalkConfig(device="cpu"))
+    assert all(f.licence for f in weight_files())

@@ -117,6 +117,7 @@ class MuseTalkPipeline:
         config = config or MuseTalkConfig()
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if (config.fp16 and device.startswith("cuda")) else torch.float32
+        w.resolve(w.VAE_CONFIG, w.MODE)  # a clear error before diffusers looks
         nets = MuseTalkNets(
             load_unet(w.resolve(w.UNET_CONFIG, w.MODE), w.resolve(w.UNET_WEIGHTS, w.MODE)),
             vae_ops.load_vae(w.folder_of(w.VAE_WEIGHTS)),
