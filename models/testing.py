@@ -12,6 +12,7 @@ the backend-error path.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,9 +54,11 @@ class PatternPipeline:
 
     mode = "pattern"
 
-    def __init__(self, size: int = 64, lookahead_frames: int = 0):
+    def __init__(self, size: int = 64, lookahead_frames: int = 0, work_ms_per_frame: float = 0.0):
         self.size = size
         self.lookahead_frames = lookahead_frames
+        # Benchmarks: spend this much CPU per speech frame, like a real backend would.
+        self.work_ms_per_frame = work_ms_per_frame
 
     def prepare(self, media: PersonaMedia, persona_id: str = "") -> Persona:
         return Persona(persona_id=persona_id, media=media)
@@ -89,4 +92,13 @@ class PatternPipeline:
             raise RuntimeError("pattern pipeline: injected failure (FAIL_CODE audio)")
         if not len(codes):
             return np.zeros((0, self.size, self.size, 3), np.uint8)
+        _burn_cpu(self.work_ms_per_frame * len(codes))
         return np.stack([encode_pattern(True, int(c) & FAIL_CODE, self.size) for c in codes])
+
+
+def _burn_cpu(ms: float) -> None:
+    """Busy-work for `ms` milliseconds of wall time (a stand-in render cost)."""
+    end = time.perf_counter() + ms / 1000
+    x = np.ones(64, np.float32)
+    while time.perf_counter() < end:
+        x = np.sqrt(x * 1.0001)

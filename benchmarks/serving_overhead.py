@@ -1,0 +1,169 @@
+"""What the serving graph costs: one session through Ray Serve against the same pipeline in-process.
+
+Prints JSON:
+- in_process: the pattern pipeline (with a stand-in render cost per frame) called
+  directly, render + JPEG, unpaced: frames/s, CPU ms per frame, first-chunk latency;
+- graph: a session through Router -> SessionHost -> Backend deployment over a
+  real WebSocket client, paced at 25 fps: CPU ms per frame over every process of
+  the cluster (minus the same cluster idling with the session open), first speech
+  frame latency after the first audio chunk;
+- overhead_ratio: graph CPU per frame / in-process CPU per frame;
+- still_sessions: the largest number of concurrent still-mode sessions held at
+  25 fps with no frame later than one frame interval.
+
+    python benchmarks/serving_overhead.py [--seconds 10] [--work-ms 8] [--chunk-frames 5]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deployments.encode import JpegEncoder  # noqa: E402
+from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia  # noqa: E402
+from models.testing import PatternPipeline  # noqa: E402
+from tests.graph_client import WsViewer, create_persona, create_session, open_ws  # noqa: E402
+from tests.streaming import coded_pcm16, frame_info  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu_s() -> float:
+    """CPU seconds used so far by this process and every Ray process on the machine."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(os.getpid()) or b"ray" in cmdline:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return total
+
+
+def in_process(seconds: float, work_ms: float, chunk_frames: int, size: int) -> dict:
+    pipeline = PatternPipeline(size=size, work_ms_per_frame=work_ms)
+    persona = pipeline.prepare(PersonaMedia([np.zeros((size, size, 3), np.uint8)]))
+    carry = pipeline.start(persona, Controls())
+    encoder = JpegEncoder()
+    audio = coded_pcm16(int(seconds * 25)).astype(np.float32) / 32768
+    step = chunk_frames * SAMPLES_PER_FRAME
+    cpu0, t0, first = time.process_time(), time.perf_counter(), None
+    n = 0
+    for start in range(0, len(audio), step):
+        frames, carry = pipeline.render(persona, carry, audio[start:start + step], Controls())
+        encoder.encode_batch(frames)
+        n += len(frames)
+        first = first or time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"frames": n, "fps": n / wall, "cpu_ms_per_frame": 1000 * cpu / n, "first_chunk_latency_ms": 1000 * first}
+
+
+async def graph_session(base: str, persona: str, seconds: float) -> dict:
+    session_id = create_session(base, persona, "pattern")["session_id"]
+    n = int(seconds * 25)
+    async with await open_ws(base, session_id) as ws:
+        viewer = WsViewer(ws)
+        await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
+        cpu_idle0, t_idle0 = cluster_cpu_s(), time.time()
+        await asyncio.sleep(seconds)  # the open session idling: the baseline to subtract
+        idle_cpu_per_s = (cluster_cpu_s() - cpu_idle0) / (time.time() - t_idle0)
+        pcm = coded_pcm16(n)
+        cpu0, t_send = cluster_cpu_s(), time.time()
+        for i in range(0, n, 5):
+            await ws.send(pcm[i * SAMPLES_PER_FRAME:(i + 5) * SAMPLES_PER_FRAME].tobytes())
+        await ws.send(json.dumps({"type": "end_of_speech"}))
+        await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
+        wall = time.time() - t_send
+        cpu = cluster_cpu_s() - cpu0 - idle_cpu_per_s * wall
+    speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
+    return {
+        "frames": len(speech), "fps": len(speech) / (speech[-1][1] - speech[0][1]) * (len(speech) - 1) / len(speech),
+        "cpu_ms_per_frame": 1000 * cpu / max(1, len(speech)),
+        "first_frame_latency_ms": 1000 * (speech[0][1] - t_send),
+        "idle_cluster_cpu_per_s": idle_cpu_per_s,
+    }
+
+
+async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict:
+    """n still sessions with one WebSocket viewer each: worst lateness against the 25 fps clock."""
+    sessions = [create_session(base, persona, "still")["session_id"] for _ in range(n)]
+    viewers = []
+    try:
+        sockets = [await open_ws(base, s) for s in sessions]
+        viewers = [WsViewer(ws) for ws in sockets]
+        await asyncio.gather(*(v.recv_until(lambda v: len(v.frames) >= 10, 30) for v in viewers))
+        for v in viewers:
+            v.frames.clear()
+        await asyncio.gather(*(v.recv_until(lambda v: len(v.frames) >= seconds * 25, seconds + 30) for v in viewers))
+        late_ms, gaps = 0.0, 0
+        for v in viewers:
+            (p0, _, t0), frames = v.frames[0], v.frames
+            late_ms = max(late_ms, max(1000 * ((t - t0) - (p - p0) / 25) for p, _, t in frames))
+            gaps += sum(b[0] - a[0] - 1 for a, b in zip(frames, frames[1:]))
+        for ws in sockets:
+            await ws.close()
+        return {"sessions": n, "max_late_ms": late_ms, "skipped_frames": gaps}
+    finally:
+        import httpx
+
+        for s in sessions:
+            httpx.delete(f"{base}/v1/sessions/{s}")
+
+
+def start_app(args) -> str:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray import serve
+
+    from tests.conftest import _free_port, deploy_app
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, configure_logging=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return deploy_app(f"http://127.0.0.1:{port}", {
+        "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
+        "limits": {"max_sessions": 64},
+        "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": args.chunk_frames,
+                                 "options": {"size": args.size, "work_ms_per_frame": args.work_ms}}},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--work-ms", type=float, default=8.0, help="stand-in render cost per frame")
+    parser.add_argument("--chunk-frames", type=int, default=5)
+    parser.add_argument("--size", type=int, default=256, help="frame side in pixels")
+    parser.add_argument("--still-counts", default="4,8,12,16")
+    parser.add_argument("--still-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    base = start_app(args)
+    persona = create_persona(base, save=True, size=args.size)
+    local = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)
+    graph = asyncio.run(graph_session(base, persona, args.seconds))
+    still = [asyncio.run(still_viewers(base, persona, int(n), args.still_seconds))
+             for n in args.still_counts.split(",")]
+    held = [s["sessions"] for s in still if s["max_late_ms"] <= 40 and not s["skipped_frames"]]
+    print(json.dumps({
+        "config": vars(args), "in_process": local, "graph": graph,
+        "overhead_ratio": graph["cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
+        "first_frame_latency_ms": graph["first_frame_latency_ms"],
+        "still_sessions": still, "max_still_sessions_at_25fps": max(held, default=0),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
