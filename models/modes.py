@@ -35,7 +35,7 @@ MODES: dict[str, ModeSpec] = {
                  "models.musetalk.pipeline:weight_files"),
         ModeSpec("ditto", "audio-driven head motion with emotion control (Ditto)", True,
                  "models.ditto.pipeline:DittoPipeline",
-                 "models.ditto.pipeline:weight_files"),
+                 "models.ditto.config:weight_files"),
         ModeSpec("pattern", "test pattern whose frames encode their audio span", False,
                  "models.testing:PatternPipeline", test_only=True),
     )

@@ -143,3 +143,8 @@ def clip_from_cfg(cfg: dict):
     the reference reads rows 0 and 1), or None."""
     clip = cfg.get("default_kwargs", {}).get("v_min_max_for_clip")
     return None if clip is None else clip[:2]
+
+
+def weight_files() -> list[WeightFile]:
+    """What `lockn-bod weights fetch ditto` downloads (the mode registry's hook)."""
+    return DittoFiles().all()
