@@ -48,7 +48,6 @@ def setup(oracle, hf_cache_module):
 
 
 @pytest.mark.oracle
-@pytest.mark.slow
 def test_render_speech_and_silence(setup):
     pipe, portrait, speech = setup
     assert isinstance(pipe, Pipeline) and pipe.mode == "musetalk"
