@@ -70,3 +70,41 @@ def test_box_fits_model_aspect_ratio():
     _, scale = box_center_scale((256, 240), cfg)
     assert scale[0] / scale[1] == pytest.approx(288 / 384)
     assert scale[1] >= 256 * 1.25
+
+
+def test_dwpose_onnx_session_returns_face_points(tmp_path):
+    """DWPoseLandmarks on a stand-in ONNX graph with DWPose's input/output shapes: SimCC peaks
+    placed at known input pixels come back as the face points, in frame coordinates."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models.musetalk.face_box import DWPoseLandmarks
+
+    cfg = DWPoseConfig()
+    frame_hw = (256, 240)
+    center, scale = box_center_scale(frame_hw, cfg)
+    warp = affine_to_input(center, scale, cfg)
+    rng = np.random.default_rng(0)
+    frame_xy = np.stack([rng.uniform(60, 180, 133), rng.uniform(60, 200, 133)], -1)
+    in_xy = frame_xy @ warp[:, :2].T + warp[:, 2]
+    simcc_x = np.zeros((1, 133, 576), np.float32)
+    simcc_y = np.zeros((1, 133, 768), np.float32)
+    simcc_x[0, np.arange(133), np.round(in_xy[:, 0] * 2).astype(int)] = 0.9
+    simcc_y[0, np.arange(133), np.round(in_xy[:, 1] * 2).astype(int)] = 0.8
+    nodes = [
+        helper.make_node("Constant", [], ["simcc_x"], value=numpy_helper.from_array(simcc_x)),
+        helper.make_node("Constant", [], ["simcc_y"], value=numpy_helper.from_array(simcc_y)),
+    ]
+    graph = helper.make_graph(
+        nodes, "dwpose_stub",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
+        [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
+         helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "dwpose_stub.onnx"
+    onnx.save(model, path)
+    landmarks, score = DWPoseLandmarks(path)(np.zeros((*frame_hw, 3), np.uint8))
+    assert landmarks.shape == (68, 2) and score == pytest.approx(0.8)
+    np.testing.assert_allclose(landmarks, frame_xy[23:91], atol=scale[0] / 576 + 1e-3)
