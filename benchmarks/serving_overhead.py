@@ -38,7 +38,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cluster_cpu_s() -> float:
-    """CPU seconds used so far by this process and every Ray process on the machine."""
+    """CPU seconds used so far by every Ray process on the machine (not this client)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -46,7 +46,7 @@ def cluster_cpu_s() -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if stat.parent.name == str(os.getpid()) or b"ray" in cmdline:
+        if stat.parent.name != str(os.getpid()) and b"ray" in cmdline:
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
     return total
 

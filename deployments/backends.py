@@ -89,20 +89,17 @@ class BackendDeployment:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
 
     async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls):
-        """Streams {"frames": N×H×W×3 uint8} batches, then {"carry": ...}."""
+        """Streams {"frames": N×H×W×3 uint8} batches; the last item also holds {"carry": ...}."""
         frames, carry = await asyncio.to_thread(self.pipeline.render, await self._persona(), carry, audio16k, controls)
-        yield {"frames": frames}
-        yield {"carry": carry}
+        yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
 
     async def flush(self, carry: Any, controls: Controls):
         frames, carry = await asyncio.to_thread(self.pipeline.flush, await self._persona(), carry, controls)
-        yield {"frames": frames}
-        yield {"carry": carry}
+        yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
 
     async def idle(self, carry: Any, n: int, controls: Controls):
         frames, carry = await asyncio.to_thread(self.pipeline.idle, await self._persona(), carry, n, controls)
-        yield {"frames": frames}
-        yield {"carry": carry}
+        yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
 
 
 class RemoteBackend:
@@ -133,7 +130,7 @@ class RemoteBackend:
         async for item in stream:
             if "frames" in item:
                 batches.append(item["frames"])
-            else:
+            if "carry" in item:
                 carry = item["carry"]
         frames = np.concatenate(batches) if len(batches) > 1 else batches[0]
         return frames, carry
