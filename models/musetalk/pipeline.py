@@ -6,13 +6,23 @@ prepare (once per persona, cached in `Persona.features`):
       -> reference latents: VAE posterior mean of the masked and the full crop  F×8×32×32
       -> blending mask per frame (face parser, 'jaw' mode, blurred)
 render (per chunk of 640·N samples):
-    audio -> streaming whisper prompts (lookahead 3 frames) -> batches of >= 8 frames
+    audio -> streaming whisper prompts (lookahead 3 frames) -> batches of `batch_size` (8)
       -> UNet step + VAE decode -> 256×256 faces -> resize + paste-back into the frame
+
+Batching: the speaking frames of one render call go through the UNet and the VAE
+in batches of `batch_size`; sessions should send MuseTalk chunks of at least
+8 frames (320 ms) so the GPU sees full batches (200 ms chunks work, in batches of 5).
+
+Persona checks: a frame whose face keypoints score below `min_landmark_score`
+raises PersonaError("no_face"); a face box under `min_face_px` raises
+"face_too_small". DWPose runs on the whole frame (as upstream), so it reports
+one face and cannot tell a second one: several faces are not detected.
 
 Silence: upstream animates the mouth even on silent audio. A frame whose audio
 (and its neighbours') is below `silence_rms` shows its reference frame unchanged,
 so the mouth stays as the persona's media shows it (closed, for a usual portrait),
-and the UNet is not run for it.
+and the UNet is not run for it. The switch between a reference and a generated
+frame is a cut (no cross-fade yet); only the lower face inside the mask changes.
 """
 from __future__ import annotations
 
