@@ -300,3 +300,19 @@ def test_one_shot_render_returns_mp4_with_audio(app):
         assert container.streams.audio, "audio is muxed in"
         codes = [decode_pattern(f.to_ndarray(format="rgb24"))[1] for f in container.decode(video=0)]
     assert codes == list(range(1, 51))
+
+
+def test_session_closes_after_its_last_viewer_leaves(app):
+    base, session_id = app["base"], pattern_session(app)
+
+    async def view_briefly():
+        async with await open_ws(base, session_id) as ws:
+            await WsViewer(ws).recv_until(lambda v: len(v.frames) >= 3, 10)
+
+    asyncio.run(view_briefly())
+    assert httpx.get(f"{base}/v1/sessions/{session_id}").status_code == 200  # within the grace period
+    deadline = time.time() + 15  # grace 5 s, then the host's once-a-second sweep
+    while httpx.get(f"{base}/v1/sessions/{session_id}").status_code == 200 and time.time() < deadline:
+        time.sleep(0.5)
+    r = httpx.get(f"{base}/v1/sessions/{session_id}")
+    assert r.status_code == 404 and r.json()["code"] == "unknown_session"
