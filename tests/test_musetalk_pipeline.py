@@ -141,3 +141,23 @@ def test_missing_weights_name_the_fetch_command(hf_cache):
     with pytest.raises(WeightsMissingError, match="lockn-bod weights fetch musetalk"):
         MuseTalkPipeline.from_pretrained(MuseTalkConfig(device="cpu"))
     assert all(f.licence for f in weight_files())
+
+
+@pytest.mark.gpu
+def test_tiny_pipeline_fp16_on_cuda_matches_fp32():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from models.musetalk.testing import tiny_pipeline
+
+    portrait = np.random.default_rng(0).integers(0, 256, (128, 112, 3), dtype=np.uint8)
+    audio = (0.1 * np.random.default_rng(1).standard_normal(640 * 10)).astype(np.float32)
+    outputs = []
+    for device in ("cpu", "cuda"):
+        pipe = tiny_pipeline().to(device)
+        persona = pipe.prepare(PersonaMedia([portrait]), "gpu")
+        outputs.append(pipe.render_clip(persona, audio))
+    assert pipe.nets.dtype == torch.float16
+    diff = np.abs(outputs[0].astype(int) - outputs[1].astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16

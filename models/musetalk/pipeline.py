@@ -125,23 +125,30 @@ class MuseTalkPipeline:
         from .unet import PositionalEncoding, load_unet
 
         config = config or MuseTalkConfig()
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if (config.fp16 and device.startswith("cuda")) else torch.float32
         w.resolve(w.VAE_CONFIG, w.MODE)  # a clear error before diffusers looks
         nets = MuseTalkNets(
             load_unet(w.resolve(w.UNET_CONFIG, w.MODE), w.resolve(w.UNET_WEIGHTS, w.MODE)),
             vae_ops.load_vae(w.folder_of(w.VAE_WEIGHTS)),
             PositionalEncoding(384),
-        ).to(device, dtype)
+        )
         for f in w.WHISPER_FILES:
             w.resolve(f, w.MODE)  # a clear error per missing file before transformers looks
         audio = WhisperAudioEncoder.from_pretrained(w.folder_of(w.WHISPER_FILES[0]), config.audio)
-        audio.encoder.to(device, dtype)
-        parser = FaceParser(load_bisenet(w.resolve(w.FACE_PARSER, w.MODE)).to(device), MaskConfig(cheek_width=config.cheek_width))
+        parser = FaceParser(load_bisenet(w.resolve(w.FACE_PARSER, w.MODE)), MaskConfig(cheek_width=config.cheek_width))
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if landmarks is None:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
             landmarks = DWPoseLandmarks(w.resolve(w.LANDMARKS, w.MODE), providers=providers)
-        return cls(nets, audio, parser, landmarks, config)
+        return cls(nets, audio, parser, landmarks, config).to(device)
+
+    def to(self, device: str) -> "MuseTalkPipeline":
+        """Move the networks; fp16 on CUDA when `config.fp16` (the parser stays fp32: it runs once per persona)."""
+        dtype = torch.float16 if (self.config.fp16 and str(device).startswith("cuda")) else torch.float32
+        self.nets.to(device, dtype)
+        self.streamer.encoder.encoder.to(device, dtype)
+        if hasattr(self.parser, "net"):  # a FaceParser; test stand-ins are plain functions
+            self.parser.net.to(device)
+        return self
 
     # ------------------------------------------------------------ prepare
 
