@@ -88,6 +88,20 @@ def test_idle_frames_and_no_face(setup):
         pipe.landmarks = landmarks
 
 
+def test_detector_box_is_the_fallback():
+    """Landmarks that fail the v1.5 rule (x1 < 0) fall back to the detector box when one is given."""
+    from models.musetalk.testing import ellipse_landmarks, tiny_pipeline
+
+    pipe = tiny_pipeline()
+    frame = np.zeros((120, 100, 3), np.uint8)
+    landmarks, _ = ellipse_landmarks(frame)
+    landmarks[0, 0] = -3.0
+    pipe.landmarks = lambda f: (landmarks, 1.0, (20, 30, 80, 90))
+    assert pipe._face_box(frame, 0) == (20, 30, 80, 100)  # + extra_margin 10
+    pipe.landmarks = lambda f: (landmarks, 1.0)
+    assert pipe._face_box(frame, 0)[0] == 0  # our own fallback: the landmarks' box inside the frame
+
+
 def test_video_frames_cycle_forward_then_back():
     assert [cycle_frame(i, 3) for i in range(8)] == [0, 1, 2, 2, 1, 0, 0, 1]
     assert [cycle_frame(i, 1) for i in range(3)] == [0, 0, 0]

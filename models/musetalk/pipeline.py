@@ -48,8 +48,9 @@ from .blending import blend, prepare_mask, resize_face
 from .face_box import crop_face, face_box, fallback_box
 from .inference import MuseTalkNets, generate
 
-# (frame BGR) -> (68×2 landmarks, confidence in [0, 1])
-LandmarkFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
+# (frame BGR) -> (68×2 landmarks, confidence), optionally + a face detector box (x1, y1, x2, y2)
+# that the v1.5 rule falls back to (upstream: S3FD); without one, the landmarks' own box.
+LandmarkFn = Callable[[np.ndarray], tuple]
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,13 @@ class MuseTalkPipeline:
         return vae_ops.unet_input_latents(self.nets.vae, crops[sl], eps_masked, eps_ref).float().cpu()
 
     def _face_box(self, frame_bgr: np.ndarray, index: int) -> tuple[int, int, int, int]:
-        landmarks, score = self.landmarks(frame_bgr)
+        found = self.landmarks(frame_bgr)
+        landmarks, score = found[0], found[1]
         if score < self.config.min_landmark_score:
             raise PersonaError(f"no face found in frame {index}", code="no_face")
         hw = frame_bgr.shape[:2]
-        box = face_box(landmarks, fallback_box(landmarks, hw), hw, self.config.extra_margin)
+        detector = found[2] if len(found) > 2 else fallback_box(landmarks, hw)
+        box = face_box(landmarks, detector, hw, self.config.extra_margin)
         x1, y1, x2, y2 = box
         if min(x2 - x1, y2 - y1) < self.config.min_face_px:
             raise PersonaError(f"face in frame {index} is too small ({x2 - x1}×{y2 - y1} px)", code="face_too_small")
