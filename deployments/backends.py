@@ -4,12 +4,15 @@
 - `BackendDeployment` is the Serve deployment of a neural mode (one per mode,
   fractional num_gpus, min_replicas 0). It loads weights at construction,
   caches prepared personas with `@serve.multiplexed`, and is stateless per
-  call: a session's state travels in each call as `carry`.
+  call: a session's state travels in each call as `carry`. Its options are
+  the pipeline's keyword options, plus `cuda_memory_fraction` (this process's
+  cap on the GPU, DESIGN section 1), which the deployment applies itself.
 - `RemoteBackend` is what a session holds to call that deployment.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from typing import Any
 
@@ -20,6 +23,10 @@ from models.base import Controls, Persona
 from models.modes import build_pipeline
 
 from .personas import PersonaStore
+
+log = logging.getLogger("ray.serve")
+# Deployment options that are not the pipeline's: the deployment applies them.
+MEMORY_FRACTION_OPTION = "cuda_memory_fraction"
 
 
 class PersonaCache:
@@ -68,22 +75,37 @@ class LocalBackend:
         persona = await self.personas.get(persona_id)
         return await asyncio.to_thread(self.pipeline.idle, persona, carry, n, controls)
 
+    async def warnings(self, persona_id: str) -> list[dict]:
+        return persona_warnings(await self.personas.get(persona_id))
+
 
 class BackendDeployment:
     """Serve deployment body for one neural mode; see module docstring."""
 
     def __init__(self, mode: str, persona_dir: str, options: dict | None = None):
         self.mode = mode
-        self.pipeline = build_pipeline(mode, **(options or {}))
+        options = dict(options or {})
+        fraction = options.pop(MEMORY_FRACTION_OPTION, None)
+        # Before any weight is loaded; None when not asked or without CUDA.
+        self.memory_fraction = cap_cuda_memory(float(fraction)) if fraction is not None else None
+        self.pipeline = build_pipeline(mode, **options)
         self.store = PersonaStore(persona_dir)
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def get_persona(self, persona_id: str) -> Persona:
         media = await asyncio.to_thread(self.store.load_media, persona_id)
-        return await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
+        persona = await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
+        for warning in persona_warnings(persona):
+            log.warning("%s persona %s: %s (%s)", self.mode, persona_id, warning["message"], warning["code"])
+        return persona
 
     async def _persona(self) -> Persona:
         return await self.get_persona(serve.get_multiplexed_model_id())
+
+    async def warnings(self) -> list[dict]:
+        """What preparing the persona (multiplexed model id) found worth telling its user:
+        [{"code", "message"}], e.g. several faces, the largest used."""
+        return persona_warnings(await self._persona())
 
     async def start(self, controls: Controls) -> Any:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
@@ -100,6 +122,28 @@ class BackendDeployment:
     async def idle(self, carry: Any, n: int, controls: Controls):
         frames, carry = await asyncio.to_thread(self.pipeline.idle, await self._persona(), carry, n, controls)
         yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
+
+
+def persona_warnings(persona: Persona) -> list[dict]:
+    """A prepared persona's warnings ([{"code", "message"}]; pipelines put them in features["warnings"])."""
+    return list(persona.features.get("warnings", []))
+
+
+def cap_cuda_memory(fraction: float) -> float | None:
+    """Cap this process's CUDA allocations at `fraction` of the device (DESIGN section 1).
+
+    Ray Serve does not enforce fractional num_gpus; this makes torch raise out-of-memory in
+    this replica rather than let it take memory that the VramController gave to others.
+    Returns the fraction applied, or None without CUDA (nothing to cap).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"{MEMORY_FRACTION_OPTION} must be in (0, 1], got {fraction}")
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.cuda.current_device())
+    return fraction
 
 
 class RemoteBackend:
@@ -123,6 +167,10 @@ class RemoteBackend:
 
     async def idle(self, persona_id, carry, n, controls):
         return await self._collect(self._for(persona_id, True).idle.remote(carry, n, controls))
+
+    async def warnings(self, persona_id: str) -> list[dict]:
+        """The persona's preparation warnings ([{"code", "message"}]) from the backend."""
+        return await self._for(persona_id).warnings.remote()
 
     @staticmethod
     async def _collect(stream) -> tuple[np.ndarray, Any]:

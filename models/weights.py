@@ -43,15 +43,19 @@ def fetch_command(mode: str) -> str:
     return f"lockn-bod weights fetch {mode}"
 
 
-def resolve(file: WeightFile, mode: str = "") -> Path:
-    """Local path of an already-fetched file; WeightsMissingError names the fetch command."""
+def resolve(file: WeightFile, mode: str = "", cache_dir: str | Path | None = None) -> Path:
+    """Local path of an already-fetched file; WeightsMissingError names the fetch command.
+
+    cache_dir: a Hugging Face cache folder other than the standard one (None: the standard one).
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(
             hf_hub_download(
-                file.repo_id, file.filename, revision=file.pinned_revision, local_files_only=True
+                file.repo_id, file.filename, revision=file.pinned_revision, local_files_only=True,
+                cache_dir=None if cache_dir is None else str(cache_dir),
             )
         )
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
@@ -61,19 +65,19 @@ def resolve(file: WeightFile, mode: str = "") -> Path:
         ) from err
 
 
-def missing(files: Iterable[WeightFile]) -> list[WeightFile]:
-    """The files of `files` that are not in the local cache."""
+def missing(files: Iterable[WeightFile], cache_dir: str | Path | None = None) -> list[WeightFile]:
+    """The files of `files` that are not in the local cache (or in `cache_dir`)."""
     out = []
     for f in files:
         try:
-            resolve(f)
+            resolve(f, cache_dir=cache_dir)
         except WeightsMissingError:
             out.append(f)
     return out
 
 
-def fetch(files: Iterable[WeightFile]) -> list[Path]:
-    """Download exactly `files`, grouped per repo and revision, into the standard cache."""
+def fetch(files: Iterable[WeightFile], cache_dir: str | Path | None = None) -> list[Path]:
+    """Download exactly `files`, grouped per repo and revision, into the standard cache (or `cache_dir`)."""
     from huggingface_hub import snapshot_download
 
     groups: dict[tuple[str, str], list[str]] = {}
@@ -81,7 +85,9 @@ def fetch(files: Iterable[WeightFile]) -> list[Path]:
         groups.setdefault((f.repo_id, f.pinned_revision), []).append(f.filename)
     roots = []
     for (repo_id, revision), names in groups.items():
-        roots.append(Path(snapshot_download(repo_id, revision=revision, allow_patterns=names)))
+        roots.append(Path(snapshot_download(
+            repo_id, revision=revision, allow_patterns=names, cache_dir=None if cache_dir is None else str(cache_dir)
+        )))
     return roots
 
 

@@ -9,6 +9,7 @@ surface to the user.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -75,10 +76,12 @@ class FaceAnalyzer:
         self.landmarks203 = Landmark203Runner(landmarks203_session)
 
     @classmethod
-    def from_hf_cache(cls, mode: str, config: FaceAnalysisConfig = FaceAnalysisConfig()) -> FaceAnalyzer:
-        """Open the official files from the local Hugging Face cache (WeightsMissingError if absent)."""
-        paths = [resolve(f, mode) for f in (files.DETECTOR, files.LANDMARKS_106, files.LANDMARKS_203)]
-        return cls(*(open_session(p) for p in paths), config=config)
+    def from_hf_cache(cls, mode: str, config: FaceAnalysisConfig = FaceAnalysisConfig(),
+                      cache_dir: str | Path | None = None, prefer_cuda: bool = True) -> FaceAnalyzer:
+        """Open the official files from the local Hugging Face cache, or from `cache_dir`
+        (WeightsMissingError if absent); `prefer_cuda=False` keeps them on the CPU."""
+        paths = [resolve(f, mode, cache_dir) for f in (files.DETECTOR, files.LANDMARKS_106, files.LANDMARKS_203)]
+        return cls(*(open_session(p, prefer_cuda=prefer_cuda) for p in paths), config=config)
 
     def analyse(self, image: np.ndarray) -> AnalysedFace:
         """image: H×W×3 uint8 RGB -> the chosen face and its landmarks."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -47,12 +48,13 @@ def weight_files() -> list[WeightFile]:
 
 
 def load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], None] | None = None,
-              mode: str = MODE) -> nn.Module:
+              mode: str = MODE, cache_dir: str | Path | None = None) -> nn.Module:
     """Load `file` into `module` strictly (or through `adapt(state)`), return it in eval mode.
 
-    `mode` names the fetch command in WeightsMissingError (Ditto passes "ditto").
+    `mode` names the fetch command in WeightsMissingError (Ditto passes "ditto");
+    `cache_dir` is a Hugging Face cache other than the standard one (None: the standard one).
     """
-    state = load_torch_state_dict(resolve(file, mode))
+    state = load_torch_state_dict(resolve(file, mode, cache_dir))
     if adapt is None:
         module.load_state_dict(state, strict=True)
     else:
@@ -61,42 +63,48 @@ def load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], No
 
 
 def load_appearance_feature_extractor(
-    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE,
+    cache_dir: str | Path | None = None,
 ) -> AppearanceFeatureExtractor:
     config = config or LivePortraitConfig()
     module = AppearanceFeatureExtractor(config.appearance)
-    return load_into(module, file or APPEARANCE_FEATURE_EXTRACTOR, mode=mode)
+    return load_into(module, file or APPEARANCE_FEATURE_EXTRACTOR, mode=mode, cache_dir=cache_dir)
 
 
 def load_motion_extractor(
-    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE,
+    cache_dir: str | Path | None = None,
 ) -> MotionExtractor:
     config = config or LivePortraitConfig()
-    return load_into(MotionExtractor(config.motion), file or MOTION_EXTRACTOR, mode=mode)
+    return load_into(MotionExtractor(config.motion), file or MOTION_EXTRACTOR, mode=mode, cache_dir=cache_dir)
 
 
 def load_warping_network(
-    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE,
+    cache_dir: str | Path | None = None,
 ) -> WarpingNetwork:
     config = config or LivePortraitConfig()
-    return load_into(WarpingNetwork(config.warping), file or WARPING_MODULE, mode=mode)
+    return load_into(WarpingNetwork(config.warping), file or WARPING_MODULE, mode=mode, cache_dir=cache_dir)
 
 
 def load_spade_generator(
-    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE,
+    cache_dir: str | Path | None = None,
 ) -> SPADEGenerator:
     """Loads weight_orig/weight_u/weight_v strictly; the spectral norm is folded on load."""
     config = config or LivePortraitConfig()
-    return load_into(SPADEGenerator(config.spade), file or SPADE_GENERATOR, mode=mode)
+    return load_into(SPADEGenerator(config.spade), file or SPADE_GENERATOR, mode=mode, cache_dir=cache_dir)
 
 
 def load_stitching_retargeting(
-    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE
+    config: LivePortraitConfig | None = None, file: WeightFile | None = None, mode: str = MODE,
+    cache_dir: str | Path | None = None,
 ) -> StitchingRetargeting:
     """The official nested file: three sub-dicts, `module.` stripped, each loaded strictly."""
     config = config or LivePortraitConfig()
     module = StitchingRetargeting(config.stitching)
-    return load_into(module, file or STITCHING_RETARGETING, module.load_official_state_dict, mode=mode)
+    return load_into(module, file or STITCHING_RETARGETING, module.load_official_state_dict, mode=mode,
+                     cache_dir=cache_dir)
 
 
 @dataclass
@@ -131,14 +139,15 @@ class LivePortraitNetworks:
 
     @classmethod
     def load(cls, config: LivePortraitConfig | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "LivePortraitNetworks":
-        """The five official files from the HF cache (WeightsMissingError names the fetch command)."""
+             dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None) -> "LivePortraitNetworks":
+        """The five official files from the HF cache, or from `cache_dir` (WeightsMissingError
+        names the fetch command)."""
         nets = cls(
-            appearance=load_appearance_feature_extractor(config),
-            motion=load_motion_extractor(config),
-            warping=load_warping_network(config),
-            generator=load_spade_generator(config),
-            stitching=load_stitching_retargeting(config),
+            appearance=load_appearance_feature_extractor(config, cache_dir=cache_dir),
+            motion=load_motion_extractor(config, cache_dir=cache_dir),
+            warping=load_warping_network(config, cache_dir=cache_dir),
+            generator=load_spade_generator(config, cache_dir=cache_dir),
+            stitching=load_stitching_retargeting(config, cache_dir=cache_dir),
         )
         return nets.to(device, dtype)
 

@@ -15,16 +15,30 @@ render (per chunk of N frames, 640 samples each), per frame:
 The carry (`LivePortraitCarry`) is small: frame counter, smoothed lip level,
 current control vector, blink state, seed. No lookahead: frame k of a chunk
 shows audio samples [640k, 640(k+1)) of that chunk.
+
+Built from JSON-able options (serve_config.yaml `backends.liveportrait.options`):
+
+    LivePortraitPipeline(config="tiny" | "official" | {field: value, ...},
+                         device="auto" | "cuda" | "cpu", cache_dir="/path/to/hf-cache")
+
+A config dict overrides `LivePortraitPipelineConfig`'s fields; nested configs
+take nested dicts, and `networks` also takes "official", "tiny" or a dict with
+a "preset" key (see `pipeline_config`). Weights and face models load through
+models.weights from the standard Hugging Face cache, or from `cache_dir`.
 """
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..base import FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
+from ..base import (
+    FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, PipelineError, check_audio_chunk, empty_frames,
+)
 from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import liveportrait_mask_template
@@ -55,6 +69,7 @@ class LivePortraitPipelineConfig:
     # (upstream's `flag_normalize_lip` rule and threshold).
     open_source_lip_ratio: float = 0.03
     expression_time_constant_s: float = 0.3
+    # Frames per W+G batch: a render chunk of up to this many frames (the graph sends 5) is one batch.
     max_batch: int = 8
     fp16: bool = True  # autocast on CUDA only
     seed: int = 0
@@ -91,16 +106,22 @@ class LivePortraitPipeline:
 
     def __init__(
         self,
-        config: LivePortraitPipelineConfig | None = None,
+        config: LivePortraitPipelineConfig | str | dict | None = None,
         networks: LivePortraitNetworks | None = None,
         face: FaceAnalyzer | None = None,
         device: str | None = None,
+        cache_dir: str | Path | None = None,
     ):
-        self.config = config = config or LivePortraitPipelineConfig()
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.networks = networks or LivePortraitNetworks.load(config.networks, device=device)
-        self.face = face or FaceAnalyzer.from_hf_cache(MODE, config.face)
+        """config: a config, or its JSON form (`pipeline_config`); device: "cuda", "cpu" or
+        "auto"/None (CUDA when available); cache_dir: a Hugging Face cache other than the
+        standard one. `networks` and `face` are injected by tests; otherwise loaded here."""
+        self.config = config = pipeline_config(config)
+        target = resolve_device(device)
+        if networks is None:
+            networks = LivePortraitNetworks.load(config.networks, device=target, cache_dir=cache_dir)
+        self.networks = networks
+        self.face = face or FaceAnalyzer.from_hf_cache(MODE, config.face, cache_dir=cache_dir,
+                                                       prefer_cuda=target.type == "cuda")
 
     # ---- contract -------------------------------------------------------------------
 
@@ -253,3 +274,87 @@ def posed_keypoints(source: SourceMotion, exp_offsets: np.ndarray, head_deg: np.
         "pitch": angles[0], "yaw": angles[1], "roll": angles[2],
     }
     return keypoints.transform_keypoint(driven)
+
+
+# ---- options from JSON (serve_config.yaml) --------------------------------------------
+
+NETWORK_PRESETS = {"official": LivePortraitConfig, "tiny": LivePortraitConfig.tiny}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto"/None -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device {device!r} asked for, but torch sees no CUDA device", code="no_gpu")
+    return target
+
+
+def pipeline_config(value: LivePortraitPipelineConfig | str | dict | None) -> LivePortraitPipelineConfig:
+    """A pipeline config from its JSON form.
+
+    None or "official": the defaults (official networks); "tiny": tiny networks (tests);
+    a dict overrides fields of the defaults, e.g.
+    `{"networks": "tiny", "max_batch": 5, "idle": {"yaw": []}, "blink": {"mean_interval_s": 5}}`;
+    `networks` takes a preset name or a dict such as `{"preset": "tiny", "spade": {"num_middle_blocks": 2}}`.
+    Lists become tuples; unknown fields are a ValueError that lists the known ones.
+    """
+    if isinstance(value, LivePortraitPipelineConfig):
+        return value
+    if value is None or isinstance(value, str):
+        return LivePortraitPipelineConfig(networks=network_config(value or "official"))
+    if not isinstance(value, dict):
+        raise ValueError(f"config must be a preset name or a dict of fields, got {type(value).__name__}")
+    changes = dict(value)
+    networks = network_config(changes.pop("networks", "official"))
+    return _override(LivePortraitPipelineConfig(networks=networks), changes, "config")
+
+
+def network_config(value: str | dict) -> LivePortraitConfig:
+    """"official", "tiny", or a dict of LivePortraitConfig fields over `preset` (default "official")."""
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"config.networks must be a preset name or a dict, got {type(value).__name__}")
+    changes = dict(value)
+    preset = changes.pop("preset", "official")
+    if preset not in NETWORK_PRESETS:
+        raise ValueError(f"unknown network preset {preset!r}; known: {', '.join(NETWORK_PRESETS)}")
+    return _override(NETWORK_PRESETS[preset](), changes, "config.networks")
+
+
+def _override(base: Any, changes: dict, where: str) -> Any:
+    """A copy of the dataclass `base` with `changes` applied (nested dicts for nested dataclasses)."""
+    if not isinstance(changes, dict):
+        raise ValueError(f"{where} must be a dict of fields, got {type(changes).__name__}")
+    known = {f.name for f in fields(base)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    updates = {}
+    for name, new in changes.items():
+        current, path = getattr(base, name), f"{where}.{name}"
+        if is_dataclass(current):
+            updates[name] = _override(current, new, path)
+        elif isinstance(current, tuple):
+            if not isinstance(new, (list, tuple)):
+                raise ValueError(f"{path} must be a list, got {new!r}")
+            updates[name] = _as_tuples(new)
+        elif isinstance(current, bool):
+            if not isinstance(new, bool):
+                raise ValueError(f"{path} must be true or false, got {new!r}")
+            updates[name] = new
+        elif isinstance(current, (int, float)):
+            if isinstance(new, bool) or not isinstance(new, (int, float)) or (isinstance(current, int) and new != int(new)):
+                kind = "an integer" if isinstance(current, int) else "a number"
+                raise ValueError(f"{path} must be {kind}, got {new!r}")
+            updates[name] = type(current)(new)
+        else:
+            updates[name] = new
+    return replace(base, **updates)
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists (nested) -> tuples, as the frozen configs hold them."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
