@@ -1,15 +1,18 @@
-"""Per-stage timing of the LivePortrait networks; prints one JSON object.
+"""Per-stage and whole-pipeline timing of the liveportrait mode; prints one JSON object.
 
 Stages: F (appearance) and M (motion) run once per persona; W (warping),
-G (SPADE generator) and S (stitching + lip + eye MLPs) run per frame. Each is
-timed at the requested batch sizes in fp32 and, where CUDA is available, under
-fp16 autocast. Weights are freshly initialised: speed does not depend on their
-values, so no weight files are needed. Paste-back is timed by the pipeline's
-own benchmark (it is image geometry, not a network).
+G (SPADE generator) and S (stitching + lip + eye MLPs) run per frame, and so
+does paste-back (the rendered 512² crop blended into the portrait, numpy/OpenCV
+on the CPU). `pipeline_render` is `LivePortraitPipeline.render` on a chunk of
+`batch` frames of speech (lip level, expression, blinks, idle motion, S, W+G
+as one batch, uint8, paste-back), per frame. Each is timed at the requested
+batch sizes in fp32 and, where CUDA is available, under fp16 autocast.
+Weights are freshly initialised (speed does not depend on their values) and
+the face is given, so no files are needed.
 
-    python benchmarks/liveportrait.py                 # CPU: batch 1, official widths
-    python benchmarks/liveportrait.py --sizes 1 4 8   # default on CUDA
-    python benchmarks/liveportrait.py --tiny          # smoke run with the tiny config
+    python benchmarks/liveportrait.py                  # tiny config on CPU, official on CUDA
+    python benchmarks/liveportrait.py --official       # official widths on CPU too (slow)
+    python benchmarks/liveportrait.py --sizes 1 4 8 --portrait 720 1280
 """
 from __future__ import annotations
 
@@ -24,9 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
+from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls, PersonaMedia  # noqa: E402
+from models.face.analysis import AnalysedFace  # noqa: E402
+from models.face.detection import FaceBox  # noqa: E402
+from models.face.paste_back import paste_back  # noqa: E402
 from models.liveportrait import keypoints  # noqa: E402
 from models.liveportrait.config import LivePortraitConfig  # noqa: E402
 from models.liveportrait.loading import LivePortraitNetworks  # noqa: E402
+from models.liveportrait.pipeline import LivePortraitPipeline, LivePortraitPipelineConfig  # noqa: E402
+from tests.face_onnx_models import face_points_106, face_points_203  # noqa: E402  (plain numpy layouts)
 
 
 def synchronize(device: torch.device) -> None:
@@ -93,21 +104,65 @@ def run(
     return {"batch": batch, "precision": precision, "stages": result, "W+G+S_ms_per_frame": round(per_frame, 3)}
 
 
+class GivenFace:
+    """The face analyser's result, given: synthetic 106/203-point layouts around a face box."""
+
+    def __init__(self, centre_xy: tuple[float, float], half_side_px: float):
+        centre = np.asarray(centre_xy, np.float32)
+        points106 = centre + face_points_106().astype(np.float32) * half_side_px
+        points203 = centre + face_points_203().astype(np.float32) * half_side_px
+        box = np.concatenate([centre - half_side_px, centre + half_side_px])
+        self.result = AnalysedFace(FaceBox(box, 1.0, np.zeros((5, 2), np.float32)), points106, points203)
+
+    def analyse(self, image: np.ndarray) -> AnalysedFace:
+        return self.result
+
+
+def speech(n_frames: int) -> np.ndarray:
+    """n frames of a loud voiced sound (the lip level opens): 180 Hz and harmonics, float32."""
+    t = np.arange(n_frames * SAMPLES_PER_FRAME) / SAMPLE_RATE_HZ
+    wave = sum(np.sin(2 * np.pi * 180 * k * t) / k for k in range(1, 12))
+    return (0.4 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def run_pipeline(pipeline: LivePortraitPipeline, persona, batch: int, device: torch.device, warmup: int,
+                 repeats: int) -> dict:
+    """Whole render of a chunk of `batch` frames, and paste-back alone, per frame."""
+    carry = pipeline.start(persona, Controls(emotion="happy", intensity=0.7))
+    audio = speech(batch)
+
+    def render():
+        nonlocal carry
+        _, carry = pipeline.render(persona, carry, audio, Controls(emotion="happy", intensity=0.7))
+
+    source = persona.features["liveportrait"]
+    crop = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    paste = time_ms(lambda: paste_back(crop, source.M_c2o, persona.portrait, source.mask, source.mask_box),
+                    torch.device("cpu"), warmup, repeats)
+    total = time_ms(render, device, warmup, repeats)
+    return {"pipeline_render_ms_per_frame": round(total / batch, 3), "paste_back_ms_per_frame": round(paste, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default: 1 on CPU, 1 4 8 on CUDA)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8], help="batch sizes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="tiny config (smoke run)")
+    widths = parser.add_mutually_exclusive_group()
+    widths.add_argument("--tiny", action="store_true", help="tiny config (the default on CPU)")
+    widths.add_argument("--official", action="store_true", help="official widths (the default on CUDA)")
+    parser.add_argument("--portrait", type=int, nargs=2, default=[720, 720], metavar=("H", "W"),
+                        help="portrait size for paste-back and the whole pipeline")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
-    sizes = args.sizes or ([1, 4, 8] if on_cuda else [1])
+    sizes = args.sizes
     warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
-    repeats = args.repeats if args.repeats is not None else (10 if on_cuda else 2)
-    config = LivePortraitConfig.tiny() if args.tiny else LivePortraitConfig()
+    repeats = args.repeats if args.repeats is not None else (10 if on_cuda else 3)
+    tiny = args.tiny or (not args.official and not on_cuda)
+    config = LivePortraitConfig.tiny() if tiny else LivePortraitConfig()
 
     torch.manual_seed(0)
     nets = LivePortraitNetworks.random(config, device=device)
@@ -115,10 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     if on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    runs = [run(nets, b, p, device, warmup, repeats) for p in precisions for b in sizes]
+    h, w = args.portrait
+    face = GivenFace((w / 2, h * 0.45), min(h, w) / 5)
+    portrait = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    runs = []
+    for precision in precisions:
+        pipeline = LivePortraitPipeline(LivePortraitPipelineConfig(networks=config, max_batch=max(sizes),
+                                                                   fp16=precision == "fp16"),
+                                        networks=nets, face=face)
+        persona = pipeline.prepare(PersonaMedia([portrait]), "bench")
+        for batch in sizes:
+            result = run(nets, batch, precision, device, warmup, repeats)
+            result.update(run_pipeline(pipeline, persona, batch, device, warmup, repeats))
+            result["W+G+S+paste_back_ms_per_frame"] = round(
+                result["W+G+S_ms_per_frame"] + result["paste_back_ms_per_frame"], 3)
+            runs.append(result)
     report = {
         "model": "liveportrait",
-        "config": "tiny" if args.tiny else "official",
+        "config": "tiny" if tiny else "official",
+        "portrait_hw": [h, w],
         "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

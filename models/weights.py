@@ -25,12 +25,18 @@ from .base import WeightsMissingError
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One official file: repo, path inside it, and its licence."""
+    """One official file: repo, path inside it, and its licence.
+
+    cache_dir: where this deployment keeps it, when not in the standard HF cache (a
+    backend's `cache_dir` option): the Router's availability check then looks where
+    the backend loads from.
+    """
 
     repo_id: str
     filename: str
     licence: str = ""
     revision: str = "main"
+    cache_dir: str | None = None
 
     @property
     def pinned_revision(self) -> str:
@@ -46,10 +52,13 @@ def fetch_command(mode: str) -> str:
 def resolve(file: WeightFile, mode: str = "", cache_dir: str | Path | None = None) -> Path:
     """Local path of an already-fetched file; WeightsMissingError names the fetch command.
 
-    cache_dir: a Hugging Face cache folder other than the standard one (None: the standard one).
+    cache_dir: a Hugging Face cache folder other than the standard one (None: the file's own
+    `cache_dir`, else the standard one).
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache_dir = cache_dir if cache_dir is not None else file.cache_dir
 
     try:
         return Path(
@@ -80,14 +89,13 @@ def fetch(files: Iterable[WeightFile], cache_dir: str | Path | None = None) -> l
     """Download exactly `files`, grouped per repo and revision, into the standard cache (or `cache_dir`)."""
     from huggingface_hub import snapshot_download
 
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str | None], list[str]] = {}
     for f in files:
-        groups.setdefault((f.repo_id, f.pinned_revision), []).append(f.filename)
+        where = str(cache_dir) if cache_dir is not None else f.cache_dir
+        groups.setdefault((f.repo_id, f.pinned_revision, where), []).append(f.filename)
     roots = []
-    for (repo_id, revision), names in groups.items():
-        roots.append(Path(snapshot_download(
-            repo_id, revision=revision, allow_patterns=names, cache_dir=None if cache_dir is None else str(cache_dir)
-        )))
+    for (repo_id, revision, where), names in groups.items():
+        roots.append(Path(snapshot_download(repo_id, revision=revision, allow_patterns=names, cache_dir=where)))
     return roots
 
 

@@ -10,6 +10,7 @@ moves only the mouth keypoint, so frames in silence are all the same and the
 ones with speech differ from them.
 """
 import asyncio
+import inspect
 import io
 import json
 
@@ -21,7 +22,7 @@ from PIL import Image
 from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 from models.liveportrait.pipeline import network_config
 from tests.conftest import deploy_app
-from tests.graph_client import WsViewer, create_persona, open_ws
+from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 from tests.test_liveportrait_weights import write_liveportrait_cache
 
 pytestmark = pytest.mark.graph
@@ -51,15 +52,23 @@ def app(ray_serve, tmp_path_factory):
     return {"base": base, "persona": persona}
 
 
-def create_session_on_host(persona_id: str, mode: str) -> str:
-    """Create a session through the SessionHost handle, past the Router's mode check.
+def router_passes_backend_options() -> bool:
+    """Whether the Router's mode check hands each backend's options to the mode's files hook
+    (`models.modes.mode_status(spec, options)`): then it looks in the backend's `cache_dir`.
+    Before that change it looks in the standard HF cache only."""
+    from models.modes import mode_status
 
-    The Router checks the standard HF cache for a mode's files, not the backend's
-    `cache_dir` option (see test_modes_report_liveportrait_available)."""
+    return "options" in inspect.signature(mode_status).parameters
+
+
+def create_liveportrait_session(base: str, persona_id: str) -> str:
+    """POST /v1/sessions; without the Router change, through the SessionHost handle (past its mode check)."""
+    if router_passes_backend_options():
+        return create_session(base, persona_id, "liveportrait")["session_id"]
     from ray import serve
 
     host = serve.get_deployment_handle("SessionHost", app_name=APP)
-    info = host.create_session.remote(persona_id=persona_id, mode=mode, sample_rate_hz=SAMPLE_RATE_HZ,
+    info = host.create_session.remote(persona_id=persona_id, mode="liveportrait", sample_rate_hz=SAMPLE_RATE_HZ,
                                       controls=Controls()).result(timeout_s=60)
     return info["session_id"]
 
@@ -79,16 +88,16 @@ def event_pts(viewer: WsViewer, kind: str, **match) -> int:
     return next(e["pts"] for e in viewer.events if e["type"] == kind and all(e.get(k) == v for k, v in match.items()))
 
 
-@pytest.mark.xfail(strict=True, reason="the Router's mode check looks in the standard HF cache only, not in the "
-                                       "backend's `cache_dir` option: needs the Router change named in issue 3")
 def test_modes_report_liveportrait_available(app):
+    if not router_passes_backend_options():
+        pytest.xfail("the Router's mode check does not pass the backend's options (cache_dir) to the files hook")
     modes = {m["name"]: m for m in httpx.get(f"{app['base']}/v1/modes").json()["modes"]}
-    assert modes["liveportrait"]["available"], modes["liveportrait"]
+    assert modes["liveportrait"]["available"] and not modes["liveportrait"]["missing_files"], modes["liveportrait"]
 
 
 def test_a_liveportrait_session_streams_three_seconds_of_speech(app):
     base = app["base"]
-    session_id = create_session_on_host(app["persona"], "liveportrait")
+    session_id = create_liveportrait_session(base, app["persona"])
     pcm = speech_pcm16(SPEECH_S)
 
     async def main():

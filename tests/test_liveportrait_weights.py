@@ -124,10 +124,13 @@ def test_pipeline_from_json_options_loads_from_the_given_cache(hf_cache, tmp_pat
     from deployments.backends import BackendDeployment
 
     cache = write_liveportrait_cache(tmp_path / "other-cache", LivePortraitConfig.tiny())
-    assert len(missing(lp.weight_files())) == 8  # the standard (empty) cache has none of them
-    assert missing(lp.weight_files(), cache_dir=cache) == []
     options = {"config": {"networks": "tiny", "idle": {"pitch": [], "yaw": [], "roll": []}},
                "device": "cpu", "cache_dir": str(cache), "cuda_memory_fraction": 0.5}
+    assert len(missing(lp.weight_files())) == 8  # the standard (empty) cache has none of them
+    assert missing(lp.weight_files(), cache_dir=cache) == []
+    # The mode's files hook, given the backend's options, looks where the backend loads from.
+    assert missing(lp.weight_files(**options)) == []
+    assert [f.filename for f in lp.weight_files(**options)] == OFFICIAL_NAMES
     backend = BackendDeployment("liveportrait", str(tmp_path / "personas"), options)
     pipeline = backend.pipeline
     assert backend.memory_fraction is None  # no CUDA here: nothing to cap

@@ -12,7 +12,7 @@ same networks key for key (Ditto's renderer) load into the same modules.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,11 +40,19 @@ STITCHING_RETARGETING = WeightFile(HF_REPO, "liveportrait/retargeting_models/sti
 NETWORK_FILES = (APPEARANCE_FEATURE_EXTRACTOR, MOTION_EXTRACTOR, WARPING_MODULE, SPADE_GENERATOR, STITCHING_RETARGETING)
 
 
-def weight_files() -> list[WeightFile]:
-    """Every file the liveportrait mode needs: the five networks and the face models."""
+def weight_files(cache_dir: str | Path | None = None, **options) -> list[WeightFile]:
+    """Every file the liveportrait mode needs: the five networks and the face models.
+
+    Takes the backend's options (models.modes passes them): with `cache_dir`, the files
+    are looked for there, where the pipeline loads them from; the other options need
+    the same files.
+    """
     from ..face.files import FACE_FILES
 
-    return [*NETWORK_FILES, *FACE_FILES]
+    files = [*NETWORK_FILES, *FACE_FILES]
+    if cache_dir is None:
+        return files
+    return [replace(f, cache_dir=str(cache_dir)) for f in files]
 
 
 def load_into(module: nn.Module, file: WeightFile, adapt: Callable[[Mapping], None] | None = None,
