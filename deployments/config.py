@@ -44,6 +44,32 @@ class BackendArgs(BaseModel):
     options: dict = Field(default_factory=dict, description="keyword options of the pipeline")
 
 
+class IceServer(BaseModel):
+    """A STUN or TURN server, as in the browser's RTCIceServer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(..., min_length=1, description="stun:host:port, turn:host:port?transport=udp|tcp, turns:")
+    username: str | None = Field(None, description="TURN only")
+    credential: str | None = Field(None, description="TURN only")
+
+
+class WebRtcArgs(BaseModel):
+    """WebRTC out (deployments/webrtc.py): where the session host's peers listen and who they may reach."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host_addresses: list[str] | None = Field(
+        ["127.0.0.1"],
+        description="local addresses to offer as host candidates; null: every non-loopback interface "
+                    "(aioice's own choice), for browsers on the LAN")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers; none by default (nothing leaves the machine)")
+    max_peers_per_session: int = Field(2, ge=1)
+    gather_timeout_s: float = Field(10.0, gt=0, description="ICE gathering before the answer is sent")
+    connect_timeout_s: float = Field(30.0, gt=0, description="a peer not connected by then is closed")
+
+
 def _default_backends() -> dict[str, BackendArgs]:
     return {
         "liveportrait": BackendArgs(num_gpus=0.25, chunk_frames=5),
@@ -66,6 +92,7 @@ class AppArgs(BaseModel):
     backends: dict[str, BackendArgs] = Field(default_factory=_default_backends)
     limits: Limits = Field(default_factory=Limits)
     timeouts: SessionTimeouts = Field(default_factory=SessionTimeouts)
+    webrtc: WebRtcArgs = Field(default_factory=WebRtcArgs)
 
     @property
     def persona_dir(self) -> Path:

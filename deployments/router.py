@@ -9,11 +9,13 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import Field, ValidationError
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -25,7 +27,7 @@ from models.modes import MODES, mode_status
 from .audio_in import decode_audio_body, decode_audio_file, resample_to_16k
 from .config import AppArgs
 from .personas import SESSION_ID, PersonaStore, check_persona_id
-from .protocol import CONTROL_EVENT, CreateSession, ServiceError
+from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict
 from .streams import MJPEG_BOUNDARY, mjpeg_part, paced, ws_frame
 
 log = logging.getLogger("ray.serve")
@@ -114,6 +116,31 @@ def _form_float(form, name: str, default: float) -> float:
     return value
 
 
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+# The page talks only to this server; media comes as blob:/MediaStream URLs.
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+            "connect-src 'self' ws: wss:; script-src 'self'; style-src 'self'; worker-src 'self' blob:")
+WEBRTC_SIGNALLING_MARGIN_S = 10.0
+
+
+class SdpOffer(Strict):
+    """POST /v1/sessions/{id}/webrtc: the browser's RTCSessionDescription, candidates included."""
+
+    sdp: str = Field(..., min_length=10, max_length=64 * 1024)
+    type: Literal["offer"]
+
+
+def static_file(name: str) -> FileResponse:
+    """A file of deployments/static by bare name; nothing a client sends becomes a path."""
+    files = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES}
+    if name not in files:
+        raise ServiceError(404, "not_found", f"no static file {name!r}")
+    path = files[name]
+    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
+                                 "X-Content-Type-Options": "nosniff"})
+
 @serve.ingress(api)
 class RouterImpl:
     def __init__(self, args: dict, hosts):
@@ -145,8 +172,10 @@ class RouterImpl:
         at, cached = self._modes
         if time.monotonic() - at > MODES_CACHE_S:
             served = self.args.modes()
+            options = {m: b.options for m, b in self.args.backends.items()}
             cached = [s.__dict__ | {"missing_files": list(s.missing_files)}
-                      for s in await asyncio.to_thread(lambda: [mode_status(MODES[m]) for m in served])]
+                      for s in await asyncio.to_thread(
+                          lambda: [mode_status(MODES[m], options.get(m)) for m in served])]
             self._modes = (time.monotonic(), cached)
         return cached
 
@@ -322,6 +351,26 @@ class RouterImpl:
                         return
         except WebSocketDisconnect:
             return
+
+    # ---------------- WebRTC (the peer lives in the session's host) ----------------
+    @api.post("/v1/sessions/{session_id}/webrtc")
+    async def webrtc_offer(self, session_id: str, body: SdpOffer):
+        timeout_s = self.args.webrtc.gather_timeout_s + WEBRTC_SIGNALLING_MARGIN_S
+        return await self._host("webrtc_offer", timeout_s=timeout_s, session_id=check_session_id(session_id),
+                                sdp=body.sdp, type=body.type)
+
+    @api.get("/v1/sessions/{session_id}/webrtc")
+    async def webrtc_peers(self, session_id: str):
+        return {"peers": await self._host("webrtc_peers", session_id=check_session_id(session_id))}
+
+    # ---------------- the browser page ----------------
+    @api.get("/")
+    async def page(self):
+        return static_file("index.html")
+
+    @api.get("/static/{name}")
+    async def static(self, name: str):
+        return static_file(name)
 
     # ---------------- one-shot render ----------------
     @api.post("/v1/render")

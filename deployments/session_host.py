@@ -146,6 +146,29 @@ class SessionHostImpl:
         finally:
             session.unsubscribe(viewer)
 
+    # ---------------- WebRTC (peers live here, next to their session) ----------------
+    async def webrtc_offer(self, session_id: str, sdp: str, type: str) -> dict:
+        """An SDP offer in; the answer, with every candidate, out (no trickle ICE)."""
+        session = self._get(session_id)
+        return await self._webrtc_hub().answer(session, sdp, type)
+
+    async def webrtc_peers(self, session_id: str) -> list[dict]:
+        self._get(session_id)
+        hub = getattr(self, "_webrtc", None)
+        return hub.peers(session_id) if hub is not None else []
+
+    def _webrtc_hub(self):
+        """Made on first use, so hosts that never see an offer never import aiortc."""
+        hub = getattr(self, "_webrtc", None)
+        if hub is None:
+            try:
+                from .webrtc import WebRtcHub
+            except ImportError as err:
+                raise ServiceError(501, "webrtc_unavailable",
+                                   f"WebRTC needs aiortc: pip install 'lockn-bod[webrtc]' ({err})") from None
+            hub = self._webrtc = WebRtcHub(self.args.webrtc)
+        return hub
+
     # ---------------- one-shot render ----------------
     async def render_offline(self, persona_id: str, mode: str, audio16k: np.ndarray, controls: Controls) -> bytes:
         """The whole clip through one backend, chunk by chunk, muxed to MP4 with its audio."""
