@@ -329,6 +329,10 @@ class Session:
     async def _render_idle(self, n: int) -> None:
         frames, self._carry = await self._render_with_fallback(
             lambda b, c: b.idle(self.persona_id, c, n, self.controls))
+        if len(frames) < n:  # a backend owes n idle frames; never let the clock stall on it
+            log.warning("session %s: %s gave %d of %d idle frames", self.session_id, self._active.mode, len(frames), n)
+            still, _ = await self._call(self.still.idle(self.persona_id, None, n - len(frames), self.controls))
+            frames = np.concatenate([frames, still]) if len(frames) else still
         await self._emit(frames, speech=False)
 
     async def _render_with_fallback(self, call) -> tuple[np.ndarray, Any]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.base import Controls, Pipeline, PersonaError, PersonaMedia
+from models.base import SAMPLES_PER_FRAME, Controls, Pipeline, PersonaError, PersonaMedia
 from models.musetalk.audio import AudioConfig
 from models.musetalk.pipeline import MuseTalkCarry, MuseTalkConfig, MuseTalkPipeline, cycle_frame
 from models.musetalk.face_parsing import BiSeNet
@@ -78,7 +78,7 @@ def test_idle_frames_and_no_face(setup):
     pipe, portrait, _ = setup
     persona = pipe.prepare(PersonaMedia([portrait]), "p")
     frames, carry = pipe.idle(persona, pipe.start(persona, Controls()), 5, Controls())
-    assert len(frames) == 5 - pipe.lookahead_frames and (frames == portrait).all()
+    assert len(frames) == 5 and (frames == portrait).all()  # the contract: idle(n) gives n frames
     landmarks = pipe.landmarks
     pipe.landmarks = lambda frame: (np.zeros((68, 2), np.float32), 0.0)
     try:
@@ -175,3 +175,16 @@ def test_tiny_pipeline_fp16_on_cuda_matches_fp32():
     assert pipe.nets.dtype == torch.float16
     diff = np.abs(outputs[0].astype(int) - outputs[1].astype(int))
     assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16
+
+
+@pytest.mark.oracle
+def test_idle_frames_never_leak_into_the_next_utterance(setup):
+    """idle() must not feed the audio stream: speech after idle gives exactly one frame per 640 samples."""
+    pipe, portrait, speech = setup
+    persona = pipe.prepare(PersonaMedia([portrait]), "p")
+    carry = pipe.start(persona, Controls())
+    _, carry = pipe.idle(persona, carry, 7, Controls())
+    audio = np.asarray(speech[: 8 * SAMPLES_PER_FRAME], np.float32)
+    frames, carry = pipe.render(persona, carry, audio, Controls())
+    tail, _ = pipe.flush(persona, carry, Controls())
+    assert len(frames) + len(tail) == 8

@@ -210,8 +210,18 @@ class MuseTalkPipeline:
         return self._frames(persona, replace(carry, audio=stream), first, prompts)
 
     def idle(self, persona: Persona, carry: Carry, n: int, controls: Controls):
-        """No speech: n frames of silence through the same path (reference frames, no UNet)."""
-        return self.render(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls)
+        """No speech: the next n reference frames in cycle order (no UNet).
+
+        The audio stream is left alone: silence pushed through it would sit in the
+        lookahead and come out as the first frames of the next utterance, shifting
+        video against audio by the lookahead.
+        """
+        if n == 0:
+            return empty_frames(persona), carry
+        frames_bgr = persona.features["frames_bgr"]
+        idx = [cycle_frame(carry.cycle_index + k, len(frames_bgr)) for k in range(n)]
+        frames = np.stack([frames_bgr[i][..., ::-1] for i in idx])  # n×H×W×3 RGB
+        return frames, replace(carry, cycle_index=(carry.cycle_index + n) % (2 * len(frames_bgr)))
 
     def render_clip(self, persona: Persona, wav16k: np.ndarray, fps: float = 25.0) -> np.ndarray:
         """A finished clip the way upstream's scripts do it: whole-clip prompts, every frame
@@ -258,8 +268,21 @@ class MuseTalkPipeline:
         return blend(feats["frames_bgr"][i], face, box, feats["masks"][i], feats["mask_boxes"][i])
 
 
-def weight_files():
-    """The official files the `musetalk` mode needs (for `lockn-bod weights fetch musetalk`)."""
+def weight_files(**options):
+    """The official files the `musetalk` mode needs with these options ([] for the seeded tiny test pipeline)."""
     from .weights import ALL_FILES
 
-    return ALL_FILES
+    return [] if options.get("seeded_tiny") else ALL_FILES
+
+
+def from_options(seeded_tiny: bool = False, seed: int = 0, device: str | None = None,
+                 fp16: bool = True, batch_size: int = 8) -> MuseTalkPipeline:
+    """The mode registry's factory, from the JSON-able options of serve_config.yaml.
+
+    seeded_tiny: small random networks, no files (graph tests and benchmarks only).
+    """
+    if seeded_tiny:
+        from .testing import tiny_pipeline
+
+        return tiny_pipeline(seed)
+    return MuseTalkPipeline.from_pretrained(MuseTalkConfig(device=device, fp16=fp16, batch_size=batch_size))
