@@ -3,14 +3,14 @@
 The backend deployment loads seeded networks and the ONNX face stand-ins from
 an HF cache folder written by this module, named by the pipeline option
 `cache_dir` (the cluster's workers inherit the environment of the moment the
-cluster started, so an environment variable set here would not reach them).
+cluster started, so an environment variable set here would not reach them);
+the Router's mode check gets the same option, so it looks there too.
 The networks are narrower than the tiny config so that 2 shared cores render
 a few frames per second; idle head motion and blinks are off and the lip MLP
 moves only the mouth keypoint, so frames in silence are all the same and the
 ones with speech differ from them.
 """
 import asyncio
-import inspect
 import io
 import json
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
+from models.base import SAMPLE_RATE_HZ
 from models.liveportrait.pipeline import network_config
 from tests.conftest import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
@@ -52,27 +52,6 @@ def app(ray_serve, tmp_path_factory):
     return {"base": base, "persona": persona}
 
 
-def router_passes_backend_options() -> bool:
-    """Whether the Router's mode check hands each backend's options to the mode's files hook
-    (`models.modes.mode_status(spec, options)`): then it looks in the backend's `cache_dir`.
-    Before that change it looks in the standard HF cache only."""
-    from models.modes import mode_status
-
-    return "options" in inspect.signature(mode_status).parameters
-
-
-def create_liveportrait_session(base: str, persona_id: str) -> str:
-    """POST /v1/sessions; without the Router change, through the SessionHost handle (past its mode check)."""
-    if router_passes_backend_options():
-        return create_session(base, persona_id, "liveportrait")["session_id"]
-    from ray import serve
-
-    host = serve.get_deployment_handle("SessionHost", app_name=APP)
-    info = host.create_session.remote(persona_id=persona_id, mode="liveportrait", sample_rate_hz=SAMPLE_RATE_HZ,
-                                      controls=Controls()).result(timeout_s=60)
-    return info["session_id"]
-
-
 def speech_pcm16(seconds: float) -> np.ndarray:
     """A loud voiced sound: 180 Hz and its harmonics up to 2 kHz, int16."""
     t = np.arange(int(seconds * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
@@ -89,15 +68,14 @@ def event_pts(viewer: WsViewer, kind: str, **match) -> int:
 
 
 def test_modes_report_liveportrait_available(app):
-    if not router_passes_backend_options():
-        pytest.xfail("the Router's mode check does not pass the backend's options (cache_dir) to the files hook")
+    """The Router hands the backend's options to the mode's files hook: it looks in `cache_dir` too."""
     modes = {m["name"]: m for m in httpx.get(f"{app['base']}/v1/modes").json()["modes"]}
     assert modes["liveportrait"]["available"] and not modes["liveportrait"]["missing_files"], modes["liveportrait"]
 
 
 def test_a_liveportrait_session_streams_three_seconds_of_speech(app):
     base = app["base"]
-    session_id = create_liveportrait_session(base, app["persona"])
+    session_id = create_session(base, app["persona"], "liveportrait")["session_id"]
     pcm = speech_pcm16(SPEECH_S)
 
     async def main():
