@@ -41,7 +41,8 @@ REST_AFTER = 10  # frames for the lips to close after speech (release 0.45 per f
 @pytest.fixture(scope="module")
 def app(ray_serve, tmp_path_factory):
     cache = write_liveportrait_cache(tmp_path_factory.mktemp("hf-cache"), network_config(GRAPH_NETWORKS), mouth_gain=3.0)
-    options = {"config": {"networks": GRAPH_NETWORKS, **STILL_LIFE}, "device": "cpu", "cache_dir": str(cache)}
+    options = {"config": {"networks": GRAPH_NETWORKS, **STILL_LIFE}, "device": "cpu", "cache_dir": str(cache),
+               "cuda_memory_fraction": 0.25}  # the deployment takes it (no CUDA here: nothing to cap)
     args = {
         "data_dir": str(tmp_path_factory.mktemp("data")),
         "timeouts": {"disconnect_grace_s": 5},
