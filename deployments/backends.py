@@ -52,31 +52,37 @@ class PersonaCache:
 
 
 class LocalBackend:
-    """A pipeline called in a worker thread of this process."""
+    """A pipeline called in this process: in a worker thread, or inline when it is trivially cheap."""
 
-    def __init__(self, pipeline, store: PersonaStore):
+    def __init__(self, pipeline, store: PersonaStore, inline: bool = False):
         self.mode = pipeline.mode
         self.pipeline = pipeline
         self.personas = PersonaCache(pipeline, store)
+        # Still mode returns views of the portrait: a thread hop would cost more than the call.
+        self._run = _run_inline if inline else asyncio.to_thread
 
     async def start(self, persona_id: str, controls: Controls) -> Any:
         persona = await self.personas.get(persona_id)
-        return await asyncio.to_thread(self.pipeline.start, persona, controls)
+        return await self._run(self.pipeline.start, persona, controls)
 
     async def render(self, persona_id, carry, audio16k, controls):
         persona = await self.personas.get(persona_id)
-        return await asyncio.to_thread(self.pipeline.render, persona, carry, audio16k, controls)
+        return await self._run(self.pipeline.render, persona, carry, audio16k, controls)
 
     async def flush(self, persona_id, carry, controls):
         persona = await self.personas.get(persona_id)
-        return await asyncio.to_thread(self.pipeline.flush, persona, carry, controls)
+        return await self._run(self.pipeline.flush, persona, carry, controls)
 
     async def idle(self, persona_id, carry, n, controls):
         persona = await self.personas.get(persona_id)
-        return await asyncio.to_thread(self.pipeline.idle, persona, carry, n, controls)
+        return await self._run(self.pipeline.idle, persona, carry, n, controls)
 
     async def warnings(self, persona_id: str) -> list[dict]:
         return persona_warnings(await self.personas.get(persona_id))
+
+
+async def _run_inline(fn, *args):
+    return fn(*args)
 
 
 class BackendDeployment:

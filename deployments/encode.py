@@ -21,13 +21,21 @@ class JpegEncoder:
 
     def encode(self, frame: np.ndarray) -> bytes:
         """frame: H×W×3 uint8 RGB -> JPEG bytes."""
-        last = self._last_frame
-        if last is not None and (frame is last or (frame.shape == last.shape and np.array_equal(frame, last))):
+        if self._same_as_last(frame):
             return self._last_jpeg
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="JPEG", quality=self.quality)
         self._last_frame, self._last_jpeg = frame, buf.getvalue()
         return self._last_jpeg
+
+    def _same_as_last(self, frame: np.ndarray) -> bool:
+        last = self._last_frame
+        if last is None or frame.shape != last.shape:
+            return False
+        # Views of one buffer (still mode broadcasts the portrait) need no byte compare.
+        same_view = (frame.__array_interface__["data"][0] == last.__array_interface__["data"][0]
+                     and frame.strides == last.strides)
+        return same_view or np.array_equal(frame, last)
 
     def encode_batch(self, frames: np.ndarray) -> list[bytes]:
         """frames: N×H×W×3 uint8 -> N JPEGs."""

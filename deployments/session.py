@@ -3,8 +3,9 @@
 The render loop keeps the video a little ahead of the wall clock:
 - speech: rendered in chunks of `chunk_frames` as soon as audio is buffered,
   up to `max_lead_frames` ahead; smaller chunks when the stream would starve;
-- idle: one frame at a time, `idle_lead_frames` ahead, so speech that arrives
-  starts within a few frames.
+- idle: in batches of `idle_batch_frames` once the lead falls to
+  `idle_lead_frames`; when speech arrives, idle frames beyond that lead are
+  retracted, so speech starts within a few frames.
 Frames are JPEG-encoded once and published to every viewer with their pts;
 viewers (relays in the Router) send each frame when it is due.
 """
@@ -44,6 +45,7 @@ class Backend(Protocol):
 class SessionConfig:
     chunk_frames: int = 5
     idle_lead_frames: int = 2
+    idle_batch_frames: int = 5  # idle frames per backend call and per published item
     max_lead_frames: int = 25
     speech_gap_s: float = 0.4
     max_buffered_audio_s: float = 120.0
@@ -275,6 +277,7 @@ class Session:
             self._produced_pts = now_pts + 1  # fell behind while idle: skip, never show late frames
         n = self._speech_frames_to_render(now, now_pts)
         if n:
+            self._retract_idle_ahead(now_pts)
             await self._render_speech(self._speech.take_frames(n))
             return True
         if len(self._speech) and self._utterance_over(now) and self._produced_pts - now_pts <= self.config.max_lead_frames:
@@ -284,9 +287,16 @@ class Session:
             await self._finish_utterance()
             return True
         if self._produced_pts <= now_pts + self.config.idle_lead_frames:
-            await self._render_idle(1)
+            await self._render_idle(self.config.idle_batch_frames)
             return True
         return False
+
+    def _retract_idle_ahead(self, now_pts: int) -> None:
+        """Speech starts: drop idle frames rendered beyond the lead, so it shows within a few frames."""
+        keep_to = now_pts + self.config.idle_lead_frames
+        if not self._speaking and self._produced_pts > keep_to:
+            self._publish({"type": "retract", "from_pts": keep_to})
+            self._produced_pts = keep_to
 
     def _speech_frames_to_render(self, now: float, now_pts: int) -> int:
         """How many buffered whole frames to render now (0: wait)."""

@@ -37,7 +37,7 @@ class SessionHostImpl:
     def __init__(self, args: dict, backend_handles: dict[str, Any]):
         self.args = AppArgs.model_validate(args)
         self.store = PersonaStore(self.args.persona_dir, self.args.limits)
-        self.still = LocalBackend(build_pipeline("still"), self.store)
+        self.still = LocalBackend(build_pipeline("still"), self.store, inline=True)
         self.local_test_modes = {m: LocalBackend(build_pipeline(m), self.store)
                                  for m in ("pattern",) if m in self.args.modes() and m not in backend_handles}
         self.remote = {mode: RemoteBackend(mode, h) for mode, h in backend_handles.items()}
