@@ -79,8 +79,8 @@ class WebRtcClient:
         self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._record(track))))
         await restrict_host_candidates(self.pc, ["127.0.0.1"])  # hermetic: the loopback, like the server
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        t_offer = time.perf_counter()
         async with httpx.AsyncClient(base_url=self.base, timeout=timeout_s) as http:
+            t_offer = time.perf_counter()  # after the client's own set-up (its TLS context takes ~100 ms)
             r = await http.post(f"/v1/sessions/{self.session_id}/webrtc",
                                 json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
         assert r.status_code == 200, r.text
