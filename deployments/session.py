@@ -398,8 +398,19 @@ class Session:
             reason = f"{backend.mode} backend unavailable: {err or type(err).__name__}"
             self._event({"type": "error", "code": "backend_unavailable", "reason": reason})
             return
+        await self._tell_warnings(backend)
         self._warm = _Warm(backend, carry)
         self._wake.set()
+
+    async def _tell_warnings(self, backend: Backend) -> None:
+        """What preparing the persona found (e.g. several faces, the largest used), as events."""
+        try:
+            found = await self._call(backend.warnings(self.persona_id)) if hasattr(backend, "warnings") else []
+        except Exception:  # warnings are advice: never let them stop the session
+            log.exception("session %s: reading persona warnings failed", self.session_id)
+            return
+        for w in found:
+            self._event({"type": "warning", "code": w["code"], "reason": w["message"]})
 
     def _switch_to_warm(self) -> None:
         warm, self._warm = self._warm, None

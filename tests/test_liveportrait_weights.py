@@ -90,15 +90,17 @@ def test_cli_check_lists_what_is_missing_with_licences(hf_cache, capsys):
     write_network_files(hf_cache, LivePortraitConfig.tiny())
     assert main(["weights", "check", "liveportrait"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [
-        "liveportrait: 3 of 8 missing",
-        f"  - KwaiVGI/LivePortrait:insightface/models/buffalo_l/det_10g.onnx ({INSIGHTFACE})",
-        f"  - KwaiVGI/LivePortrait:insightface/models/buffalo_l/2d106det.onnx ({INSIGHTFACE})",
-        "  - KwaiVGI/LivePortrait:liveportrait/landmark.onnx (MIT (LivePortrait))",
+    assert lines[0] == "liveportrait: 3 of 8 missing" and len(lines) == 9  # every file, with its state
+    assert [line for line in lines if line.startswith("  missing")] == [
+        f"  missing KwaiVGI/LivePortrait:insightface/models/buffalo_l/det_10g.onnx ({INSIGHTFACE})",
+        f"  missing KwaiVGI/LivePortrait:insightface/models/buffalo_l/2d106det.onnx ({INSIGHTFACE})",
+        "  missing KwaiVGI/LivePortrait:liveportrait/landmark.onnx (MIT (LivePortrait))",
     ]
+    assert "  ok      KwaiVGI/LivePortrait:liveportrait/base_models/warping_module.pth (MIT (LivePortrait))" in lines
     write_face_files(hf_cache)
     assert main(["weights", "check", "liveportrait"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["liveportrait: ok"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "liveportrait: ok" and all(line.startswith("  ok") for line in lines[1:])
 
 
 def test_cli_fetch_downloads_exactly_the_files_with_allow_patterns(hf_cache, monkeypatch, capsys):
