@@ -38,17 +38,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cluster_cpu_s() -> float:
-    """CPU seconds used so far by every Ray process on the machine (not this client)."""
-    total = 0.0
+    """CPU seconds used so far by the Ray cluster this benchmark started (its descendants, not itself)."""
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            cmdline = (stat.parent / "cmdline").read_bytes()
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if stat.parent.name != str(os.getpid()) and b"ray" in cmdline:
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-    return total
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    ours, frontier = set(), {os.getpid()}
+    while frontier:  # walk the process tree down from this process
+        frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - ours
+        ours |= frontier
+    return sum(stats[pid][1] for pid in ours)
 
 
 def in_process(seconds: float, work_ms: float, chunk_frames: int, size: int) -> dict:
