@@ -2,6 +2,11 @@
 
     Router (HTTP entry, autoscaled) -> SessionHost (sessions, session-affinity routed)
         -> one Backend deployment per neural mode (fractional GPU, min_replicas 0)
+           └─ lease / report ─► VramController (one replica; AppArgs.vram.probe != off)
+
+With the VramController on, each backend's replica count follows the controller
+(a custom autoscaling policy, deployments/vram/autoscaling.py) and its replicas load
+only under a lease; with it off, backends scale on their request load.
 
 `serve run serve_config.yaml` imports `graph:build_app` with the `args` of the
 config; `AppArgs` (deployments/config.py) documents every argument.
@@ -10,16 +15,29 @@ from __future__ import annotations
 
 from ray import serve
 from ray.serve import Application
-from ray.serve.config import RequestRouterConfig
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
 from deployments.backends import BackendDeployment
 from deployments.config import AppArgs, BackendArgs
 from deployments.router import RouterImpl
 from deployments.session_host import SessionHostImpl
+from deployments.vram.autoscaling import follow_vram_controller
+from deployments.vram_controller import (
+    CONTROLLER_NAME, LeasedBackendDeployment, VramControllerImpl, backend_deployment_name, resolve_probe,
+)
 
 # Scale-down must not wait Serve's default 600 s; scale-up reacts within seconds.
 DOWNSCALE_DELAY_S = 30.0
 UPSCALE_DELAY_S = 1.0
+# Under the VramController a stopping replica has nothing to drain: its sessions left.
+VRAM_SHUTDOWN_WAIT_LOOP_S = 0.1
+# Serve's cold-start path starts a replica of a deployment at zero replicas while its
+# handles' request counts, averaged over look_back_period_s, are above zero. After an
+# unload those counts are stale (handles push every 10 s by default), so the session
+# hosts push every 0.5 s and backends average over 1 s: a backend scaled to zero stays
+# at zero. (A replica started anyway waits for its lease and holds no GPU memory.)
+VRAM_HANDLE_METRICS_PUSH_S = 0.5
+VRAM_LOOK_BACK_S = 1.0
 
 
 def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
@@ -38,19 +56,58 @@ def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
     return deployment.bind(mode, str(args.persona_dir), b.options)
 
 
+def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: Application) -> Application:
+    """A backend whose replica count is the VramController's (0 or 1): its delays are 0
+    because the policy has its own minimum residency and idle TTL."""
+    deployment = serve.deployment(
+        LeasedBackendDeployment,
+        name=backend_deployment_name(mode),
+        ray_actor_options={"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
+        autoscaling_config=AutoscalingConfig(
+            min_replicas=0, initial_replicas=0, max_replicas=1, upscale_delay_s=0.0,
+            downscale_delay_s=0.0, downscale_to_zero_delay_s=0.0, look_back_period_s=VRAM_LOOK_BACK_S,
+            policy=AutoscalingPolicy(policy_function=follow_vram_controller)),
+        max_ongoing_requests=16,
+        health_check_period_s=10,
+        graceful_shutdown_wait_loop_s=VRAM_SHUTDOWN_WAIT_LOOP_S,
+        graceful_shutdown_timeout_s=5.0,
+    )
+    return deployment.bind(mode, str(args.persona_dir), b.options, controller)
+
+
+def vram_controller_app(args: AppArgs) -> Application:
+    return serve.deployment(
+        VramControllerImpl,
+        name=CONTROLLER_NAME,
+        num_replicas=1,  # one per GPU: it owns the budget
+        ray_actor_options={"num_cpus": 0.1},
+        max_ongoing_requests=10_000,  # sessions and starting replicas wait on it
+    ).bind(args.model_dump(mode="json"))
+
+
 def build_app(raw_args: dict) -> Application:
     args = AppArgs.model_validate(raw_args or {})
     args.persona_dir.mkdir(parents=True, exist_ok=True)
-    backends = {mode: backend_app(mode, b, args) for mode, b in args.backends.items()}
+    args.vram = args.vram.model_copy(update={"probe": resolve_probe(args.vram)})
+    controller = vram_controller_app(args) if args.vram.probe != "off" and args.backends else None
+    if controller is None:
+        backends = {mode: backend_app(mode, b, args) for mode, b in args.backends.items()}
+    else:
+        backends = {mode: leased_backend_app(mode, b, args, controller) for mode, b in args.backends.items()}
+    vram = {"vram": controller} if controller is not None else {}
+    host_options = {"num_cpus": 0.25}
+    if controller is not None:
+        host_options["runtime_env"] = {"env_vars": {
+            "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": str(VRAM_HANDLE_METRICS_PUSH_S)}}
     hosts = serve.deployment(
         SessionHostImpl,
         name="SessionHost",
         num_replicas=args.session_hosts,  # fixed: a session lives on its host for its lifetime
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options=host_options,
         max_ongoing_requests=10_000,  # viewers hold long-lived streaming calls
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.session_router:SessionAffinityRouter"),
-    ).bind(args.model_dump(mode="json"), backends)
+    ).bind(args.model_dump(mode="json"), backends, **vram)
     router = serve.deployment(
         RouterImpl,
         name="Router",
@@ -62,5 +119,5 @@ def build_app(raw_args: dict) -> Application:
             "target_ongoing_requests": 50, "upscale_delay_s": UPSCALE_DELAY_S,
             "downscale_delay_s": DOWNSCALE_DELAY_S,
         },
-    ).bind(args.model_dump(mode="json"), hosts)
+    ).bind(args.model_dump(mode="json"), hosts, **vram)
     return router

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .vram.config import BackendSpec, NeighbourSpec, PolicyConfig, default_config
 
 
 class Limits(BaseModel):
@@ -70,6 +73,50 @@ class WebRtcArgs(BaseModel):
     connect_timeout_s: float = Field(30.0, gt=0, description="a peer not connected by then is closed")
 
 
+class SimulatedNeighbourArgs(BaseModel):
+    """A scripted process on the simulated GPU: at `at_s` after start it wants `bytes`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    port: int | None = Field(None, description="a port it listens on (how a NeighbourSpec may match it)")
+    steps: list[tuple[float, int]] = Field(default_factory=list, description="[[at_s, bytes], ...]; 0 bytes: exits")
+
+
+class SimulatedGpuArgs(BaseModel):
+    """The simulated device (tests, demos): scripted neighbours; our backend replicas
+    attach their memory through the controller and lose it when their process exits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total_bytes: int = Field(24 * 1024**3, gt=0)
+    neighbours: list[SimulatedNeighbourArgs] = Field(default_factory=list)
+    per_process_available: bool = True
+
+
+def _default_vram_neighbours() -> list[NeighbourSpec]:
+    return list(default_config().neighbours)
+
+
+class VramArgs(BaseModel):
+    """The VRAM controller (DESIGN section 5; deployments/vram_controller.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probe: Literal["auto", "nvml", "simulated", "off"] = Field(
+        "auto", description="auto: NVML where a GPU is visible, else off (backends scale on load only)")
+    step_period_s: float = Field(0.5, gt=0, le=10, description="how often the policy runs on fresh readings")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    neighbours: list[NeighbourSpec] = Field(default_factory=_default_vram_neighbours,
+                                            description="the LLMs we share the GPU with")
+    backends: list[BackendSpec] | None = Field(
+        None, description="per-mode load time, variants and peaks; null: the shipped defaults")
+    profile_file: str | None = Field("vram_profiles.json",
+                                     description="measured peaks, under data_dir; null: memory only")
+    lease_timeout_s: float = Field(60.0, gt=0, description="a replica waits this long for its load lease")
+    simulated: SimulatedGpuArgs = Field(default_factory=SimulatedGpuArgs)
+
+
 def _default_backends() -> dict[str, BackendArgs]:
     return {
         "liveportrait": BackendArgs(num_gpus=0.25, chunk_frames=5),
@@ -93,6 +140,7 @@ class AppArgs(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     timeouts: SessionTimeouts = Field(default_factory=SessionTimeouts)
     webrtc: WebRtcArgs = Field(default_factory=WebRtcArgs)
+    vram: VramArgs = Field(default_factory=VramArgs)
 
     @property
     def persona_dir(self) -> Path:

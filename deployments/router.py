@@ -124,6 +124,14 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' bl
 WEBRTC_SIGNALLING_MARGIN_S = 10.0
 
 
+class CreateSessionWithPlacement(CreateSession):
+    """POST /v1/sessions: what the VRAM controller may do when the mode has no room."""
+
+    allow_still: bool = Field(True, description="false: queue, then 503, rather than start in still mode")
+    max_wait_s: float = Field(30.0, ge=0, le=120, description="how long creation may wait in the queue")
+    resolution_px: int = Field(512, ge=64, le=2048, description="largest output size wanted")
+
+
 class SdpOffer(Strict):
     """POST /v1/sessions/{id}/webrtc: the browser's RTCSessionDescription, candidates included."""
 
@@ -143,9 +151,10 @@ def static_file(name: str) -> FileResponse:
 
 @serve.ingress(api)
 class RouterImpl:
-    def __init__(self, args: dict, hosts):
+    def __init__(self, args: dict, hosts, vram=None):
         self.args = AppArgs.model_validate(args)
         self.hosts = hosts  # DeploymentHandle of SessionHost (session-affinity routed)
+        self.vram = vram  # DeploymentHandle of the VramController, or None where it is off
         self.store = PersonaStore(self.args.persona_dir, self.args.limits)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._modes: tuple[float, list[dict]] = (0.0, [])
@@ -226,13 +235,26 @@ class RouterImpl:
 
     # ---------------- sessions ----------------
     @api.post("/v1/sessions", status_code=201)
-    async def create_session(self, body: CreateSession):
+    async def create_session(self, body: CreateSessionWithPlacement):
         check_persona_id(body.persona_id)
         self.store.get(body.persona_id)
         await self._check_mode(body.mode)
         controls = Controls(emotion=_emotion(body.emotion), intensity=body.intensity)
-        return await self._host("create_session", persona_id=body.persona_id, mode=body.mode,
-                                sample_rate_hz=body.sample_rate_hz, controls=controls)
+        return await self._host("create_session", timeout_s=30.0 + body.max_wait_s, persona_id=body.persona_id,
+                                mode=body.mode, sample_rate_hz=body.sample_rate_hz, controls=controls,
+                                allow_still=body.allow_still, max_wait_s=body.max_wait_s,
+                                resolution_px=body.resolution_px)
+
+    @api.get("/v1/gpu")
+    async def gpu(self):
+        """The VRAM controller's view: budget, ledger, neighbours, backends, queue, decisions."""
+        if self.vram is None:
+            return {"enabled": False, "reason": "no VRAM controller (vram.probe is off, or no GPU backend)"}
+        try:
+            snapshot = await asyncio.wait_for(self.vram.snapshot.remote(), 10.0)
+        except asyncio.TimeoutError:
+            raise ServiceError(504, "timeout", "the VRAM controller did not answer within 10 s") from None
+        return {"enabled": True} | snapshot
 
     @api.get("/v1/sessions")
     async def list_sessions(self):

@@ -25,6 +25,7 @@ from .encode import Mp4Writer
 from .personas import PersonaStore
 from .protocol import ServiceError
 from .session import Session, SessionConfig
+from .vram_controller import VramGate
 
 log = logging.getLogger("ray.serve")
 SWEEP_PERIOD_S = 1.0
@@ -34,8 +35,10 @@ OFFLINE_CHUNK_FRAMES = 50  # frames per backend call in a one-shot render
 class SessionHostImpl:
     """Serve deployment body; `backend_handles` maps mode -> DeploymentHandle."""
 
-    def __init__(self, args: dict, backend_handles: dict[str, Any]):
+    def __init__(self, args: dict, backend_handles: dict[str, Any], vram: Any = None):
         self.args = AppArgs.model_validate(args)
+        # The VramController's handle when it runs: sessions of GPU modes are placed by it.
+        self.vram = VramGate(vram, self.args.timeouts.backend_ready_timeout_s) if vram is not None else None
         self.store = PersonaStore(self.args.persona_dir, self.args.limits)
         self.still = LocalBackend(build_pipeline("still"), self.store, inline=True)
         self.local_test_modes = {m: LocalBackend(build_pipeline(m), self.store)
@@ -46,23 +49,33 @@ class SessionHostImpl:
         self._sweeper = asyncio.get_event_loop().create_task(self._sweep_forever())
 
     # ---------------- sessions ----------------
-    async def create_session(self, persona_id: str, mode: str, sample_rate_hz: int, controls: Controls) -> dict:
+    async def create_session(self, persona_id: str, mode: str, sample_rate_hz: int, controls: Controls,
+                             allow_still: bool = True, max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
         if len(self.sessions) >= self.args.max_sessions_per_host():
             raise ServiceError(503, "too_many_sessions",
                                f"{len(self.sessions)} sessions are live; the limit is {self.args.limits.max_sessions}",
                                retry_after_s=30)
         session_id = f"{self.host_id}.{secrets.token_urlsafe(16)}"
+        backend, placement = self._backend_for(mode), None
+        if self.vram is not None and mode in self.remote:
+            # Refused: 503 with Retry-After and the policy's reason. Otherwise the session
+            # starts in still mode and switches when its (possibly degraded) backend is up.
+            placement = await self.vram.place(session_id, mode, allow_still=allow_still,
+                                              max_wait_s=max_wait_s, resolution_px=resolution_px)
+            backend = self.vram.backend(placement, self.remote)
         self.store.acquire(persona_id, session_id)
         session = Session(session_id, persona_id, mode, sample_rate_hz, controls, self.still,
-                          self._backend_for(mode), self._session_config(mode))
+                          backend, self._session_config(mode))
         try:
             await session.start()
         except Exception:
             await session.close("failed to start")
             self.store.release(persona_id, session_id)
+            if placement is not None:
+                await self.vram.ended(session_id)
             raise
         self.sessions[session_id] = session
-        return session.info().model_dump()
+        return session.info().model_dump() | ({"placement": placement} if placement else {})
 
     def _backend_for(self, mode: str):
         if mode == "still":
@@ -101,6 +114,8 @@ class SessionHostImpl:
             raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
         await session.close(reason)
         self.store.release(session.persona_id, session_id)
+        if self.vram is not None and session.requested_mode in self.remote:
+            await self.vram.ended(session_id)
 
     async def list_sessions(self) -> list[dict]:
         return [s.info().model_dump() for s in self.sessions.values()]

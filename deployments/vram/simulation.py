@@ -73,7 +73,7 @@ class SimulatedDevice:
 
     def __init__(self, total_bytes: int, neighbours: list[NeighbourScript], gpu_index: int = 0,
                  alloc_delay_s: float = 1.0, free_delay_s: float = 2.0,
-                 per_process_available: bool = True):
+                 per_process_available: bool = True, first_pid: int = 1000):
         self.total_bytes = total_bytes
         self.gpu_index = gpu_index
         self.alloc_delay_s = alloc_delay_s
@@ -84,7 +84,9 @@ class SimulatedDevice:
         self._neighbours = [_Neighbour(s) for s in neighbours]
         self._ours: dict[str, _Ours] = {}
         self._reports: list[LoadReport] = []
-        self._next_pid = 1000
+        # Scripted processes get PIDs from here; real processes that attach keep
+        # their own (above Linux's pid_max, 2**22, the two never collide).
+        self._next_pid = first_pid
         self._now_s = 0.0
 
     # ------------------------------------------------------------ probe interface
@@ -118,6 +120,33 @@ class SimulatedDevice:
         ours = self._ours.get(mode)
         if ours is not None and ours.free_at_s is None:
             ours.free_at_s = self._now_s + self.free_delay_s
+
+    # ------------------------------------------------------------ real processes (graph tests)
+
+    def attach(self, mode: str, pid: int, peak_bytes: int) -> bool:
+        """A real process (a backend replica) allocates `peak_bytes` now, as its load
+        would on a GPU. False, and a backend OOM event, when it does not fit."""
+        if peak_bytes > self.free_bytes():
+            self.backend_ooms.append(OomEvent(self._now_s, mode, peak_bytes, self.free_bytes()))
+            return False
+        self._ours[mode] = _Ours(mode, peak_bytes, pid, self._now_s, self._now_s,
+                                 allocated=True, ready=True)
+        return True
+
+    def reap(self, alive) -> list[str]:
+        """Free the memory of attached processes that exited (`alive(pid)` is False),
+        as the driver does when a process ends; returns their modes."""
+        gone = [mode for mode, o in self._ours.items() if o.allocated and not alive(o.pid)]
+        for mode in gone:
+            del self._ours[mode]
+        return gone
+
+    def want(self, name: str, wanted_bytes: int) -> None:
+        """Change a scripted neighbour's want from now on (0: the process exits)."""
+        neighbour = next(n for n in self._neighbours if n.script.name == name)
+        neighbour.next_step = len(neighbour.script.steps)  # the script is overridden
+        neighbour.wanted_bytes, neighbour.starved = wanted_bytes, False
+        self._advance_neighbour(neighbour, self._now_s)
 
     def take_reports(self) -> list[LoadReport]:
         reports, self._reports = self._reports, []

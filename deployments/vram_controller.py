@@ -1,0 +1,510 @@
+"""VramController: the VRAM policy (deployments/vram) as one Serve replica, on live readings.
+
+    SessionHost ── place / ended ──►  VramController  ◄── lease / report_loaded ── Backend-<mode>
+                                       │ step every step_period_s: probe.read() -> policy -> decisions
+                                       ▼
+                     Ray internal KV: desired replicas per backend deployment
+                                       ▼
+               Serve's control loop: follow_vram_controller (vram/autoscaling.py)
+
+- Replica counts: LOAD sets a backend's target to 1, UNLOAD to 0; each backend
+  deployment's custom autoscaling policy reads the target (vram/autoscaling.py).
+  Unload is scale-to-zero: the replica process exits, the driver frees everything,
+  and the probe confirms it (Code.UNLOAD_CONFIRMED with the time to free).
+- Leases: a backend replica (`LeasedBackendDeployment`) asks for its lease before
+  loading weights, caps itself at the lease (torch's per-process memory fraction,
+  on CUDA), loads, measures its peak and reports it (LoadReport).
+- Sessions: `VramGate` (used by the SessionHost) sends SessionRequest on create and
+  SessionEnded on close, maps a refusal to 503 + Retry-After with the reason, and
+  hands the session a `GatedBackend`, whose `start` waits until the controller says
+  the backend is resident: the session shows still mode until then and switches
+  (its `mode_changed` event) when the backend is up.
+- Probes: NVML on a GPU; the simulated device (AppArgs.vram.simulated) in tests,
+  where backend replicas attach their memory through `lease` and lose it when
+  their process exits, as on a real GPU.
+- Operators: `snapshot()` is GET /v1/gpu; Prometheus metrics go through
+  ray.serve.metrics (lockn_vram_*), shown by the Ray dashboard when it runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from .backends import MEMORY_FRACTION_OPTION, BackendDeployment, RemoteBackend
+from .config import AppArgs, VramArgs
+from .protocol import ServiceError
+from .vram import (
+    STILL_MODE, Action, Code, Controller, ControllerConfig, Decision, LoadReport, NeighbourScript,
+    NvmlProbe, PeakReport, SessionEnded, SessionRequest, SimulatedDevice, default_config,
+)
+from .vram.autoscaling import publish_desired
+from .vram.policy import Phase
+
+log = logging.getLogger("ray.serve")
+CONTROLLER_NAME = "VramController"
+# Scripted neighbours' PIDs start above Linux's pid_max (2**22): never a real process's.
+SIMULATED_FIRST_PID = 10_000_000
+# Decisions kept per session for `place` (a session sees a handful in its life).
+_PER_SESSION_DECISIONS = 20
+_TIME_TO_FREE_BOUNDARIES_S = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
+
+
+def backend_deployment_name(mode: str) -> str:
+    return f"Backend-{mode}"
+
+
+# ==================================================================== configuration
+
+
+def resolve_probe(vram: VramArgs) -> str:
+    """'auto' becomes 'nvml' where NVML sees a GPU, else 'off'."""
+    if vram.probe != "auto":
+        return vram.probe
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return "nvml" if pynvml.nvmlDeviceGetCount() > 0 else "off"
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver, no device: nothing to protect here
+        return "off"
+
+
+def controller_config(args: AppArgs) -> ControllerConfig:
+    """The policy's config for the app's GPU backends: vram.backends, or the shipped
+    defaults for the configured modes (substitutes limited to modes served here)."""
+    modes = list(args.backends)
+    specs = {b.mode: b for b in (args.vram.backends or default_config().backends)}
+    missing = [m for m in modes if m not in specs]
+    if missing:
+        raise ValueError(f"vram.backends has no spec for backend mode(s) {missing}: give load_time_s "
+                         "and variants for each, or set vram.probe to 'off'")
+    backends = tuple(specs[m].model_copy(update={"substitutes": tuple(s for s in specs[m].substitutes if s in modes)})
+                     for m in modes)
+    profile_path = args.data_dir / args.vram.profile_file if args.vram.profile_file else None
+    return ControllerConfig(policy=args.vram.policy, neighbours=tuple(args.vram.neighbours),
+                            backends=backends, profile_path=profile_path)
+
+
+def simulated_device(vram: VramArgs) -> SimulatedDevice:
+    sim = vram.simulated
+    scripts = [NeighbourScript(n.name, tuple((float(t), int(b)) for t, b in n.steps),
+                               (n.port,) if n.port is not None else ()) for n in sim.neighbours]
+    return SimulatedDevice(sim.total_bytes, scripts, gpu_index=vram.policy.gpu_index,
+                           per_process_available=sim.per_process_available, first_pid=SIMULATED_FIRST_PID)
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (its memory would be freed already)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def decision_json(d: Decision) -> dict:
+    out = {"action": d.action.value, "code": d.code.value, "reason": d.reason, "at_s": round(d.at_s, 3)}
+    for name in ("mode", "session_id", "resolution_px", "fps", "cap_bytes", "eta_s", "retry_after_s"):
+        value = getattr(d, name)
+        if value is not None:
+            out[name] = value
+    if d.extra:
+        out["extra"] = dict(d.extra)
+    return out
+
+
+# ==================================================================== metrics
+
+
+class VramMetrics:
+    """Prometheus metrics through Ray (ray.serve.metrics adds deployment and replica tags)."""
+
+    GAUGES = ("budget_bytes", "ledger_bytes", "pending_free_bytes", "free_bytes",
+              "neighbour_reserved_bytes", "emergency", "queued_sessions")
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.gauges = {name: metrics.Gauge(f"lockn_vram_{name}", description=f"VRAM controller: {name}")
+                       for name in self.GAUGES}
+        self.backend_bytes = metrics.Gauge("lockn_vram_backend_bytes", tag_keys=("backend",),
+                                           description="bytes reserved for each backend (0: not resident)")
+        self.decisions = metrics.Counter("lockn_vram_decisions_total", tag_keys=("action", "code"),
+                                         description="every policy decision, by action and reason code")
+        self.admissions = metrics.Counter("lockn_vram_admissions_total", tag_keys=("kind",),
+                                          description="loads admitted (kind=load) and sessions placed on a backend")
+        self.denials = metrics.Counter("lockn_vram_denials_total", tag_keys=("code",),
+                                       description="sessions refused, queued or sent to still mode for lack of room")
+        self.evictions = metrics.Counter("lockn_vram_evictions_total", tag_keys=("backend", "code"),
+                                         description="backends scaled to zero, by reason")
+        self.time_to_free = metrics.Histogram("lockn_vram_time_to_free_seconds",
+                                              boundaries=_TIME_TO_FREE_BOUNDARIES_S,
+                                              description="unload decision to memory seen free by the probe")
+        # The same counts, for GET /v1/gpu.
+        self.counts = {"admissions": 0, "denials": 0, "evictions": 0}
+        self.times_to_free_s: list[float] = []
+
+    def gauge(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if name.startswith("backend_bytes:"):
+                self.backend_bytes.set(value, tags={"backend": name.split(":", 1)[1]})
+            elif name in self.gauges:
+                self.gauges[name].set(value)
+
+    def count(self, d: Decision) -> None:
+        self.decisions.inc(tags={"action": d.action.value, "code": d.code.value})
+        if d.action == Action.LOAD or (d.action == Action.ASSIGN and d.mode != STILL_MODE):
+            self.admissions.inc(tags={"kind": "load" if d.action == Action.LOAD else "session"})
+            self.counts["admissions"] += 1
+        elif d.action in (Action.REFUSE, Action.QUEUE) or d.code == Code.STILL_NO_ROOM:
+            self.denials.inc(tags={"code": d.code.value})
+            self.counts["denials"] += 1
+        elif d.action == Action.UNLOAD:
+            self.evictions.inc(tags={"backend": d.mode or "", "code": d.code.value})
+            self.counts["evictions"] += 1
+        if "time_to_free_s" in d.extra:
+            self.time_to_free.observe(d.extra["time_to_free_s"])
+            self.times_to_free_s = (self.times_to_free_s + [round(d.extra["time_to_free_s"], 3)])[-50:]
+
+
+# ==================================================================== the deployment
+
+
+class VramControllerImpl:
+    """Serve deployment body (one replica per GPU): see the module docstring."""
+
+    def __init__(self, args: dict):
+        self.args = AppArgs.model_validate(args)
+        self.vram = self.args.vram
+        self.config = controller_config(self.args)
+        self.controller = Controller.from_config(self.config)
+        self.probe_kind = resolve_probe(self.vram)
+        self.device: SimulatedDevice | None = None
+        if self.probe_kind == "simulated":
+            self.device = simulated_device(self.vram)
+            self.probe = self.device
+        else:
+            self.probe = NvmlProbe(self.vram.policy.gpu_index)
+        self.app_name = serve.get_replica_context().app_name
+        self.metrics = VramMetrics()
+        self._t0 = time.monotonic()
+        self._inbox: list = []
+        self._lock = asyncio.Lock()
+        self._stepped = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._by_session: dict[str, list[Decision]] = {}
+        self._published: dict[str, int] | None = None
+        self._publish(force=True)
+        self._task = asyncio.get_event_loop().create_task(self._run(), name="vram controller")
+
+    # ---------------- the loop ----------------
+    def now_s(self) -> float:
+        return time.monotonic() - self._t0
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep protecting the neighbours whatever one step hit
+                log.exception("vram controller: step failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.vram.step_period_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _step(self, requests: list = ()) -> list[Decision]:
+        async with self._lock:
+            now_s = self.now_s()
+            if self.device is not None:
+                self.device.advance(now_s)
+                self.device.reap(pid_alive)
+                reading = self.device.read()
+            else:
+                reading = await asyncio.to_thread(self.probe.read)
+            inbox, self._inbox = self._inbox + list(requests), []
+            decisions = self.controller.step(now_s, reading, inbox)
+            self._apply(decisions, inbox)
+        async with self._stepped:
+            self._stepped.notify_all()
+        return decisions
+
+    def _apply(self, decisions: list[Decision], requests: list) -> None:
+        self._publish()
+        for d in decisions:
+            level = logging.WARNING if d.action in (Action.REFUSE, Action.UNLOAD) else logging.INFO
+            log.log(level, "vram %s %s: %s", d.action.value, d.code.value, d.reason)
+            self.metrics.count(d)
+            if d.session_id is not None:
+                kept = self._by_session.setdefault(d.session_id, [])
+                kept.append(d)
+                del kept[:-_PER_SESSION_DECISIONS]
+        self.metrics.gauge(self.controller.metrics())
+        if any(isinstance(r, (LoadReport, PeakReport)) for r in requests) or any(
+                d.code == Code.PROFILE_UPDATED for d in decisions):
+            try:
+                self.controller.save_profiles()
+            except OSError as err:
+                log.warning("vram: cannot save profiles: %s", err)
+
+    def _publish(self, force: bool = False) -> None:
+        desired = {backend_deployment_name(m): n for m, n in self.controller.desired_replicas().items()}
+        if force or desired != self._published:
+            publish_desired(self.app_name, desired)
+            self._published = desired
+
+    async def _wait_for(self, predicate, timeout_s: float) -> bool:
+        """Wait until `predicate()` holds after some step, or `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        async with self._stepped:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._stepped.wait(), left)
+                except asyncio.TimeoutError:
+                    return predicate()
+        return True
+
+    def _phase(self, mode: str) -> Phase | None:
+        backend = self.controller.state.backends.get(mode)
+        return backend.phase if backend is not None else None
+
+    # ---------------- sessions (SessionHost) ----------------
+    async def place(self, request: dict, wait_s: float) -> dict:
+        """A new session: its placement (assign / queue / refuse) with code and reason.
+        A queued session waits here up to `wait_s` for a better answer."""
+        session_id = request["session_id"]
+        await self._step([SessionRequest(**request)])
+
+        def latest() -> Decision | None:
+            kept = [d for d in self._by_session.get(session_id, ())
+                    if d.action in (Action.ASSIGN, Action.QUEUE, Action.REFUSE)]
+            return kept[-1] if kept else None
+
+        first = latest()
+        if first is not None and first.action == Action.QUEUE:
+            await self._wait_for(lambda: latest() is not None and latest().action != Action.QUEUE, wait_s)
+        decision = latest()
+        if decision is None:  # cannot happen: the policy places every new session in its step
+            return {"action": "refuse", "code": "internal", "reason": "no placement decision",
+                    "retry_after_s": self.vram.policy.retry_after_s}
+        out = decision_json(decision)
+        if first is not None and first.action == Action.QUEUE:
+            out["queued"] = decision_json(first)
+        session = self.controller.state.sessions.get(session_id)
+        if session is not None and session.target is not None:
+            t = session.target
+            out["target"] = {"mode": t.mode, "resolution_px": t.variant.resolution_px,
+                             "fps": t.variant.fps, "code": t.code.value}
+        return out
+
+    async def ended(self, session_id: str) -> None:
+        self._inbox.append(SessionEnded(session_id))
+        self._by_session.pop(session_id, None)
+        self._wake.set()
+
+    async def wait_resident(self, mode: str, timeout_s: float) -> dict:
+        ok = await self._wait_for(lambda: self._phase(mode) == Phase.RESIDENT, timeout_s)
+        phase = self._phase(mode)
+        return {"ok": ok, "phase": phase.value if phase else "absent"}
+
+    # ---------------- backends (LeasedBackendDeployment) ----------------
+    async def lease(self, mode: str, pid: int) -> dict:
+        """A starting replica's load lease: granted while the policy has its load in flight."""
+        granted = await self._wait_for(lambda: self._phase(mode) == Phase.LOADING, self.vram.lease_timeout_s)
+        if not granted:
+            return {"granted": False, "reason": f"no load of {mode} admitted within {self.vram.lease_timeout_s:.0f}s"}
+        async with self._lock:
+            backend = self.controller.state.backends[mode]
+            total = self.controller.state.reading.total_bytes if self.controller.state.reading else 0
+            cap = backend.reserved_bytes + self.config.policy.load_margin_bytes
+            out = {"granted": True, "cap_bytes": cap, "total_bytes": total,
+                   "resolution_px": backend.variant.resolution_px, "batch": backend.variant.batch}
+            if self.device is not None:
+                # The replica's simulated weights: its reservation, allocated now for its PID.
+                if not self.device.attach(mode, pid, backend.reserved_bytes):
+                    return {"granted": False, "reason": f"simulated CUDA out of memory loading {mode}"}
+                out["simulated_bytes"] = backend.reserved_bytes
+        return out
+
+    async def report_loaded(self, mode: str, ok: bool, pid: int, peak_bytes: int | None, error: str = "") -> None:
+        await self._step([LoadReport(mode, ok, pid=pid, peak_bytes=peak_bytes, error=error)])
+
+    async def report_peak(self, mode: str, peak_bytes: int) -> None:
+        self._inbox.append(PeakReport(mode, peak_bytes))
+
+    # ---------------- operators ----------------
+    async def snapshot(self) -> dict:
+        out = self.controller.snapshot()
+        out.update({
+            "probe": self.probe_kind, "now_s": round(self.now_s(), 3),
+            "step_period_s": self.vram.step_period_s,
+            "desired_replicas": self.controller.desired_replicas(),
+            "counters": dict(self.metrics.counts),
+            "time_to_free_s": list(self.metrics.times_to_free_s),
+            "decisions": [decision_json(d) for d in list(self.controller.state.history)[-50:]],
+        })
+        if self.device is not None:
+            out["simulated"] = {"neighbour_oom_events": len(self.device.neighbour_ooms),
+                                "backend_oom_events": len(self.device.backend_ooms)}
+        return out
+
+    async def set_neighbour(self, name: str, wanted_bytes: int) -> dict:
+        """Simulated device only: a scripted neighbour wants `wanted_bytes` from now on."""
+        if self.device is None:
+            raise ServiceError(409, "not_simulated", "neighbours can only be scripted on the simulated device")
+        async with self._lock:
+            self.device.advance(self.now_s())
+            self.device.want(name, wanted_bytes)
+        await self._step()
+        return {"at_s": round(self.now_s(), 3)}
+
+    async def __del__(self):  # idempotent: Serve may call it more than once
+        task = getattr(self, "_task", None)
+        if task is not None:
+            task.cancel()
+        if getattr(self, "probe_kind", None) == "nvml":
+            try:
+                self.probe.close()
+            except Exception:
+                pass
+            self.probe_kind = "closed"
+
+
+# ==================================================================== backends under leases
+
+
+def measure_peak_bytes(pid: int) -> int | None:
+    """What this backend holds on the GPU after loading: NVML's number for its PID
+    (CUDA context + allocator + non-torch memory), else torch's reserved peak."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if p.pid == pid and p.usedGpuMemory:
+                        return int(p.usedGpuMemory)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.max_memory_reserved())
+    except ImportError:
+        pass
+    return None
+
+
+class LeasedBackendDeployment(BackendDeployment):
+    """A backend replica that loads only under a lease from the VramController.
+
+    Lease first (no GPU memory before it), cap this process at the lease on CUDA,
+    load in a worker thread, then report the measured peak. On failure the report
+    says why and the constructor raises (Serve retries or gives up).
+    """
+
+    async def __init__(self, mode: str, persona_dir: str, options: dict | None = None, vram: Any = None):
+        self.vram_handle, self.pid = vram, os.getpid()
+        lease = await vram.lease.remote(mode, self.pid)
+        if not lease["granted"]:
+            raise RuntimeError(f"{mode}: {lease['reason']}")
+        self.lease = lease
+        options = dict(options or {})
+        if "simulated_bytes" not in lease and lease["total_bytes"]:
+            options.setdefault(MEMORY_FRACTION_OPTION, min(1.0, lease["cap_bytes"] / lease["total_bytes"]))
+        try:
+            await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options)
+        except Exception as err:
+            await vram.report_loaded.remote(mode, False, self.pid, None, f"{type(err).__name__}: {err}")
+            raise
+        peak = lease.get("simulated_bytes") or await asyncio.to_thread(measure_peak_bytes, self.pid)
+        await vram.report_loaded.remote(mode, True, self.pid, peak, "")
+
+
+class GatedBackend:
+    """A session's backend that is called only once the controller has it resident.
+
+    Until then the session renders still frames (its warm-up awaits `start`), so no
+    request waits on a zero-replica deployment and Serve's cold-start path never
+    loads a backend the controller has not admitted."""
+
+    def __init__(self, remote: RemoteBackend, vram: Any, ready_timeout_s: float):
+        self.mode, self.remote, self.vram, self.ready_timeout_s = remote.mode, remote, vram, ready_timeout_s
+
+    async def start(self, persona_id, controls):
+        state = await self.vram.wait_resident.remote(self.mode, self.ready_timeout_s)
+        if not state["ok"]:
+            raise RuntimeError(f"{self.mode} not loaded within {self.ready_timeout_s:.0f}s ({state['phase']})")
+        return await self.remote.start(persona_id, controls)
+
+    async def render(self, persona_id, carry, audio16k, controls):
+        return await self.remote.render(persona_id, carry, audio16k, controls)
+
+    async def flush(self, persona_id, carry, controls):
+        return await self.remote.flush(persona_id, carry, controls)
+
+    async def idle(self, persona_id, carry, n, controls):
+        return await self.remote.idle(persona_id, carry, n, controls)
+
+    async def warnings(self, persona_id):
+        return await self.remote.warnings(persona_id)
+
+
+class VramGate:
+    """The SessionHost's side: placement on create, SessionEnded on close."""
+
+    def __init__(self, handle: Any, ready_timeout_s: float):
+        self.handle, self.ready_timeout_s = handle, ready_timeout_s
+
+    async def place(self, session_id: str, mode: str, *, allow_still: bool = True,
+                    max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
+        """The placement, or ServiceError 503 with Retry-After and the policy's reason."""
+        request = {"session_id": session_id, "mode": mode, "allow_still": allow_still,
+                   "max_wait_s": max_wait_s, "resolution_px": resolution_px}
+        placement = await self.handle.place.remote(request, max_wait_s + 1.0)
+        if placement["action"] in ("refuse", "queue"):
+            retry_s = placement.get("retry_after_s") or placement.get("eta_s") or 30.0
+            raise ServiceError(503, placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
+        return placement
+
+    def backend(self, placement: dict, remote: dict[str, RemoteBackend]) -> GatedBackend | None:
+        """What the session renders with once ready: the placed mode, the mode it waits
+        for while still, or None (still for good: no room)."""
+        mode = placement.get("mode")
+        if mode == STILL_MODE:
+            mode = (placement.get("target") or {}).get("mode")
+        if mode is None or mode not in remote:
+            return None
+        return GatedBackend(remote[mode], self.handle, self.ready_timeout_s)
+
+    async def ended(self, session_id: str) -> None:
+        try:
+            await asyncio.wait_for(self.handle.ended.remote(session_id), 10.0)
+        except Exception as err:  # the controller also forgets nothing: log and go on
+            log.warning("vram: could not report session %s ended: %s", session_id, err)
