@@ -90,3 +90,38 @@ def test_clip_rows_from_cfg():
 
     assert clip_from_cfg(read_cfg_pkl(pickle.dumps(_cfg()))).shape == (2, 265)
     assert clip_from_cfg({}) is None
+
+
+def test_weight_files_hook_takes_the_backends_options(tmp_path):
+    from models.ditto.config import weight_files
+    from models.modes import MODES, mode_status
+
+    assert weight_files(config="tiny") == [] and weight_files(config={"preset": "tiny", "max_batch": 5}) == []
+    files = weight_files(cache_dir=str(tmp_path), device="cpu", seed=0)
+    assert len(files) == 12 and all(f.cache_dir == str(tmp_path) for f in files)
+    assert mode_status(MODES["ditto"], {"config": "tiny", "device": "cpu"}).available
+    status = mode_status(MODES["ditto"], {"cache_dir": str(tmp_path)})
+    assert not status.available and status.fetch_command == "lockn-bod weights fetch ditto"
+
+
+def test_pipeline_config_from_json():
+    from models.ditto.lmdm import LMDMConfig
+    from models.ditto.pipeline import pipeline_config
+
+    cfg = pipeline_config({"preset": "tiny", "stream": {"overlap": 70}, "max_batch": 5, "idle": {"lip_release": 0.5},
+                           "networks": {"preset": "tiny", "warping": {"block_expansion": 2}}})
+    assert cfg.lmdm == LMDMConfig.tiny() and cfg.stream.overlap == 70 and cfg.stream.sampling_steps == 10
+    assert cfg.max_batch == 5 and cfg.idle.lip_release == 0.5 and cfg.networks.warping.block_expansion == 2
+    assert pipeline_config(None).stream.overlap == 75 and pipeline_config("official").lmdm == LMDMConfig()
+    with pytest.raises(ValueError, match="unknown"):
+        pipeline_config({"preset": "tiny", "overlapp": 3})
+    with pytest.raises(ValueError, match="preset"):
+        pipeline_config("huge")
+
+
+def test_official_pipeline_without_files_names_the_fetch_command(tmp_path):
+    from models.base import WeightsMissingError
+    from models.ditto.pipeline import DittoPipeline
+
+    with pytest.raises(WeightsMissingError, match="lockn-bod weights fetch ditto"):
+        DittoPipeline("official", device="cpu", cache_dir=str(tmp_path))

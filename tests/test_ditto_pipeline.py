@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from models.base import Controls, PersonaMedia
-from models.ditto.lmdm import LMDMConfig, MotionDecoder
-from models.ditto.pipeline import DittoPipeline
-from models.liveportrait.config import LivePortraitConfig
-from models.liveportrait.loading import LivePortraitNetworks
+from models.ditto.pipeline import DittoPipeline, first_frame_audio_ms, lookahead_frames_for
+from models.ditto.testing import face_like_portrait
 from tests.test_ditto_support import one_torch_thread
 
 
@@ -27,40 +25,20 @@ def _one_thread():
 
 
 
-class FakeHubert:
-    """Same frame geometry as HuBERT: (6480,) -> (20, 1024), a fixed random projection."""
-
-    def __init__(self):
-        self.proj = np.random.default_rng(0).standard_normal((400, 1024)).astype(np.float32) * 0.05
-
-    def __call__(self, x):
-        return np.stack([x[320 * j : 320 * j + 400] for j in range(20)]) @ self.proj
-
-
-class FakeFace:
-    """A face analyser stand-in: a fixed 106-point cloud in the middle of the portrait."""
-
-    def analyse(self, portrait):
-        h, w = portrait.shape[:2]
-        pts = np.random.default_rng(1).uniform(-1, 1, (106, 2)) * [w * 0.15, h * 0.2] + [w / 2, h / 2]
-
-        class Face:
-            points106 = pts.astype(np.float32)
-
-        return Face()
+# Narrower than the tiny renderer (W's output and G's input 8 channels): 2 shared cores
+# render a frame in ~0.15 s. Same structure and 512² output.
+NARROW_RENDERER = {"preset": "tiny", "warping": {"block_expansion": 2},
+                   "spade": {"block_expansion": 2, "max_features": 8, "out_channels": 4, "spade_hidden": 4}}
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    torch.manual_seed(0)
-    lmdm = MotionDecoder(LMDMConfig.tiny()).eval()
-    nets = LivePortraitNetworks.random(LivePortraitConfig.tiny())
-    return DittoPipeline(lmdm, nets, FakeHubert(), FakeFace())
+    return DittoPipeline({"preset": "tiny", "networks": NARROW_RENDERER}, device="cpu", seed=0)
 
 
 @pytest.fixture(scope="module")
 def persona(pipeline):
-    portrait = np.random.default_rng(2).integers(0, 255, (256, 224, 3), dtype=np.uint8)
+    portrait = face_like_portrait(160)[:, 8:152]  # 160 x 144: not square, to catch axis mix-ups
     return pipeline.prepare(PersonaMedia([portrait]), "p")
 
 
@@ -107,9 +85,82 @@ def test_one_piece_equals_chunks_over_the_whole_clip(pipeline, persona):
 def test_render_contract(pipeline, persona):
     carry = pipeline.start(persona, Controls())
     frames, carry = pipeline.render(persona, carry, speech(0.2), Controls())
-    assert frames.shape[1:] == (256, 224, 3) and frames.dtype == np.uint8
+    assert frames.shape[1:] == (160, 144, 3) and frames.dtype == np.uint8
     assert len(frames) <= 5
     blob = pickle.dumps(carry)
     carry = pickle.loads(blob)
     more, carry = pipeline.flush(persona, carry, Controls(emotion="surprised"))
     assert len(frames) + len(more) == 5
+
+
+def test_frames_in_200ms_chunks_and_in_one_piece_are_the_same(pipeline, persona):
+    """The whole contract path (render + flush), chunked or not: same frames, all 75."""
+    audio, c = speech(3.0), Controls()
+    carry = pipeline.start(persona, c)
+    chunked = []
+    for s in range(0, len(audio), 3200):
+        frames, carry = pipeline.render(persona, carry, audio[s : s + 3200], c)
+        chunked.append(frames)
+    chunked.append(pipeline.flush(persona, carry, c)[0])
+    one, carry = pipeline.render(persona, pipeline.start(persona, c), audio, c)
+    one = np.concatenate([one, pipeline.flush(persona, carry, c)[0]])
+    chunked = np.concatenate(chunked)
+    assert chunked.shape == one.shape == (75, 160, 144, 3)
+    # same motion; W + G batches of 5 and of 8 round differently in the last bit
+    diff = np.abs(chunked.astype(np.int16) - one)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
+
+
+def test_lookahead_declared_is_what_200ms_chunks_hold(pipeline, persona):
+    """Overlap 75: first frames after 485 ms of audio; 200 ms chunks hold 10 frames, and
+    no chunking holds more than the declared 12."""
+    assert pipeline.config.stream.overlap == 75
+    assert first_frame_audio_ms(75) == 485 and first_frame_audio_ms(70) == 885 and first_frame_audio_ms(78) == 285
+    assert pipeline.lookahead_frames == lookahead_frames_for(75) == 12
+    carry, out = pipeline.start(persona, Controls()), []
+    for _ in range(4):
+        frames, carry = pipeline.render(persona, carry, speech(0.2), Controls())
+        out.append(len(frames))
+    assert out == [0, 0, 5, 5]
+
+
+def test_idle_between_utterances_gives_n_frames_and_leaves_speech_alone(pipeline, persona):
+    """Idle calls while the lookahead fills do not change the speech frames; after flush
+    a second utterance starts a new stream; idle owes exactly n frames."""
+    audio, c = speech(1.0), Controls(emotion="happy", intensity=0.6, head_yaw_deg=5)
+
+    def run(with_idle):
+        carry, out = pipeline.start(persona, c), []
+        for s in range(0, len(audio), 3200):
+            if with_idle:
+                frames, carry = pipeline.idle(persona, carry, 2, c)
+                assert len(frames) == 2
+            frames, carry = pipeline.render(persona, carry, audio[s : s + 3200], c)
+            out.append(frames)
+        out.append(pipeline.flush(persona, carry, c)[0])
+        return np.concatenate(out), carry
+
+    plain, _ = run(False)
+    with_idle, carry = run(True)
+    assert len(plain) == len(with_idle) == 25
+    carry.last.flags.writeable = False  # as a carry that came through Ray's object store
+    idle, carry = pipeline.idle(persona, carry, 7, c)
+    assert idle.shape == (7, 160, 144, 3)
+    again, carry = pipeline.render(persona, carry, audio, c)
+    again = np.concatenate([again, pipeline.flush(persona, carry, c)[0]])
+    assert len(again) == 25
+    carry = pickle.loads(pickle.dumps(carry))
+    assert carry.motion is None and carry.frames_in == 0
+
+
+def test_idle_lips_relax_to_rest_and_sway_eases(pipeline, persona):
+    carry = pipeline.start(persona, Controls())
+    frames, carry = pipeline.render(persona, carry, speech(1.0), Controls())
+    frames, carry = pipeline.flush(persona, carry, Controls())
+    from models.ditto.pipeline import LIP_COLS, EXP_START
+
+    rest = carry.stitch.d0["exp"].reshape(-1)[LIP_COLS - EXP_START]
+    before = np.abs(carry.last[LIP_COLS] - rest).max()
+    _, carry = pipeline.idle(persona, carry, 20, Controls())
+    assert np.abs(carry.last[LIP_COLS] - rest).max() <= before * 0.7**20 + 1e-6
+    assert 0 < np.abs(carry.sway_deg).max() < 3

@@ -145,6 +145,20 @@ def clip_from_cfg(cfg: dict):
     return None if clip is None else clip[:2]
 
 
-def weight_files() -> list[WeightFile]:
-    """What `lockn-bod weights fetch ditto` downloads (the mode registry's hook)."""
-    return DittoFiles().all()
+def is_tiny(config: Any) -> bool:
+    """Whether a pipeline's JSON `config` option names the file-free tiny preset."""
+    if isinstance(config, dict):
+        config = config.get("preset", "official")
+    return config == "tiny"
+
+
+def weight_files(cache_dir: str | Path | None = None, config: Any = None, **options) -> list[WeightFile]:
+    """What `lockn-bod weights fetch ditto` downloads (the mode registry's hook).
+
+    Takes the backend's options: the tiny preset needs no file; with `cache_dir` the
+    files are looked for (and loaded) there instead of the standard HF cache.
+    """
+    if is_tiny(config):
+        return []
+    files = DittoFiles().all()
+    return files if cache_dir is None else [replace(f, cache_dir=str(cache_dir)) for f in files]

@@ -115,15 +115,19 @@ class DDIMSampler:
     @torch.no_grad()
     def predict(self, x, cond_frame, cond, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x: 1 x L x 265 at step t -> (pred_noise, guided x0), both 1 x L x 265."""
-        t_vec = torch.full((x.shape[0],), t, dtype=torch.long)
+        t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         x0 = self.model.guided(x, cond_frame, cond, t_vec)
         noise = self.sqrt_recip1m[t] * x - x0 / self.sqrt_recipm1[t]
         return noise, x0
 
     @torch.no_grad()
     def sample(self, cond_frame: torch.Tensor, cond: torch.Tensor, x_init: torch.Tensor) -> torch.Tensor:
-        """cond_frame: 1 x 265; cond: 1 x L x 1103; x_init: 1 x L x 265 -> 1 x L x 265."""
-        x = x_init
+        """cond_frame: 1 x 265; cond: 1 x L x 1103; x_init: 1 x L x 265 -> 1 x L x 265,
+        on the model's device (inputs are moved there; the noise once, on first use)."""
+        device = next(self.model.parameters()).device
+        if self.step_noise and self.step_noise[0].device != device:
+            self.step_noise = [n.to(device) for n in self.step_noise]
+        x, cond_frame, cond = x_init.to(device), cond_frame.to(device), cond.to(device)
         for i, (t, t_next) in enumerate(self.time_pairs):
             pred_noise, x0 = self.predict(x, cond_frame, cond, t)
             if t_next < 0:

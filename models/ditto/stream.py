@@ -149,7 +149,7 @@ class MotionStream:
         out = self.sampler.sample(
             torch.from_numpy(carry.kp_cond[None].astype(np.float32)), torch.from_numpy(cond[None]), x_init
         )
-        return out[0].numpy()
+        return out[0].float().cpu().numpy()
 
     def _merge(self, carry: StreamCarry, pred: np.ndarray) -> None:
         """Blend the new window into the motion so far, then smooth across the seam."""
