@@ -274,6 +274,9 @@ async def restrict_host_candidates(pc: RTCPeerConnection, addresses: list[str]) 
             connection._local_candidates += await connection.get_component_candidates(
                 component=component, addresses=addresses)
         connection._local_candidates_end = True
+        if not connection._local_candidates:
+            raise ServiceError(500, "no_ice_candidates",
+                               f"cannot listen on any of webrtc.host_addresses {addresses} (not on this machine?)")
 
 
 # ---------------- peers ----------------

@@ -7,7 +7,6 @@ goes to artifacts/browser/ under the repository root (git-ignored).
 """
 from __future__ import annotations
 
-import io
 import time
 import wave
 from pathlib import Path

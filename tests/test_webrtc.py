@@ -348,3 +348,33 @@ def test_bad_offers_and_the_peer_limit(app):
 
     r = asyncio.run(main())
     assert r.status_code == 429 and r.json()["code"] == "too_many_peers"
+
+
+# ---------------- in-process pieces (no cluster) ----------------
+def test_upsampler_keeps_every_frame_on_its_own_48k_samples():
+    from deployments.webrtc import Upsampler48k
+
+    up, out = Upsampler48k(), []
+    for k in range(10):  # a step up at frame 5
+        up.push(np.full(SAMPLES_PER_FRAME, 0.5 if k >= 5 else 0.0, np.float32))
+        out.append(up.pop(960))
+        out.append(up.pop(960))
+    signal = np.concatenate(out)
+    assert len(signal) == 10 * 1920
+    step_at = int(np.flatnonzero(signal > 0.25 * 32767)[0])
+    assert abs(step_at - 5 * 1920) <= 48, f"the step is {step_at - 5 * 1920} samples off (48 = 1 ms)"
+
+
+def test_host_addresses_that_are_not_here_are_refused():
+    from deployments.protocol import ServiceError
+
+    async def main():
+        pc = RTCPeerConnection(rtc_configuration(WebRtcArgs()))
+        pc.addTransceiver("video", direction="recvonly")
+        try:
+            with pytest.raises(ServiceError, match="host_addresses"):
+                await restrict_host_candidates(pc, ["198.51.100.7"])  # TEST-NET-2: on no machine
+        finally:
+            await pc.close()
+
+    asyncio.run(main())
