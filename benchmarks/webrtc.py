@@ -11,7 +11,10 @@ Prints JSON:
 - av_offset_ms: each utterance's audio onset and end (a tone, found in the
   decoded Opus) against the first and last speech frame (found in the decoded
   video), on the client's receiver clocks; drift = the last utterances' mean
-  offset minus the first ones'. Target: |offset| <= 40 ms over 5 minutes.
+  offset minus the first ones'. Only edges whose neighbouring video frames
+  both arrived count (`clean_*`). Target: |offset| <= 40 ms over 5 minutes;
+- frames: sent by the server against decoded by the client; load_average_1m:
+  the machine's load at the start and end (the box may be shared).
 
     python benchmarks/webrtc.py [--duration-s 30] [--sessions 1] [--size 256]
     python benchmarks/webrtc.py --duration-s 300        # the 5-minute drift target
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws  # noqa: E402
-from tests.test_webrtc import WebRtcClient, speech_pcm16, speech_runs, tone_runs  # noqa: E402
+from tests.test_webrtc import WebRtcClient, speech_pcm16, tone_runs  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHUNK_SAMPLES = 3200  # 200 ms at 16 kHz
@@ -83,27 +86,52 @@ async def speak(ws, duration_s: float, utterance_s: float, cycle_s: float) -> in
     return utterances
 
 
+def video_speech_edges(video: list[tuple[float, bool, int]]) -> list[tuple[float, float, bool, bool]]:
+    """[(start_s, end_s, start_clean, end_clean)] of speech runs; an edge is clean when the frames on
+    both sides of it both arrived (a lost frame there would move the edge)."""
+    runs, start = [], None
+    for (t_prev, s_prev, _), (t_s, is_speech, _) in zip(video, video[1:]):
+        adjacent = abs(t_s - t_prev - 1 / 25) < 1e-3
+        if is_speech and not s_prev:
+            start = (t_s, adjacent)
+        elif s_prev and not is_speech and start is not None:
+            runs.append((start[0], t_s, start[1], adjacent))
+            start = None
+    return runs
+
+
 def av_offsets(client: WebRtcClient) -> dict:
     """Onset and end offsets (audio minus video) of every run of speech both tracks show."""
-    video, audio = speech_runs(client.got.video), tone_runs(*client.got.audio_signal())
-    pairs = []
-    for v_start, v_end in video:  # runs may be split by idle frames; each side shows the same split
+    video, audio = video_speech_edges(client.got.video), tone_runs(*client.got.audio_signal())
+    onsets, ends = [], []
+    for v_start, v_end, start_clean, end_clean in video:  # runs may be split by idle frames: both sides show it
         nearest = min(audio, key=lambda a: abs(a[0] - v_start), default=None)
-        if nearest is not None and abs(nearest[0] - v_start) <= EDGE_MATCH_S:
-            pairs.append((nearest[0] - v_start, nearest[1] - v_end))
-    if not pairs:
-        return {"speech_runs": 0}
-    onsets = np.array([p[0] for p in pairs]) * 1000
-    ends = np.array([p[1] for p in pairs]) * 1000
-    both = np.concatenate([onsets, ends])
-    k = min(DRIFT_EDGE_UTTERANCES, len(pairs))
+        if nearest is None or abs(nearest[0] - v_start) > EDGE_MATCH_S:
+            continue
+        if start_clean:
+            onsets.append(1000 * (nearest[0] - v_start))
+        if end_clean:
+            ends.append(1000 * (nearest[1] - v_end))
+    if not onsets:
+        return {"speech_runs": len(video), "clean_onsets": 0}
+    both = np.array(onsets + ends)
+    k = min(DRIFT_EDGE_UTTERANCES, len(onsets))
     return {
-        "speech_runs": len(pairs), "video_runs": len(video), "audio_runs": len(audio),
-        "onset_mean_ms": round(float(onsets.mean()), 2), "end_mean_ms": round(float(ends.mean()), 2),
+        "speech_runs": len(video), "audio_runs": len(audio), "clean_onsets": len(onsets), "clean_ends": len(ends),
+        "onset_mean_ms": round(float(np.mean(onsets)), 2), "end_mean_ms": round(float(np.mean(ends)), 2) if ends else None,
         "max_abs_ms": round(float(np.abs(both).max()), 2),
-        "first_ms": round(float(onsets[:k].mean()), 2), "last_ms": round(float(onsets[-k:].mean()), 2),
-        "drift_ms": round(float(onsets[-k:].mean() - onsets[:k].mean()), 2),
+        "first_ms": round(float(np.mean(onsets[:k])), 2), "last_ms": round(float(np.mean(onsets[-k:])), 2),
+        "drift_ms": round(float(np.mean(onsets[-k:]) - np.mean(onsets[:k])), 2),
     }
+
+
+def server_side(base: str, session_id: str, client: WebRtcClient) -> dict:
+    """Frames the server sent against frames the client decoded (a gap here is loss, not pacing)."""
+    peer = httpx.get(f"{base}/v1/sessions/{session_id}/webrtc").json()["peers"][0]
+    elapsed_s = time.time() - peer["created_at"]
+    return {"server_video_frames_sent": peer["video_frames_sent"], "client_video_frames": len(client.got.video),
+            "server_audio_blocks_sent": peer["audio_blocks_sent"], "client_audio_blocks": len(client.got.audio),
+            "server_sent_fps": round(peer["video_frames_sent"] / elapsed_s, 2)}
 
 
 async def open_sessions(base: str, persona: str, n: int) -> list[tuple[str, object]]:
@@ -120,6 +148,7 @@ async def measure(base: str, persona: str, args) -> dict:
     sessions = await open_sessions(base, persona, args.sessions)
     drains = [asyncio.create_task(drain(ws)) for _, ws in sessions]
     clients: list[WebRtcClient] = []
+    load_start = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     try:
         baseline_cores = await cores_over(args.baseline_s)
         answers, firsts = [], []
@@ -139,6 +168,7 @@ async def measure(base: str, persona: str, args) -> dict:
         fps = [(len(c.got.video) - n0) / wall_s for c, n0 in zip(clients, counts0)]
         await asyncio.sleep(0.5)  # the last utterance's audio
         offsets = [av_offsets(c) for c in clients]
+        served = [server_side(base, session_id, c) for (session_id, _), c in zip(sessions, clients)]
     finally:
         for client in clients:
             await client.close()
@@ -153,6 +183,8 @@ async def measure(base: str, persona: str, args) -> dict:
         "offer_to_answer_ms": [round(a, 1) for a in answers],
         "offer_to_first_frame_ms": [round(f, 1) for f in firsts],
         "sustained_fps": [round(f, 2) for f in fps],
+        "frames": served,
+        "load_average_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "host_cpu": {"cores_ws_only": round(baseline_cores, 3), "cores_with_webrtc": round(with_webrtc_cores, 3),
                      "encode_cores_per_session": round((with_webrtc_cores - baseline_cores) / args.sessions, 3)},
         "av_offset_ms": {"per_session": offsets, "max_abs_ms": worst, "target_max_abs_ms": 40.0,

@@ -60,6 +60,7 @@ AUDIO_BLOCKS_PER_FRAME = 2  # 20 ms blocks: Opus's packet size
 AUDIO_OUT_SAMPLES_PER_BLOCK = AUDIO_OUT_RATE_HZ // FPS // AUDIO_BLOCKS_PER_FRAME  # 960
 KEEP_PAST_FRAMES = FPS  # frames more than 1 s old are dropped, read or not
 FEED_POLL_S = 1.0  # a waiting track re-checks that its feed is alive this often
+LATE_AUDIO_GRACE_S = 0.1  # how long the audio waits for a frame the session publishes late
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -143,13 +144,24 @@ class SessionFeed:
             await self._wait_changed(wait_s)
 
     async def audio_of(self, pts: int) -> np.ndarray:
-        """Frame `pts`'s output audio (640 float32 at 16 kHz), at its due time; silence if it is missing then."""
+        """Frame `pts`'s output audio (640 float32 at 16 kHz), at its due time.
+
+        A frame the session publishes late is waited for (up to LATE_AUDIO_GRACE_S: sent late,
+        still stamped right, as its video will be); one it skipped (a later frame is already
+        here) or never sends plays as silence, so the audio timeline never slips.
+        """
         while (wait_s := self.clock.due(pts) - time.time()) > 0:
             await self._wait_changed(wait_s)
+        deadline = self.clock.due(pts) + LATE_AUDIO_GRACE_S
+        while pts not in self._frames and not self._has_after(pts) and (left_s := deadline - time.time()) > 0:
+            await self._wait_changed(left_s)
         if self.end_reason is not None:
             raise MediaStreamError(self.end_reason)
         entry = self._frames.get(pts)
         return entry[1] if entry is not None else np.zeros(SAMPLES_PER_FRAME, np.float32)
+
+    def _has_after(self, pts: int) -> bool:
+        return any(p > pts for p in self._frames)
 
 
 async def _sleep_until(wall_s: float) -> None:
