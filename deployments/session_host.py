@@ -62,7 +62,7 @@ class SessionHostImpl:
             # starts in still mode and switches when its (possibly degraded) backend is up.
             placement = await self.vram.place(session_id, mode, allow_still=allow_still,
                                               max_wait_s=max_wait_s, resolution_px=resolution_px)
-            backend = self.vram.backend(placement, self.remote)
+            backend = self.vram.backend(session_id, mode, self.remote)
         self.store.acquire(persona_id, session_id)
         session = Session(session_id, persona_id, mode, sample_rate_hz, controls, self.still,
                           backend, self._session_config(mode))
@@ -116,6 +116,12 @@ class SessionHostImpl:
         self.store.release(session.persona_id, session_id)
         if self.vram is not None and session.requested_mode in self.remote:
             await self.vram.ended(session_id)
+
+    async def vram_notice(self, session_id: str, decision: dict) -> None:
+        """The VramController moved this session off its backend (a shed): later calls
+        fail at once with its reason, so the session falls back to still mode and says why."""
+        if self.vram is not None:
+            self.vram.notice(session_id, decision)
 
     async def list_sessions(self) -> list[dict]:
         return [s.info().model_dump() for s in self.sessions.values()]

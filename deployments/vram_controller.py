@@ -45,10 +45,12 @@ from .vram import (
     NvmlProbe, PeakReport, SessionEnded, SessionRequest, SimulatedDevice, default_config,
 )
 from .vram.autoscaling import publish_desired
+from .vram.data import SHED_CODES
 from .vram.policy import Phase
 
 log = logging.getLogger("ray.serve")
 CONTROLLER_NAME = "VramController"
+SESSION_HOST_NAME = "SessionHost"
 # Scripted neighbours' PIDs start above Linux's pid_max (2**22): never a real process's.
 SIMULATED_FIRST_PID = 10_000_000
 # Decisions kept per session for `place` (a session sees a handful in its life).
@@ -210,6 +212,7 @@ class VramControllerImpl:
         self._wake = asyncio.Event()
         self._by_session: dict[str, list[Decision]] = {}
         self._published: dict[str, int] | None = None
+        self._hosts = None  # SessionHost handle, made on first use (it binds us, not we it)
         self._publish(force=True)
         self._task = asyncio.get_event_loop().create_task(self._run(), name="vram controller")
 
@@ -248,6 +251,10 @@ class VramControllerImpl:
         return decisions
 
     def _apply(self, decisions: list[Decision], requests: list) -> None:
+        # Sessions leave a backend before its replica goes: tell their hosts first.
+        for d in decisions:
+            if d.code in SHED_CODES and d.session_id is not None:
+                self._tell_host(d)
         self._publish()
         for d in decisions:
             level = logging.WARNING if d.action in (Action.REFUSE, Action.UNLOAD) else logging.INFO
@@ -264,6 +271,13 @@ class VramControllerImpl:
                 self.controller.save_profiles()
             except OSError as err:
                 log.warning("vram: cannot save profiles: %s", err)
+
+    def _tell_host(self, d: Decision) -> None:
+        """Push a decision to the SessionHost that holds the session (session-affinity
+        routed by its id); fire and forget, the host logs what it cannot apply."""
+        if self._hosts is None:
+            self._hosts = serve.get_deployment_handle(SESSION_HOST_NAME, app_name=self.app_name)
+        self._hosts.vram_notice.remote(session_id=d.session_id, decision=decision_json(d))
 
     def _publish(self, force: bool = False) -> None:
         desired = {backend_deployment_name(m): n for m, n in self.controller.desired_replicas().items()}
@@ -323,10 +337,23 @@ class VramControllerImpl:
         self._by_session.pop(session_id, None)
         self._wake.set()
 
-    async def wait_resident(self, mode: str, timeout_s: float) -> dict:
-        ok = await self._wait_for(lambda: self._phase(mode) == Phase.RESIDENT, timeout_s)
-        phase = self._phase(mode)
-        return {"ok": ok, "phase": phase.value if phase else "absent"}
+    async def demote(self, session_id: str) -> None:
+        """The session stays in still mode for good (shed, or its wait timed out): it
+        holds no seat, so the policy never loads a backend for it again."""
+        self._inbox += [SessionEnded(session_id), SessionRequest(session_id, STILL_MODE)]
+        self._wake.set()
+
+    async def wait_session(self, session_id: str, timeout_s: float) -> dict:
+        """Wait until the policy has the session on a resident backend; returns its mode
+        (a substitute, maybe, or the one it was upgraded to from still)."""
+        def ready() -> bool:
+            session = self.controller.state.sessions.get(session_id)
+            return session is not None and self._phase(session.mode) == Phase.RESIDENT
+
+        ok = await self._wait_for(ready, timeout_s)
+        session = self.controller.state.sessions.get(session_id)
+        return {"ok": ok, "mode": session.mode if session is not None else None,
+                "target": session.target.mode if session is not None and session.target else None}
 
     # ---------------- backends (LeasedBackendDeployment) ----------------
     async def lease(self, mode: str, pid: int) -> dict:
@@ -448,32 +475,56 @@ class LeasedBackendDeployment(BackendDeployment):
 
 
 class GatedBackend:
-    """A session's backend that is called only once the controller has it resident.
+    """A session's backend, called only once the controller has the session on a
+    resident backend, and no more once the controller takes it away.
 
-    Until then the session renders still frames (its warm-up awaits `start`), so no
-    request waits on a zero-replica deployment and Serve's cold-start path never
-    loads a backend the controller has not admitted."""
+    Until `start` returns the session renders still frames (its warm-up awaits it), so
+    no request waits on a zero-replica deployment and Serve's cold-start path never
+    loads a backend the controller has not admitted. The mode is the controller's: the
+    requested one, a substitute, or the one a still session is upgraded to. `revoke`
+    (a shed) makes every later call fail at once with the controller's reason, so the
+    session falls back to still mode (its `error` and `mode_changed` events say why)
+    before the replica is gone, instead of waiting on a deployment at zero replicas."""
 
-    def __init__(self, remote: RemoteBackend, vram: Any, ready_timeout_s: float):
-        self.mode, self.remote, self.vram, self.ready_timeout_s = remote.mode, remote, vram, ready_timeout_s
+    def __init__(self, session_id: str, requested_mode: str, remotes: dict[str, RemoteBackend],
+                 vram: Any, ready_timeout_s: float):
+        self.session_id, self.mode, self.remotes = session_id, requested_mode, remotes
+        self.vram, self.ready_timeout_s = vram, ready_timeout_s
+        self.remote: RemoteBackend | None = None
+        self.revoked: str | None = None
+
+    def revoke(self, reason: str) -> None:
+        self.revoked = reason
+
+    def _backend(self) -> RemoteBackend:
+        if self.revoked is not None:
+            raise BackendRevoked(self.revoked)
+        return self.remote
 
     async def start(self, persona_id, controls):
-        state = await self.vram.wait_resident.remote(self.mode, self.ready_timeout_s)
-        if not state["ok"]:
-            raise RuntimeError(f"{self.mode} not loaded within {self.ready_timeout_s:.0f}s ({state['phase']})")
-        return await self.remote.start(persona_id, controls)
+        state = await self.vram.wait_session.remote(self.session_id, self.ready_timeout_s)
+        if not state["ok"] or state["mode"] not in self.remotes:
+            await self.vram.demote.remote(self.session_id)
+            raise RuntimeError(f"no backend was loaded for this session within {self.ready_timeout_s:.0f}s "
+                               f"(controller: {state['mode'] or 'session unknown'})")
+        self.mode, self.remote = state["mode"], self.remotes[state["mode"]]
+        return await self._backend().start(persona_id, controls)
 
     async def render(self, persona_id, carry, audio16k, controls):
-        return await self.remote.render(persona_id, carry, audio16k, controls)
+        return await self._backend().render(persona_id, carry, audio16k, controls)
 
     async def flush(self, persona_id, carry, controls):
-        return await self.remote.flush(persona_id, carry, controls)
+        return await self._backend().flush(persona_id, carry, controls)
 
     async def idle(self, persona_id, carry, n, controls):
-        return await self.remote.idle(persona_id, carry, n, controls)
+        return await self._backend().idle(persona_id, carry, n, controls)
 
     async def warnings(self, persona_id):
-        return await self.remote.warnings(persona_id)
+        return await self._backend().warnings(persona_id)
+
+
+class BackendRevoked(RuntimeError):
+    """The VRAM controller moved this session off its backend (the message says why)."""
 
 
 class VramGate:
@@ -481,6 +532,7 @@ class VramGate:
 
     def __init__(self, handle: Any, ready_timeout_s: float):
         self.handle, self.ready_timeout_s = handle, ready_timeout_s
+        self.gates: dict[str, GatedBackend] = {}
 
     async def place(self, session_id: str, mode: str, *, allow_still: bool = True,
                     max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
@@ -493,17 +545,23 @@ class VramGate:
             raise ServiceError(503, placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
         return placement
 
-    def backend(self, placement: dict, remote: dict[str, RemoteBackend]) -> GatedBackend | None:
-        """What the session renders with once ready: the placed mode, the mode it waits
-        for while still, or None (still for good: no room)."""
-        mode = placement.get("mode")
-        if mode == STILL_MODE:
-            mode = (placement.get("target") or {}).get("mode")
-        if mode is None or mode not in remote:
-            return None
-        return GatedBackend(remote[mode], self.handle, self.ready_timeout_s)
+    def backend(self, session_id: str, mode: str, remotes: dict[str, RemoteBackend]) -> GatedBackend:
+        """What the session renders with once the controller has its backend resident:
+        at once, after a load, or (still for lack of room) when room appears."""
+        gate = GatedBackend(session_id, mode, remotes, self.handle, self.ready_timeout_s)
+        self.gates[session_id] = gate
+        return gate
+
+    def notice(self, session_id: str, decision: dict) -> None:
+        """A decision the controller pushed for a live session (a shed)."""
+        gate = self.gates.get(session_id)
+        if gate is not None:
+            gate.revoke(f"{decision['reason']} ({decision['code']})")
+            # A Session cannot warm up a second backend (no hook for it): still for good.
+            self.handle.demote.remote(session_id)
 
     async def ended(self, session_id: str) -> None:
+        self.gates.pop(session_id, None)
         try:
             await asyncio.wait_for(self.handle.ended.remote(session_id), 10.0)
         except Exception as err:  # the controller also forgets nothing: log and go on

@@ -206,3 +206,36 @@ def test_a_session_that_refuses_still_mode_is_queued_with_an_eta_until_its_backe
     assert time.time() - t0 < 30
     watch_until_mode(app, session["session_id"], "pattern", timeout_s=10)
     close(app, session["session_id"])
+
+
+def test_a_neighbour_that_grows_under_a_live_session_sheds_it_to_still_with_the_reason(app):
+    reset_llm(app)
+    r = post_session(app)
+    assert r.status_code == 201, r.text
+    session = r.json()
+    assert session["placement"]["code"] in ("admitted", "wait_for_load")
+
+    async def main():
+        async with await open_ws(app["base"], session["session_id"]) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            # Budget 5 GiB < the 6 GiB held for a backend with a session: shed it.
+            await app["controller"].set_neighbour.remote("llm", 17 * GIB)
+            await viewer.recv_until(lambda v: v.in_mode("still"), 10)
+            n = len(viewer.frames)
+            await viewer.recv_until(lambda v: len(v.frames) >= n + 25, 5)  # keeps streaming
+            return viewer
+
+    viewer = asyncio.run(main())
+    error = next(e for e in viewer.events if e["type"] == "error")
+    assert "shed_over_budget" in error["reason"] and "must be unloaded" in error["reason"]
+    switch = [e for e in viewer.events if e["type"] == "mode_changed"][-1]
+    assert switch["mode"] == "still" and "shed_over_budget" in switch["reason"]
+    wait_for(lambda: "pattern" not in gpu(app)["backends"], 5, "pattern unloaded after the shed")
+    snapshot = gpu(app)
+    assert "shed_over_budget" in codes(snapshot)
+    assert snapshot["sessions"][session["session_id"]]["mode"] == "still"
+    time.sleep(1.0)  # the shed session holds no seat: nothing is loaded again for it
+    assert "pattern" not in gpu(app)["backends"]
+    assert snapshot["simulated"]["neighbour_oom_events"] == 0
+    close(app, session["session_id"])
