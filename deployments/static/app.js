@@ -449,17 +449,19 @@ class Page {
   }
 }
 
-/** Whatever /v1/gpu reports: used/total when it names them, else its first few fields. */
+const GIB = 2 ** 30;
+const gib = (bytes) => `${(bytes / GIB).toFixed(1)} GiB`;
+
+/** GET /v1/gpu (the VRAM controller's view): device use, our budget and what our backends hold. */
 function formatGpu(body) {
-  const gpus = Array.isArray(body.gpus) ? body.gpus : [body];
-  return gpus.map((g) => {
-    const used = g.used_bytes ?? (g.used_mib ?? g.used_mb) * 2 ** 20;
-    const total = g.total_bytes ?? (g.total_mib ?? g.total_mb) * 2 ** 20;
-    if (Number.isFinite(used) && Number.isFinite(total)) {
-      return `${(used / 2 ** 30).toFixed(1)} / ${(total / 2 ** 30).toFixed(1)} GiB`;
-    }
-    return JSON.stringify(g).slice(0, 80);
-  }).join("; ");
+  if (body.enabled === false) return `not tracked (${body.reason || "no VRAM controller"})`;
+  if (Number.isFinite(body.total_bytes) && body.total_bytes > 0) {
+    const used = body.total_bytes - (body.free_bytes ?? 0);
+    const ours = Number.isFinite(body.ledger_bytes) ? `, avatar ${gib(body.ledger_bytes)}` : "";
+    const budget = Number.isFinite(body.budget_bytes) ? ` of budget ${gib(body.budget_bytes)}` : "";
+    return `${gib(used)} / ${gib(body.total_bytes)} used${ours}${budget}${body.emergency ? " (emergency)" : ""}`;
+  }
+  return "no reading yet";
 }
 
 new Page().init();
