@@ -23,7 +23,8 @@ from deployments.router import RouterImpl
 from deployments.session_host import SessionHostImpl
 from deployments.vram.autoscaling import follow_vram_controller
 from deployments.vram_controller import (
-    CONTROLLER_NAME, LeasedBackendDeployment, VramControllerImpl, backend_deployment_name, resolve_probe,
+    CONTROLLER_NAME, LeasedBackendDeployment, VramControllerImpl, backend_deployment_name, controlled_modes,
+    resolve_probe,
 )
 
 # Scale-down must not wait Serve's default 600 s; scale-up reacts within seconds.
@@ -89,11 +90,10 @@ def build_app(raw_args: dict) -> Application:
     args = AppArgs.model_validate(raw_args or {})
     args.persona_dir.mkdir(parents=True, exist_ok=True)
     args.vram = args.vram.model_copy(update={"probe": resolve_probe(args.vram)})
-    controller = vram_controller_app(args) if args.vram.probe != "off" and args.backends else None
-    if controller is None:
-        backends = {mode: backend_app(mode, b, args) for mode, b in args.backends.items()}
-    else:
-        backends = {mode: leased_backend_app(mode, b, args, controller) for mode, b in args.backends.items()}
+    controlled = controlled_modes(args)
+    controller = vram_controller_app(args) if controlled else None
+    backends = {mode: leased_backend_app(mode, b, args, controller) if mode in controlled
+                else backend_app(mode, b, args) for mode, b in args.backends.items()}
     vram = {"vram": controller} if controller is not None else {}
     host_options = {"num_cpus": 0.25}
     if controller is not None:

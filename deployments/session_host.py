@@ -38,7 +38,7 @@ class SessionHostImpl:
     def __init__(self, args: dict, backend_handles: dict[str, Any], vram: Any = None):
         self.args = AppArgs.model_validate(args)
         # The VramController's handle when it runs: sessions of GPU modes are placed by it.
-        self.vram = VramGate(vram, self.args.timeouts.backend_ready_timeout_s) if vram is not None else None
+        self.vram = VramGate(vram, self.args) if vram is not None else None
         self.store = PersonaStore(self.args.persona_dir, self.args.limits)
         self.still = LocalBackend(build_pipeline("still"), self.store, inline=True)
         self.local_test_modes = {m: LocalBackend(build_pipeline(m), self.store)
@@ -57,7 +57,7 @@ class SessionHostImpl:
                                retry_after_s=30)
         session_id = f"{self.host_id}.{secrets.token_urlsafe(16)}"
         backend, placement = self._backend_for(mode), None
-        if self.vram is not None and mode in self.remote:
+        if self.vram is not None and self.vram.controls(mode):
             # Refused: 503 with Retry-After and the policy's reason. Otherwise the session
             # starts in still mode and switches when its (possibly degraded) backend is up.
             placement = await self.vram.place(session_id, mode, allow_still=allow_still,
@@ -114,7 +114,7 @@ class SessionHostImpl:
             raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
         await session.close(reason)
         self.store.release(session.persona_id, session_id)
-        if self.vram is not None and session.requested_mode in self.remote:
+        if self.vram is not None and self.vram.controls(session.requested_mode):
             await self.vram.ended(session_id)
 
     async def vram_notice(self, session_id: str, decision: dict) -> None:

@@ -81,15 +81,25 @@ def resolve_probe(vram: VramArgs) -> str:
         return "off"
 
 
+def _specs(args: AppArgs) -> dict:
+    return {b.mode: b for b in (args.vram.backends if args.vram.backends is not None
+                                else default_config().backends)}
+
+
+def controlled_modes(args: AppArgs) -> list[str]:
+    """Backend modes the controller drives: those with a spec (vram.backends, or the
+    shipped defaults for the neural modes). Others (the CPU `pattern` test mode without
+    a spec) keep Serve's request-driven autoscaling and need no placement."""
+    if args.vram.probe == "off":
+        return []
+    specs = _specs(args)
+    return [m for m in args.backends if m in specs]
+
+
 def controller_config(args: AppArgs) -> ControllerConfig:
-    """The policy's config for the app's GPU backends: vram.backends, or the shipped
-    defaults for the configured modes (substitutes limited to modes served here)."""
-    modes = list(args.backends)
-    specs = {b.mode: b for b in (args.vram.backends or default_config().backends)}
-    missing = [m for m in modes if m not in specs]
-    if missing:
-        raise ValueError(f"vram.backends has no spec for backend mode(s) {missing}: give load_time_s "
-                         "and variants for each, or set vram.probe to 'off'")
+    """The policy's config for the controlled backends (substitutes limited to those)."""
+    modes = controlled_modes(args)
+    specs = _specs(args)
     backends = tuple(specs[m].model_copy(update={"substitutes": tuple(s for s in specs[m].substitutes if s in modes)})
                      for m in modes)
     profile_path = args.data_dir / args.vram.profile_file if args.vram.profile_file else None
@@ -530,9 +540,13 @@ class BackendRevoked(RuntimeError):
 class VramGate:
     """The SessionHost's side: placement on create, SessionEnded on close."""
 
-    def __init__(self, handle: Any, ready_timeout_s: float):
-        self.handle, self.ready_timeout_s = handle, ready_timeout_s
+    def __init__(self, handle: Any, args: AppArgs):
+        self.handle, self.ready_timeout_s = handle, args.timeouts.backend_ready_timeout_s
+        self.modes = frozenset(controlled_modes(args))
         self.gates: dict[str, GatedBackend] = {}
+
+    def controls(self, mode: str) -> bool:
+        return mode in self.modes
 
     async def place(self, session_id: str, mode: str, *, allow_still: bool = True,
                     max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
