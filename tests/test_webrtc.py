@@ -172,15 +172,30 @@ def app(ray_serve, tmp_path_factory):
 
 @contextlib.asynccontextmanager
 async def pattern_session(app):
-    """A pattern-mode session with a WebSocket open (events, audio in); deleted afterwards."""
+    """A pattern-mode session with a WebSocket open (events, audio in); deleted afterwards.
+
+    A reader task keeps draining the socket into the viewer (use `seen` to wait on it):
+    unread frames would stall the websockets client, and its close with them.
+    """
     session_id = create_session(app["base"], app["persona"], "pattern")["session_id"]
-    try:
-        async with await open_ws(app["base"], session_id) as ws:
-            viewer = WsViewer(ws)
-            await viewer.recv_until(lambda v: v.in_mode("pattern"), 60)
+    async with await open_ws(app["base"], session_id) as ws:
+        viewer = WsViewer(ws)
+        reader = asyncio.create_task(viewer.recv_until(lambda v: False, 3600))
+        try:
+            await seen(viewer, lambda v: v.in_mode("pattern"), 60)
             yield session_id, ws, viewer
-    finally:
-        httpx.delete(f"{app['base']}/v1/sessions/{session_id}")
+        finally:
+            await asyncio.to_thread(httpx.delete, f"{app['base']}/v1/sessions/{session_id}")
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def seen(viewer: WsViewer, cond, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond(viewer):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not seen within {timeout_s} s; last events: {viewer.events[-5:]}")
+        await asyncio.sleep(0.02)
 
 
 def peers(app, session_id: str) -> list[dict]:
@@ -235,7 +250,7 @@ def test_audio_and_video_stay_within_one_frame(app):
                 for i in range(0, len(pcm), 3200):  # 200 ms chunks, faster than real time
                     await ws.send(pcm[i : i + 3200].tobytes())
                 await ws.send(json.dumps({"type": "end_of_speech"}))
-                await viewer.recv_until(lambda v: v.has("speech_ended"), 30)
+                await seen(viewer, lambda v: v.has("speech_ended"), 30)
                 await client.wait_for(lambda g: len(speech_runs(g.video)) >= 1 and len(g.audio) > 0, 10, "speech")
                 await asyncio.sleep(0.3)  # the audio of the last frames
                 start_pts = peers(app, session_id)[0]["start_pts"]
@@ -269,7 +284,7 @@ def test_interrupt_stops_speech_in_video_and_audio_within_one_frame(app):
                     await ws.send(pcm[i : i + 16000].tobytes())
                 await client.wait_for(lambda g: sum(s for _, s, _ in g.video) >= 25, 20, "1 s of speech")
                 await ws.send(json.dumps({"type": "interrupt"}))
-                await viewer.recv_until(lambda v: v.has("speech_ended", reason="interrupted"), 10)
+                await seen(viewer, lambda v: v.has("speech_ended", reason="interrupted"), 10)
                 await asyncio.sleep(1.0)
                 start_pts = peers(app, session_id)[0]["start_pts"]
                 return client, viewer, start_pts
