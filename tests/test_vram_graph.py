@@ -11,19 +11,86 @@ Numbers: a 24 GiB device, floor 1 GiB, growth allowance 1 GiB; the LLM starts at
 The tests run in order and each starts from the state the previous one left.
 """
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from ray import serve
 
+from deployments.config import AppArgs
+from deployments.vram import NeighbourScript, SimulatedDevice
+from deployments.vram.autoscaling import follow_vram_controller, publish_desired
+from deployments.vram_controller import (
+    BackendRevoked, GatedBackend, controlled_modes, controller_config, pid_alive,
+)
 from tests.conftest import deploy_app
 from tests.graph_client import WsViewer, create_persona, open_ws
 
-pytestmark = pytest.mark.graph
 GIB = 1024**3
 APP = "lockn-bod"
 RETRY_AFTER_S = 7
+
+
+# ---------------------------------------------------------------- pieces, without Ray
+
+
+def test_a_simulated_allocation_is_freed_when_its_process_exits():
+    device = SimulatedDevice(24 * GIB, [NeighbourScript("llm", ((0.0, 4 * GIB),), (11439,))], first_pid=10_000_000)
+    device.advance(0.0)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert device.attach("pattern", child.pid, 6 * GIB)
+    assert {p.pid: p.used_bytes for p in device.read().processes}[child.pid] == 6 * GIB
+    assert not device.attach("big", os.getpid(), 15 * GIB)  # 14 GiB free: a backend OOM
+    assert len(device.backend_ooms) == 1
+    child.wait()
+    assert not pid_alive(child.pid) and pid_alive(os.getpid())
+    assert device.reap(pid_alive) == ["pattern"] and device.free_bytes() == 20 * GIB
+    device.want("llm", 25 * GIB)  # 21 GiB more than it has, 20 free: one OOM event, it keeps asking
+    assert len(device.neighbour_ooms) == 1 and device.neighbours_used_bytes() == 4 * GIB
+
+
+def test_the_controller_drives_the_backends_that_have_a_spec():
+    args = AppArgs.model_validate({"enable_test_modes": True, "vram": {"probe": "nvml"},
+                                   "backends": {"pattern": {}, "liveportrait": {}, "ditto": {}}})
+    assert controlled_modes(args) == ["liveportrait", "ditto"]  # pattern has no spec: not driven
+    config = controller_config(args)
+    assert [b.mode for b in config.backends] == ["liveportrait", "ditto"]
+    assert config.backend("ditto").substitutes == ("liveportrait",)  # musetalk is not served here
+    assert config.profile_path == args.data_dir / "vram_profiles.json"
+    off = AppArgs.model_validate({"vram": {"probe": "off"}})
+    assert controlled_modes(off) == []
+
+
+def test_a_revoked_backend_fails_at_once_with_the_controllers_reason():
+    class Remote:
+        mode = "pattern"
+
+        async def idle(self, persona_id, carry, n, controls):
+            return "frames", carry
+
+    gate = GatedBackend("s1", "pattern", {"pattern": Remote()}, vram=None, ready_timeout_s=1)
+    gate.remote = gate.remotes["pattern"]
+    assert asyncio.run(gate.idle("p", None, 1, None)) == ("frames", None)
+    gate.revoke("pattern must be unloaded: budget (shed_over_budget)")
+    with pytest.raises(BackendRevoked, match="shed_over_budget"):
+        asyncio.run(gate.idle("p", None, 1, None))
+
+
+# ---------------------------------------------------------------- the graph
+
+
+@pytest.mark.graph
+def test_the_autoscaling_policy_returns_the_published_target(ray_serve):
+    ctx = SimpleNamespace(app_name="policy-test", deployment_name="Backend-x", target_num_replicas=3)
+    assert follow_vram_controller(ctx) == (3, {})  # nothing published yet: keep the target
+    publish_desired("policy-test", {"Backend-x": 1})
+    assert follow_vram_controller(ctx) == (1, {})
+    publish_desired("policy-test", {"Backend-x": 0})
+    assert follow_vram_controller(ctx) == (0, {})
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +174,7 @@ def codes(snapshot: dict) -> list[str]:
     return [d["code"] for d in snapshot["decisions"]]
 
 
+@pytest.mark.graph
 def test_session_for_a_mode_not_resident_starts_still_and_switches_when_loaded(app):
     assert "pattern" not in gpu(app)["backends"] and backend_replicas("pattern") == 0
     r = post_session(app)
@@ -133,6 +201,7 @@ def test_session_for_a_mode_not_resident_starts_still_and_switches_when_loaded(a
     wait_for(lambda: not gpu(app)["sessions"], 5, "the controller saw the session end")
 
 
+@pytest.mark.graph
 def test_neighbour_grows_and_the_idle_backend_is_scaled_to_zero_within_2_s(app):
     snapshot = gpu(app)
     assert snapshot["backends"]["pattern"]["phase"] == "resident" and not snapshot["sessions"]
@@ -159,6 +228,7 @@ def test_neighbour_grows_and_the_idle_backend_is_scaled_to_zero_within_2_s(app):
     assert gpu(app)["desired_replicas"] == {"pattern": 0} and gpu(app)["free_bytes"] == 7 * GIB
 
 
+@pytest.mark.graph
 def test_no_room_degrades_to_lower_quality_then_still_then_503(app):
     # 5 GiB budget: 512 px (6 GiB) does not fit, 256 px (3 GiB) does.
     r = post_session(app)
@@ -193,6 +263,7 @@ def test_no_room_degrades_to_lower_quality_then_still_then_503(app):
     assert snapshot["simulated"]["neighbour_oom_events"] == 0
 
 
+@pytest.mark.graph
 def test_a_session_that_refuses_still_mode_is_queued_with_an_eta_until_its_backend_loads(app):
     reset_llm(app)
     assert "pattern" not in gpu(app)["backends"]
@@ -208,6 +279,7 @@ def test_a_session_that_refuses_still_mode_is_queued_with_an_eta_until_its_backe
     close(app, session["session_id"])
 
 
+@pytest.mark.graph
 def test_a_neighbour_that_grows_under_a_live_session_sheds_it_to_still_with_the_reason(app):
     reset_llm(app)
     r = post_session(app)
