@@ -36,6 +36,7 @@ TONE_HZ = 1000  # 40 whole periods per 640-sample frame: adds nothing to a frame
 TONE_AMPLITUDE = 0.3
 RMS_WINDOW_S = 0.0025
 MAX_PEERS = 2
+CONNECT_TIMEOUT_S = 4.0
 
 
 # ---------------- a real client ----------------
@@ -164,7 +165,7 @@ def app(ray_serve, tmp_path_factory):
         "backends": {},
         "limits": {"max_sessions": 4},
         "timeouts": {"disconnect_grace_s": 5},
-        "webrtc": {"max_peers_per_session": MAX_PEERS, "connect_timeout_s": 15},
+        "webrtc": {"max_peers_per_session": MAX_PEERS, "connect_timeout_s": CONNECT_TIMEOUT_S},
     }
     base = deploy_app(ray_serve, args)
     return {"base": base, "persona": create_persona(base, save=True)}
@@ -327,6 +328,23 @@ def test_peer_is_freed_when_the_client_closes_and_when_the_session_ends(app):
 
     viewers_with_peer, viewers_after = asyncio.run(main())
     assert viewers_after == viewers_with_peer - 1  # the peer's session viewer went with it
+
+
+def test_a_peer_that_never_connects_is_closed(app):
+    async def main():
+        async with pattern_session(app) as (session_id, _, _):
+            ghost = RTCPeerConnection(rtc_configuration(WebRtcArgs()))
+            ghost.addTransceiver("video", direction="recvonly")
+            await restrict_host_candidates(ghost, ["127.0.0.1"])
+            await ghost.setLocalDescription(await ghost.createOffer())
+            r = httpx.post(f"{app['base']}/v1/sessions/{session_id}/webrtc",
+                           json={"sdp": ghost.localDescription.sdp, "type": "offer"})
+            await ghost.close()  # the answer is never applied: no connectivity check ever reaches the server
+            assert r.status_code == 200 and len(peers(app, session_id)) == 1
+            await wait_until(lambda: peers(app, session_id) == [], CONNECT_TIMEOUT_S + 10, "ghost peer closed")
+            return httpx.get(f"{app['base']}/v1/sessions/{session_id}").json()["viewers"]
+
+    assert asyncio.run(main()) == 1  # only the test's WebSocket is left
 
 
 async def wait_until(cond, timeout_s: float, what: str) -> None:
