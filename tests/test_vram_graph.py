@@ -311,3 +311,18 @@ def test_a_neighbour_that_grows_under_a_live_session_sheds_it_to_still_with_the_
     assert "pattern" not in gpu(app)["backends"]
     assert snapshot["simulated"]["neighbour_oom_events"] == 0
     close(app, session["session_id"])
+
+
+@pytest.mark.graph
+def test_with_the_controller_off_backends_scale_on_load_and_gpu_says_so(ray_serve, tmp_path):
+    # Redeploys the app (last in this module): no controller, the pattern backend as before.
+    base = deploy_app(ray_serve, {
+        "data_dir": str(tmp_path), "enable_test_modes": True, "vram": {"probe": "off"},
+        "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "options": {"size": 64}}}})
+    assert httpx.get(f"{base}/v1/gpu").json()["enabled"] is False
+    assert "VramController" not in serve.status().applications[APP].deployments
+    persona = create_persona(base)
+    r = httpx.post(f"{base}/v1/sessions", json={"persona_id": persona, "mode": "pattern"})
+    assert r.status_code == 201 and "placement" not in r.json()
+    watch_until_mode({"base": base}, r.json()["session_id"], "pattern")
+    close({"base": base}, r.json()["session_id"])
