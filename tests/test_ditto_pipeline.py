@@ -94,8 +94,8 @@ def test_render_contract(pipeline, persona):
 
 
 def test_frames_in_200ms_chunks_and_in_one_piece_are_the_same(pipeline, persona):
-    """The whole contract path (render + flush), chunked or not: same frames, all 75."""
-    audio, c = speech(3.0), Controls()
+    """The whole contract path (render + flush), chunked or not: same frames, all 50."""
+    audio, c = speech(2.0), Controls(head_pitch_deg=4)
     carry = pipeline.start(persona, c)
     chunked = []
     for s in range(0, len(audio), 3200):
@@ -105,7 +105,7 @@ def test_frames_in_200ms_chunks_and_in_one_piece_are_the_same(pipeline, persona)
     one, carry = pipeline.render(persona, pipeline.start(persona, c), audio, c)
     one = np.concatenate([one, pipeline.flush(persona, carry, c)[0]])
     chunked = np.concatenate(chunked)
-    assert chunked.shape == one.shape == (75, 160, 144, 3)
+    assert chunked.shape == one.shape == (50, 160, 144, 3)
     # same motion; W + G batches of 5 and of 8 round differently in the last bit
     diff = np.abs(chunked.astype(np.int16) - one)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
@@ -164,3 +164,16 @@ def test_idle_lips_relax_to_rest_and_sway_eases(pipeline, persona):
     _, carry = pipeline.idle(persona, carry, 20, Controls())
     assert np.abs(carry.last[LIP_COLS] - rest).max() <= before * 0.7**20 + 1e-6
     assert 0 < np.abs(carry.sway_deg).max() < 3
+
+
+def test_emotion_and_head_offsets_are_eased_in(pipeline, persona):
+    from models.ditto.emotion import emotion_vector
+
+    carry = pipeline.start(persona, Controls())
+    happy = Controls(emotion="happy", intensity=0.8, head_yaw_deg=10)
+    rows = pipeline._emotion_rows(carry, happy, 25)  # one second of feature rows
+    target, neutral = emotion_vector("happy", 0.8), emotion_vector("neutral")
+    progress = (rows - neutral) @ (target - neutral) / np.sum((target - neutral) ** 2)
+    assert np.all(np.diff(progress) > 0) and 0.1 < progress[0] < 0.2 and progress[-1] > 0.95
+    _, carry = pipeline.idle(persona, carry, 3, happy)
+    assert 0 < carry.head_deg[1] < 10 and carry.head_deg[0] == carry.head_deg[2] == 0

@@ -46,7 +46,8 @@ stays on the face; a new emotion shows with the next speech, through LMDM.
 
 Emotion: tag + intensity -> Ditto's 8-class vector (emotion.py), approached with a
 time constant (`emotion_time_constant_s`) per feature row, from the next chunk on.
-Head pose: Controls.head_*_deg are added to every frame (MotionStitch controls).
+Head pose: Controls.head_*_deg are added to every frame (MotionStitch controls), a
+change eased in with the same time constant.
 
 Everything between chunks is in `DittoCarry` (plain data, picklable).
 
@@ -141,6 +142,7 @@ class DittoCarry:
     frames_out: int = 0  # ... and emitted
     idle_clock: int = 0  # idle frames so far (phase of the sway)
     sway_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sway of the last frame
+    head_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))  # Controls.head_* offsets shown, eased
 
 
 def _frames_of_features(audio_frames: int) -> int:
@@ -314,10 +316,12 @@ class DittoPipeline:
                    controls: Controls) -> tuple[np.ndarray, np.ndarray]:
         """motion: (n, 265) output format; sway_deg: (n, 3) -> (x_s 1x21x3, x_d n x 21 x 3)."""
         mlp = self.networks.stitching.stitching
-        head = np.array([controls.head_pitch_deg, controls.head_yaw_deg, controls.head_roll_deg])
+        target = np.array([controls.head_pitch_deg, controls.head_yaw_deg, controls.head_roll_deg])
+        keep = math.exp(-1.0 / (self.config.emotion_time_constant_s * FPS))
         x_d = []
         for row, sway in zip(motion, sway_deg):
-            pitch, yaw, roll = head + sway
+            carry.head_deg = target + (carry.head_deg - target) * keep  # a new offset is eased in, as emotion
+            pitch, yaw, roll = carry.head_deg + sway
             pose = {k: v for k, v in (("delta_pitch", pitch), ("delta_yaw", yaw), ("delta_roll", roll)) if v}
             x_d.append(carry.stitch(source.x_s_info, vec_to_info(row.astype(np.float32).copy()), mlp, **pose)[1])
         x_s = transform_keypoint(source.x_s_info).astype(np.float32)
