@@ -33,11 +33,12 @@ UPSCALE_DELAY_S = 1.0
 # Under the VramController a stopping replica has nothing to drain: its sessions left.
 VRAM_SHUTDOWN_WAIT_LOOP_S = 0.1
 # Serve's cold-start path starts a replica of a deployment at zero replicas while its
-# handles' request counts, averaged over look_back_period_s, are above zero. After an
-# unload those counts are stale (handles push every 10 s by default), so the session
-# hosts push every 0.5 s and backends average over 1 s: a backend scaled to zero stays
-# at zero. (A replica started anyway waits for its lease and holds no GPU memory.)
-VRAM_HANDLE_METRICS_PUSH_S = 0.5
+# handles' request counts, averaged over look_back_period_s, are above zero; a short
+# window lets that average fall soon after the last call. Serve keeps an idle handle's
+# last report for RAY_SERVE_MIN_HANDLE_METRICS_TIMEOUT_S (10 s), so a backend unloaded
+# within that time of its last session's call may be started once more: that replica
+# waits for a lease that is not granted, holds no GPU memory, and goes when the report
+# expires.
 VRAM_LOOK_BACK_S = 1.0
 
 
@@ -95,15 +96,11 @@ def build_app(raw_args: dict) -> Application:
     backends = {mode: leased_backend_app(mode, b, args, controller) if mode in controlled
                 else backend_app(mode, b, args) for mode, b in args.backends.items()}
     vram = {"vram": controller} if controller is not None else {}
-    host_options = {"num_cpus": 0.25}
-    if controller is not None:
-        host_options["runtime_env"] = {"env_vars": {
-            "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": str(VRAM_HANDLE_METRICS_PUSH_S)}}
     hosts = serve.deployment(
         SessionHostImpl,
         name="SessionHost",
         num_replicas=args.session_hosts,  # fixed: a session lives on its host for its lifetime
-        ray_actor_options=host_options,
+        ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=10_000,  # viewers hold long-lived streaming calls
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.session_router:SessionAffinityRouter"),

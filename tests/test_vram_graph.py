@@ -221,9 +221,10 @@ def test_neighbour_grows_and_the_idle_backend_is_scaled_to_zero_within_2_s(app):
     assert snapshot["counters"]["evictions"] >= 1 and snapshot["time_to_free_s"]
     assert t_zero - t0 < 2.0, f"scaled to zero after {t_zero - t0:.2f} s"
     assert t_freed - t0 < 2.0, f"memory freed after {t_freed - t0:.2f} s"
-    # Serve's cold-start path may start one more replica on the stale request average of
-    # the closed session; it waits for a lease that is never granted (no memory) and
-    # Serve stops it once the average decays.
+    # Serve keeps the session host's handle's last request count (the closed session's) for
+    # 10 s (RAY_SERVE_MIN_HANDLE_METRICS_TIMEOUT_S) and its cold-start path may start one
+    # more replica on it: that replica waits for a lease never granted (no memory) and
+    # Serve stops it when the count expires.
     wait_for(lambda: backend_replicas("pattern") == 0, 20, "no pattern replica in any state", 0.25)
     assert gpu(app)["desired_replicas"] == {"pattern": 0} and gpu(app)["free_bytes"] == 7 * GIB
 
