@@ -10,4 +10,5 @@ Stages, in data-flow order:
     config.py   typed config, official weight files, the restricted pkl reader
     pipeline.py the ditto mode (models.base contract): the stages above + the
                 LivePortrait renderer (Ditto's files) + paste-back
+    testing.py  file-free stand-ins of the tiny preset (seeded HuBERT, centred face)
 """
