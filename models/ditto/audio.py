@@ -44,7 +44,9 @@ class OnnxHubert:
     def __init__(self, path, providers: list[str] | None = None):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        # only providers this onnxruntime build has (CUDA is asked for on GPU machines)
+        wanted = [p for p in (providers or []) if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), providers=wanted or ["CPUExecutionProvider"])
 
     def __call__(self, chunk: np.ndarray) -> np.ndarray:
         """chunk: (6480,) float32 -> (20, 1024)."""
