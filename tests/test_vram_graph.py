@@ -230,7 +230,7 @@ def test_neighbour_grows_and_the_idle_backend_is_scaled_to_zero_within_2_s(app):
 
 
 @pytest.mark.graph
-def test_no_room_degrades_to_lower_quality_then_still_then_503(app):
+def test_no_room_degrades_to_lower_quality_then_still_then_503_and_room_upgrades(app):
     # 5 GiB budget: 512 px (6 GiB) does not fit, 256 px (3 GiB) does.
     r = post_session(app)
     assert r.status_code == 201, r.text
@@ -252,7 +252,6 @@ def test_no_room_degrades_to_lower_quality_then_still_then_503(app):
     assert "no room for pattern" in still["placement"]["reason"]
     time.sleep(0.5)
     assert httpx.get(f"{app['base']}/v1/sessions/{still['session_id']}").json()["mode"] == "still"
-    close(app, still["session_id"])
 
     r = post_session(app, allow_still=False)
     assert r.status_code == 503, r.text
@@ -262,6 +261,15 @@ def test_no_room_degrades_to_lower_quality_then_still_then_503(app):
     assert {"still_no_room", "refused_no_room"} <= set(codes(snapshot))
     assert snapshot["counters"]["denials"] >= 2
     assert snapshot["simulated"]["neighbour_oom_events"] == 0
+
+    # The LLM restarts smaller: room appears, and the still session is upgraded.
+    reset_llm(app)
+    watch_until_mode(app, still["session_id"], "pattern")
+    assert any(d.get("session_id") == still["session_id"] and d["code"] == "backend_ready"
+               for d in gpu(app)["decisions"])
+    close(app, still["session_id"])
+    set_llm(app, 17 * GIB)  # the idle backend goes again, for the next test
+    wait_for(lambda: "pattern" not in gpu(app)["backends"], 5, "idle pattern unloaded")
 
 
 @pytest.mark.graph
