@@ -554,6 +554,8 @@ class VramGate:
         request = {"session_id": session_id, "mode": mode, "allow_still": allow_still,
                    "max_wait_s": max_wait_s, "resolution_px": resolution_px}
         placement = await self.handle.place.remote(request, max_wait_s + 1.0)
+        if placement["action"] == "queue":  # still queued after its wait: give up its place
+            await self.ended(session_id)
         if placement["action"] in ("refuse", "queue"):
             retry_s = placement.get("retry_after_s") or placement.get("eta_s") or 30.0
             raise ServiceError(503, placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
