@@ -64,10 +64,12 @@ async def cores_over(seconds: float) -> float:
     return (host_cpu_s() - cpu0) / (time.time() - t0)
 
 
-async def drain(ws) -> None:
-    """Read (and drop) the WebSocket's frames so the relay never backs up."""
-    async for _ in ws:
-        pass
+async def drain(ws, counts: dict) -> None:
+    """Read (and count) the WebSocket's frames: the relay never backs up, and the count says
+    whether frames missing over WebRTC were missing from the session itself."""
+    async for message in ws:
+        if isinstance(message, bytes):
+            counts["ws_frames"] = counts.get("ws_frames", 0) + 1
 
 
 async def speak(ws, duration_s: float, utterance_s: float, cycle_s: float) -> int:
@@ -87,15 +89,17 @@ async def speak(ws, duration_s: float, utterance_s: float, cycle_s: float) -> in
 
 
 def video_speech_edges(video: list[tuple[float, bool, int]]) -> list[tuple[float, float, bool, bool]]:
-    """[(start_s, end_s, start_clean, end_clean)] of speech runs; an edge is clean when the frames on
-    both sides of it both arrived (a lost frame there would move the edge)."""
-    runs, start = [], None
+    """[(start_s, end_s, start_clean, end_clean)] of speech runs. An onset is clean when the frames on
+    both sides of it arrived; an end, when every frame of the run and the one after it arrived
+    (a lost frame there would move the edge, or merge two runs)."""
+    runs, start, whole = [], None, True
     for (t_prev, s_prev, _), (t_s, is_speech, _) in zip(video, video[1:]):
         adjacent = abs(t_s - t_prev - 1 / 25) < 1e-3
+        whole = whole and adjacent
         if is_speech and not s_prev:
-            start = (t_s, adjacent)
+            start, whole = (t_s, adjacent), adjacent
         elif s_prev and not is_speech and start is not None:
-            runs.append((start[0], t_s, start[1], adjacent))
+            runs.append((start[0], t_s, start[1], whole))
             start = None
     return runs
 
@@ -146,7 +150,8 @@ async def open_sessions(base: str, persona: str, n: int) -> list[tuple[str, obje
 
 async def measure(base: str, persona: str, args) -> dict:
     sessions = await open_sessions(base, persona, args.sessions)
-    drains = [asyncio.create_task(drain(ws)) for _, ws in sessions]
+    ws_counts = [{} for _ in sessions]
+    drains = [asyncio.create_task(drain(ws, c)) for (_, ws), c in zip(sessions, ws_counts)]
     clients: list[WebRtcClient] = []
     load_start = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     try:
@@ -161,11 +166,13 @@ async def measure(base: str, persona: str, args) -> dict:
             answers.append(1000 * answer_s)
             firsts.append(1000 * (client.got.video_wall_s[0] - t_answer + answer_s))
         counts0, t0 = [len(c.got.video) for c in clients], time.time()
+        ws0 = [c.get("ws_frames", 0) for c in ws_counts]
         cpu = asyncio.create_task(cores_over(args.duration_s))
         await asyncio.gather(*(speak(ws, args.duration_s, args.utterance_s, args.cycle_s) for _, ws in sessions))
         with_webrtc_cores = await cpu
         wall_s = time.time() - t0
         fps = [(len(c.got.video) - n0) / wall_s for c, n0 in zip(clients, counts0)]
+        ws_fps = [(c.get("ws_frames", 0) - n0) / wall_s for c, n0 in zip(ws_counts, ws0)]
         await asyncio.sleep(0.5)  # the last utterance's audio
         offsets = [av_offsets(c) for c in clients]
         served = [server_side(base, session_id, c) for (session_id, _), c in zip(sessions, clients)]
@@ -183,6 +190,7 @@ async def measure(base: str, persona: str, args) -> dict:
         "offer_to_answer_ms": [round(a, 1) for a in answers],
         "offer_to_first_frame_ms": [round(f, 1) for f in firsts],
         "sustained_fps": [round(f, 2) for f in fps],
+        "websocket_fps_same_sessions": [round(f, 2) for f in ws_fps],
         "frames": served,
         "load_average_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "host_cpu": {"cores_ws_only": round(baseline_cores, 3), "cores_with_webrtc": round(with_webrtc_cores, 3),
