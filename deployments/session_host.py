@@ -194,7 +194,20 @@ class SessionHostImpl:
     async def render_offline(self, persona_id: str, mode: str, audio16k: np.ndarray, controls: Controls) -> bytes:
         """The whole clip through one backend, chunk by chunk, muxed to MP4 with its audio."""
         self.store.get(persona_id)
-        backend = self._backend_for(mode) or self.still
+        backend, job_id = self._backend_for(mode) or self.still, None
+        if self.vram is not None and self.vram.controls(mode):
+            # A render job holds a seat like a session: placed, then only a resident backend renders it.
+            job_id = f"{self.host_id}.{secrets.token_urlsafe(16)}"
+            await self.vram.place(job_id, mode, allow_still=False,
+                                  max_wait_s=self.args.timeouts.backend_ready_timeout_s)
+            backend = self.vram.backend(job_id, mode, self.remote)
+        try:
+            return await self._render_clip(backend, persona_id, audio16k, controls)
+        finally:
+            if job_id is not None:
+                await self.vram.ended(job_id)
+
+    async def _render_clip(self, backend, persona_id: str, audio16k: np.ndarray, controls: Controls) -> bytes:
         n = -(-len(audio16k) // SAMPLES_PER_FRAME)
         audio16k = np.pad(audio16k, (0, n * SAMPLES_PER_FRAME - len(audio16k)))
         writer = Mp4Writer()
