@@ -52,7 +52,7 @@ def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
             "target_ongoing_requests": 2, "upscale_delay_s": UPSCALE_DELAY_S,
             "downscale_delay_s": DOWNSCALE_DELAY_S,
         },
-        max_ongoing_requests=16,
+        max_ongoing_requests=64,  # one held call per live session plus its renders
         health_check_period_s=10,
     )
     return deployment.bind(mode, str(args.persona_dir), b.options)
@@ -69,7 +69,7 @@ def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: App
             min_replicas=0, initial_replicas=0, max_replicas=1, upscale_delay_s=0.0,
             downscale_delay_s=0.0, downscale_to_zero_delay_s=0.0, look_back_period_s=VRAM_LOOK_BACK_S,
             policy=AutoscalingPolicy(policy_function=follow_vram_controller)),
-        max_ongoing_requests=16,
+        max_ongoing_requests=64,  # one held call per live session plus its renders
         health_check_period_s=10,
         graceful_shutdown_wait_loop_s=VRAM_SHUTDOWN_WAIT_LOOP_S,
         graceful_shutdown_timeout_s=5.0,

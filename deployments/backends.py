@@ -113,6 +113,16 @@ class BackendDeployment:
         [{"code", "message"}], e.g. several faces, the largest used."""
         return persona_warnings(await self._persona())
 
+    async def hold(self):
+        """A live session's keep-alive: one call held open per session.
+
+        Serve's autoscaler samples ongoing requests; short render calls often read as
+        none, and a backend that sessions use would be scaled to zero under them. Held
+        calls make it count sessions instead (target_ongoing_requests sessions a replica).
+        """
+        yield "held"
+        await asyncio.Event().wait()  # until the session cancels the call
+
     async def start(self, controls: Controls) -> Any:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
 
@@ -164,6 +174,10 @@ class RemoteBackend:
 
     async def start(self, persona_id: str, controls: Controls) -> Any:
         return await self._for(persona_id).start.remote(controls)
+
+    def hold(self, persona_id: str):
+        """An open streaming call that keeps the deployment scaled up while the session lives."""
+        return self._for(persona_id, True).hold.remote()
 
     async def render(self, persona_id, carry, audio16k, controls):
         return await self._collect(self._for(persona_id, True).render.remote(carry, audio16k, controls))

@@ -130,6 +130,7 @@ class Session:
         self._eos = False
         self._epoch = 0  # bumped by interrupt: renders begun before it are dropped
         self._flush_carry = False
+        self._hold_task: asyncio.Task | None = None
 
     # ---------------- lifecycle ----------------
     async def start(self) -> None:
@@ -150,10 +151,11 @@ class Session:
         self._speech.clear()
         self._spans.clear()
 
-    def _spawn(self, coro, name: str) -> None:
+    def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.session_id} {name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---------------- input ----------------
     def push_audio(self, samples: np.ndarray) -> None:
@@ -360,6 +362,8 @@ class Session:
         log.warning("session %s: %s", self.session_id, reason)
         self._event({"type": "error", "code": "backend_error", "reason": reason})
         self._active, self._carry = self.still, None
+        if self._hold_task is not None:  # let the backend scale down if no one else uses it
+            self._hold_task.cancel()
         self._event({"type": "mode_changed", "mode": "still", "reason": reason}, pts=self._produced_pts)
 
     async def _emit(self, frames: np.ndarray, speech: bool) -> None:
@@ -399,8 +403,24 @@ class Session:
             self._event({"type": "error", "code": "backend_unavailable", "reason": reason})
             return
         await self._tell_warnings(backend)
+        if hasattr(backend, "hold"):
+            self._hold_task = self._spawn(self._hold_backend(backend), "backend hold")
         self._warm = _Warm(backend, carry)
         self._wake.set()
+
+    async def _hold_backend(self, backend: Backend) -> None:
+        """Keep one call open on the backend while this session may use it (see BackendDeployment.hold)."""
+        while not self.closed:  # cancelled when the session leaves this backend or closes
+            stream = backend.hold(self.persona_id)
+            try:
+                async for _ in stream:
+                    pass  # returns only if the replica goes away
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+            except Exception as err:
+                log.info("session %s: backend hold ended (%s); holding again", self.session_id, err)
+            await asyncio.sleep(1.0)
 
     async def _tell_warnings(self, backend: Backend) -> None:
         """What preparing the persona found (e.g. several faces, the largest used), as events."""

@@ -50,6 +50,9 @@ def _free_port() -> int:
 def ray_serve():
     """One loopback-only Ray cluster (2 CPUs, one logical GPU) and Serve, shared by all graph tests."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind loopback only
+    # On 2 busy cores the proxy's event loop can miss Serve's 10 s health check three
+    # times in a row; Serve then kills the proxy and every stream of the test with it.
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     import ray
     from ray import serve
 
