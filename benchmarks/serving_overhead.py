@@ -124,17 +124,9 @@ async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict
 
 
 def start_app(args) -> str:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    from ray import serve
+    from tests.conftest import deploy_app, start_local_serve
 
-    from tests.conftest import _free_port, deploy_app
-
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return deploy_app(f"http://127.0.0.1:{port}", {
+    return deploy_app(start_local_serve(), {
         "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
         "limits": {"max_sessions": 64},
         "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": args.chunk_frames,

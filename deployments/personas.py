@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import json
 import re
 import secrets
 import shutil

@@ -46,21 +46,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def ray_serve():
-    """One loopback-only Ray cluster (2 CPUs, one logical GPU) and Serve, shared by all graph tests."""
+def start_local_serve(log_to_driver: bool = False) -> str:
+    """A loopback-only local Ray cluster (2 CPUs, one logical GPU) with Serve on a free port."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind loopback only
     # On 2 busy cores the proxy's event loop can miss Serve's 10 s health check three
-    # times in a row; Serve then kills the proxy and every stream of the test with it.
+    # times in a row; Serve then kills the proxy and every open stream with it.
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     import ray
     from ray import serve
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, log_to_driver=bool(os.environ.get("LOCKN_TEST_RAY_LOGS")))
+             configure_logging=False, log_to_driver=log_to_driver)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One cluster shared by all graph tests (LOCKN_TEST_RAY_LOGS=1 shows the workers' logs)."""
+    import ray
+    from ray import serve
+
+    yield start_local_serve(log_to_driver=bool(os.environ.get("LOCKN_TEST_RAY_LOGS")))
     serve.shutdown()
     ray.shutdown()
 

@@ -10,7 +10,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from models.base import Controls, PersonaMedia
 from models.ditto.pipeline import DittoPipeline, first_frame_audio_ms, lookahead_frames_for

@@ -60,13 +60,13 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..options import override_fields
 from ..base import FPS, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import ditto_mask
@@ -81,7 +81,7 @@ from .audio import (
     CHUNK_FRAMES, CHUNK_SAMPLES, HOP_SAMPLES, ONLINE_PAD_SAMPLES, SAMPLES_PER_FRAME, Hubert,
     StreamingFeatures, wav2feat,
 )
-from .config import MODE, DittoFiles, StreamConfig, clip_from_cfg, is_tiny, read_cfg_pkl
+from .config import MODE, DittoFiles, StreamConfig, clip_from_cfg, read_cfg_pkl
 from .emotion import controls_to_ditto, emotion_vector
 from .lmdm import LMDMConfig, MotionDecoder
 from .motion import LIP_KP, Info, MotionStitch, transform_keypoint, vec_to_info
@@ -363,27 +363,7 @@ def pipeline_config(value: DittoPipelineConfig | str | dict | None) -> DittoPipe
                                networks=network_config("tiny" if tiny else "official"))
     if "networks" in value:
         base = replace(base, networks=network_config(value.pop("networks")))
-    return _override(base, value, "config")
-
-
-def _override(base: Any, changes: dict, where: str) -> Any:
-    """A copy of the dataclass `base` with `changes` (nested dicts for nested dataclasses)."""
-    if not isinstance(changes, dict):
-        raise ValueError(f"{where} must be a dict of fields, got {type(changes).__name__}")
-    known = {f.name for f in fields(base)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    updates = {}
-    for name, new in changes.items():
-        current = getattr(base, name)
-        if is_dataclass(current):
-            updates[name] = _override(current, new, f"{where}.{name}")
-        elif isinstance(current, tuple) or isinstance(new, list):
-            updates[name] = tuple(tuple(v) if isinstance(v, list) else v for v in new)
-        else:
-            updates[name] = type(current)(new) if isinstance(current, (bool, int, float, str)) else new
-    return replace(base, **updates)
+    return override_fields(base, value, "config")
 
 
 def load_parts(config: DittoPipelineConfig, device: torch.device, seed: int,

@@ -29,13 +29,13 @@ models.weights from the standard Hugging Face cache, or from `cache_dir`.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..options import override_fields
 from ..base import (
     FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, PipelineError, check_audio_chunk, empty_frames,
 )
@@ -308,7 +308,7 @@ def pipeline_config(value: LivePortraitPipelineConfig | str | dict | None) -> Li
         raise ValueError(f"config must be a preset name or a dict of fields, got {type(value).__name__}")
     changes = dict(value)
     networks = network_config(changes.pop("networks", "official"))
-    return _override(LivePortraitPipelineConfig(networks=networks), changes, "config")
+    return override_fields(LivePortraitPipelineConfig(networks=networks), changes, "config")
 
 
 def network_config(value: str | dict) -> LivePortraitConfig:
@@ -321,40 +321,4 @@ def network_config(value: str | dict) -> LivePortraitConfig:
     preset = changes.pop("preset", "official")
     if preset not in NETWORK_PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; known: {', '.join(NETWORK_PRESETS)}")
-    return _override(NETWORK_PRESETS[preset](), changes, "config.networks")
-
-
-def _override(base: Any, changes: dict, where: str) -> Any:
-    """A copy of the dataclass `base` with `changes` applied (nested dicts for nested dataclasses)."""
-    if not isinstance(changes, dict):
-        raise ValueError(f"{where} must be a dict of fields, got {type(changes).__name__}")
-    known = {f.name for f in fields(base)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    updates = {}
-    for name, new in changes.items():
-        current, path = getattr(base, name), f"{where}.{name}"
-        if is_dataclass(current):
-            updates[name] = _override(current, new, path)
-        elif isinstance(current, tuple):
-            if not isinstance(new, (list, tuple)):
-                raise ValueError(f"{path} must be a list, got {new!r}")
-            updates[name] = _as_tuples(new)
-        elif isinstance(current, bool):
-            if not isinstance(new, bool):
-                raise ValueError(f"{path} must be true or false, got {new!r}")
-            updates[name] = new
-        elif isinstance(current, (int, float)):
-            if isinstance(new, bool) or not isinstance(new, (int, float)) or (isinstance(current, int) and new != int(new)):
-                kind = "an integer" if isinstance(current, int) else "a number"
-                raise ValueError(f"{path} must be {kind}, got {new!r}")
-            updates[name] = type(current)(new)
-        else:
-            updates[name] = new
-    return replace(base, **updates)
-
-
-def _as_tuples(value: Any) -> Any:
-    """JSON lists (nested) -> tuples, as the frozen configs hold them."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+    return override_fields(NETWORK_PRESETS[preset](), changes, "config.networks")
