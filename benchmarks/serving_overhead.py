@@ -37,20 +37,30 @@ from tests.streaming import coded_pcm16, frame_info  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cluster_cpu_s() -> float:
-    """CPU seconds used so far by the Ray cluster this benchmark started (its descendants, not itself)."""
+def cluster_cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of each process of the Ray cluster this benchmark started, by title."""
     stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            title = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK, title)
     ours, frontier = set(), {os.getpid()}
-    while frontier:  # walk the process tree down from this process
-        frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - ours
+    while frontier:  # walk the process tree down from this process (not this client itself)
+        frontier = {pid for pid, (ppid, _, _) in stats.items() if ppid in frontier} - ours
         ours |= frontier
-    return sum(stats[pid][1] for pid in ours)
+    by_title: dict[str, float] = {}
+    for pid in ours:
+        _, cpu, title = stats[pid]
+        name = title.split(" ")[0].rsplit("/", 1)[-1]
+        by_title[name] = by_title.get(name, 0.0) + cpu
+    return by_title
+
+
+def cluster_cpu_s() -> float:
+    return sum(cluster_cpu_by_process().values())
 
 
 def in_process(seconds: float, work_ms: float, chunk_frames: int, size: int) -> dict:
@@ -81,19 +91,24 @@ async def graph_session(base: str, persona: str, seconds: float) -> dict:
         await asyncio.sleep(seconds)  # the open session idling: the baseline to subtract
         idle_cpu_per_s = (cluster_cpu_s() - cpu_idle0) / (time.time() - t_idle0)
         pcm = coded_pcm16(n)
-        cpu0, t_send = cluster_cpu_s(), time.time()
+        before = cluster_cpu_by_process()
+        cpu0, t_send = sum(before.values()), time.time()
         for i in range(0, n, 5):
             await ws.send(pcm[i * SAMPLES_PER_FRAME:(i + 5) * SAMPLES_PER_FRAME].tobytes())
         await ws.send(json.dumps({"type": "end_of_speech"}))
         await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
         wall = time.time() - t_send
-        cpu = cluster_cpu_s() - cpu0 - idle_cpu_per_s * wall
+        after = cluster_cpu_by_process()
+        cpu = sum(after.values()) - cpu0 - idle_cpu_per_s * wall
     speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
     return {
         "frames": len(speech), "fps": len(speech) / (speech[-1][1] - speech[0][1]) * (len(speech) - 1) / len(speech),
         "cpu_ms_per_frame": 1000 * cpu / max(1, len(speech)),
         "first_frame_latency_ms": 1000 * (speech[0][1] - t_send),
         "idle_cluster_cpu_per_s": idle_cpu_per_s,
+        "cpu_ms_per_frame_by_process": {  # before subtracting the idle baseline
+            k: round(1000 * (after[k] - before.get(k, 0.0)) / max(1, len(speech)), 2)
+            for k in sorted(after, key=lambda k: before.get(k, 0.0) - after[k]) if after[k] - before.get(k, 0.0) > 0.01},
     }
 
 

@@ -381,12 +381,15 @@ class Session:
 
     async def _sleep_until_next_deadline(self) -> None:
         # The next idle frame is needed when produced_pts - idle_lead becomes the shown frame.
+        now = time.time()
         due = self.clock.due(self._produced_pts - self.config.idle_lead_frames)
-        if self._speech.frames:  # buffered speech waits only for the lead to shrink
+        if len(self._speech):  # buffered speech waits only for the lead to shrink
             due = min(due, self.clock.due(self._produced_pts - self.config.max_lead_frames))
-        if self._speaking or len(self._speech):
+        if (self._speaking or len(self._speech)) and not self._utterance_over(now):
+            # Wake when the pause becomes long enough to end the utterance. Once it has,
+            # this deadline is in the past: counting it then would spin the loop.
             due = min(due, self.last_input_at + self.config.speech_gap_s + 0.001)
-        timeout = max(0.0, due - time.time())
+        timeout = max(0.0, due - now)
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
