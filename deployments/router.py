@@ -149,6 +149,7 @@ def static_file(name: str) -> FileResponse:
                         headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
                                  "X-Content-Type-Options": "nosniff"})
 
+
 @serve.ingress(api)
 class RouterImpl:
     def __init__(self, args: dict, hosts, vram=None):
