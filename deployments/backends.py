@@ -22,6 +22,7 @@ from ray import serve
 from models.base import Controls, Persona
 from models.modes import build_pipeline
 
+from .calls import call
 from .personas import PersonaStore
 
 log = logging.getLogger("ray.serve")
@@ -173,24 +174,24 @@ class RemoteBackend:
         return self.handle.options(multiplexed_model_id=persona_id, stream=stream)
 
     async def start(self, persona_id: str, controls: Controls) -> Any:
-        return await self._for(persona_id).start.remote(controls)
+        return await call(self._for(persona_id).start, controls)
 
     def hold(self, persona_id: str):
         """An open streaming call that keeps the deployment scaled up while the session lives."""
-        return self._for(persona_id, True).hold.remote()
+        return call(self._for(persona_id, True).hold)
 
     async def render(self, persona_id, carry, audio16k, controls):
-        return await self._collect(self._for(persona_id, True).render.remote(carry, audio16k, controls))
+        return await self._collect(call(self._for(persona_id, True).render, carry, audio16k, controls))
 
     async def flush(self, persona_id, carry, controls):
-        return await self._collect(self._for(persona_id, True).flush.remote(carry, controls))
+        return await self._collect(call(self._for(persona_id, True).flush, carry, controls))
 
     async def idle(self, persona_id, carry, n, controls):
-        return await self._collect(self._for(persona_id, True).idle.remote(carry, n, controls))
+        return await self._collect(call(self._for(persona_id, True).idle, carry, n, controls))
 
     async def warnings(self, persona_id: str) -> list[dict]:
         """The persona's preparation warnings ([{"code", "message"}]) from the backend."""
-        return await self._for(persona_id).warnings.remote()
+        return await call(self._for(persona_id).warnings)
 
     @staticmethod
     async def _collect(stream) -> tuple[np.ndarray, Any]:

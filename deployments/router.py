@@ -25,6 +25,7 @@ from models.emotion import normalize_emotion
 from models.modes import MODES, mode_status
 
 from .audio_in import decode_audio_body, decode_audio_file, resample_to_16k
+from .calls import call
 from .config import AppArgs
 from .personas import SESSION_ID, PersonaStore, check_persona_id
 from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict
@@ -163,7 +164,7 @@ class RouterImpl:
     async def _host(self, method: str, timeout_s: float = 30.0, **kwargs):
         """Call a SessionHost method; ServiceErrors come back as themselves."""
         try:
-            return await asyncio.wait_for(getattr(self.hosts, method).remote(**kwargs), timeout_s)
+            return await asyncio.wait_for(call(getattr(self.hosts, method), **kwargs), timeout_s)
         except asyncio.TimeoutError:
             raise ServiceError(504, "timeout", f"session host did not answer {method} within {timeout_s:.0f} s") from None
         except Exception as err:
@@ -252,7 +253,7 @@ class RouterImpl:
         if self.vram is None:
             return {"enabled": False, "reason": "no VRAM controller (vram.probe is off, or no GPU backend)"}
         try:
-            snapshot = await asyncio.wait_for(self.vram.snapshot.remote(), 10.0)
+            snapshot = await asyncio.wait_for(call(self.vram.snapshot), 10.0)
         except asyncio.TimeoutError:
             raise ServiceError(504, "timeout", "the VRAM controller did not answer within 10 s") from None
         return {"enabled": True} | snapshot
@@ -303,7 +304,7 @@ class RouterImpl:
 
     # ---------------- streams ----------------
     def _subscribe(self, session_id: str, want_audio: bool = False):
-        return self.hosts.options(stream=True).subscribe.remote(session_id=session_id, want_audio=want_audio)
+        return call(self.hosts.options(stream=True).subscribe, session_id=session_id, want_audio=want_audio)
 
     @api.get("/v1/sessions/{session_id}/mjpeg")
     async def mjpeg(self, session_id: str):

@@ -38,6 +38,7 @@ from typing import Any
 from ray import serve
 
 from .backends import MEMORY_FRACTION_OPTION, BackendDeployment, RemoteBackend
+from .calls import call
 from .config import AppArgs, VramArgs
 from .protocol import ServiceError
 from .vram import (
@@ -287,7 +288,7 @@ class VramControllerImpl:
         routed by its id); fire and forget, the host logs what it cannot apply."""
         if self._hosts is None:
             self._hosts = serve.get_deployment_handle(SESSION_HOST_NAME, app_name=self.app_name)
-        self._hosts.vram_notice.remote(session_id=d.session_id, decision=decision_json(d))
+        call(self._hosts.vram_notice, session_id=d.session_id, decision=decision_json(d))
 
     def _publish(self, force: bool = False) -> None:
         desired = {backend_deployment_name(m): n for m, n in self.controller.desired_replicas().items()}
@@ -468,7 +469,7 @@ class LeasedBackendDeployment(BackendDeployment):
 
     async def __init__(self, mode: str, persona_dir: str, options: dict | None = None, vram: Any = None):
         self.vram_handle, self.pid = vram, os.getpid()
-        lease = await vram.lease.remote(mode, self.pid)
+        lease = await call(vram.lease, mode, self.pid)
         if not lease["granted"]:
             raise RuntimeError(f"{mode}: {lease['reason']}")
         self.lease = lease
@@ -478,10 +479,10 @@ class LeasedBackendDeployment(BackendDeployment):
         try:
             await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options)
         except Exception as err:
-            await vram.report_loaded.remote(mode, False, self.pid, None, f"{type(err).__name__}: {err}")
+            await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
             raise
         peak = lease.get("simulated_bytes") or await asyncio.to_thread(measure_peak_bytes, self.pid)
-        await vram.report_loaded.remote(mode, True, self.pid, peak, "")
+        await call(vram.report_loaded, mode, True, self.pid, peak, "")
 
 
 class GatedBackend:
@@ -512,9 +513,9 @@ class GatedBackend:
         return self.remote
 
     async def start(self, persona_id, controls):
-        state = await self.vram.wait_session.remote(self.session_id, self.ready_timeout_s)
+        state = await call(self.vram.wait_session, self.session_id, self.ready_timeout_s)
         if not state["ok"] or state["mode"] not in self.remotes:
-            await self.vram.demote.remote(self.session_id)
+            await call(self.vram.demote, self.session_id)
             raise RuntimeError(f"no backend was loaded for this session within {self.ready_timeout_s:.0f}s "
                                f"(controller: {state['mode'] or 'session unknown'})")
         self.mode, self.remote = state["mode"], self.remotes[state["mode"]]
@@ -553,7 +554,7 @@ class VramGate:
         """The placement, or ServiceError 503 with Retry-After and the policy's reason."""
         request = {"session_id": session_id, "mode": mode, "allow_still": allow_still,
                    "max_wait_s": max_wait_s, "resolution_px": resolution_px}
-        placement = await self.handle.place.remote(request, max_wait_s + 1.0)
+        placement = await call(self.handle.place, request, max_wait_s + 1.0)
         if placement["action"] == "queue":  # still queued after its wait: give up its place
             await self.ended(session_id)
         if placement["action"] in ("refuse", "queue"):
@@ -574,11 +575,11 @@ class VramGate:
         if gate is not None:
             gate.revoke(f"{decision['reason']} ({decision['code']})")
             # A Session cannot warm up a second backend (no hook for it): still for good.
-            self.handle.demote.remote(session_id)
+            call(self.handle.demote, session_id)
 
     async def ended(self, session_id: str) -> None:
         self.gates.pop(session_id, None)
         try:
-            await asyncio.wait_for(self.handle.ended.remote(session_id), 10.0)
+            await asyncio.wait_for(call(self.handle.ended, session_id), 10.0)
         except Exception as err:  # the controller also forgets nothing: log and go on
             log.warning("vram: could not report session %s ended: %s", session_id, err)
