@@ -7,7 +7,12 @@ Prints JSON:
   real WebSocket client, paced at 25 fps: CPU ms per frame over every process of
   the cluster (minus the same cluster idling with the session open), first speech
   frame latency after the first audio chunk;
-- overhead_ratio: graph CPU per frame / in-process CPU per frame;
+- overhead_ratio: graph CPU per frame / in-process CPU per frame, where the graph's
+  CPU is what speech adds over the same session idling (idle frames already flow
+  through the graph, so this is the marginal cost of speech: audio in, new frames);
+- full_overhead_ratio: the same with only the cluster's own background subtracted
+  (Ray and Serve with no session open), so every frame's trip through the graph
+  (backend -> host -> Router -> proxy -> WebSocket) counts;
 - still_sessions: the largest number of concurrent still-mode sessions held at
   25 fps with no frame later than one frame interval.
 
@@ -81,7 +86,15 @@ def in_process(seconds: float, work_ms: float, chunk_frames: int, size: int) -> 
     return {"frames": n, "fps": n / wall, "cpu_ms_per_frame": 1000 * cpu / n, "first_chunk_latency_ms": 1000 * first}
 
 
+async def cluster_background_cpu_per_s(seconds: float) -> float:
+    """The cluster's own CPU with no session open (Serve controller, GCS, raylet, proxy)."""
+    cpu0, t0 = cluster_cpu_s(), time.time()
+    await asyncio.sleep(seconds)
+    return (cluster_cpu_s() - cpu0) / (time.time() - t0)
+
+
 async def graph_session(base: str, persona: str, seconds: float) -> dict:
+    background_cpu_per_s = await cluster_background_cpu_per_s(seconds)
     session_id = create_session(base, persona, "pattern")["session_id"]
     n = int(seconds * 25)
     async with await open_ws(base, session_id) as ws:
@@ -99,13 +112,16 @@ async def graph_session(base: str, persona: str, seconds: float) -> dict:
         await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
         wall = time.time() - t_send
         after = cluster_cpu_by_process()
-        cpu = sum(after.values()) - cpu0 - idle_cpu_per_s * wall
+        gross_cpu = sum(after.values()) - cpu0
+        cpu = gross_cpu - idle_cpu_per_s * wall
     speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
     return {
         "frames": len(speech), "fps": len(speech) / (speech[-1][1] - speech[0][1]) * (len(speech) - 1) / len(speech),
         "cpu_ms_per_frame": 1000 * cpu / max(1, len(speech)),
         "first_frame_latency_ms": 1000 * (speech[0][1] - t_send),
         "idle_cluster_cpu_per_s": idle_cpu_per_s,
+        "background_cpu_per_s": background_cpu_per_s,
+        "full_cpu_ms_per_frame": 1000 * (gross_cpu - background_cpu_per_s * wall) / max(1, len(speech)),
         "cpu_ms_per_frame_by_process": {  # before subtracting the idle baseline
             k: round(1000 * (after[k] - before.get(k, 0.0)) / max(1, len(speech)), 2)
             for k in sorted(after, key=lambda k: before.get(k, 0.0) - after[k]) if after[k] - before.get(k, 0.0) > 0.01},
@@ -169,6 +185,7 @@ def main() -> None:
     print(json.dumps({
         "config": vars(args), "in_process": local, "graph": graph,
         "overhead_ratio": graph["cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
+        "full_overhead_ratio": graph["full_cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
         "first_frame_latency_ms": graph["first_frame_latency_ms"],
         "still_sessions": still, "max_still_sessions_at_25fps": max(held, default=0),
     }, indent=2))
