@@ -16,6 +16,12 @@ FRAME_MAGIC = b"BODF"
 FRAME_HEADER = struct.Struct("<4sQ")  # magic, frame index (pts): 12 bytes, then a JPEG
 
 
+def error_event(code: str, reason: str) -> dict:
+    """An `error` event for a stream: the reason under `error` (as in HTTP error bodies)
+    and under `reason` (as in every other event)."""
+    return {"type": "error", "code": code, "error": reason, "reason": reason}
+
+
 class ServiceError(Exception):
     """An error a client can act on; `status` is the HTTP status at the edge."""
 
@@ -25,6 +31,9 @@ class ServiceError(Exception):
 
     def to_json(self) -> dict:
         return {"error": self.reason, "code": self.code}
+
+    def to_event(self) -> dict:
+        return error_event(self.code, self.reason)
 
     def __reduce__(self):  # picklable across Ray processes
         return ServiceError, (self.status, self.code, self.reason, self.retry_after_s)

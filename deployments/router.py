@@ -328,7 +328,7 @@ class RouterImpl:
         try:
             await self._host("get_session", session_id=check_session_id(session_id))
         except ServiceError as err:
-            await ws.send_text(json.dumps({"type": "error", **err.to_json()}))
+            await ws.send_text(json.dumps(err.to_event()))
             await ws.close(code=4404 if err.status == 404 else 4400)
             return
         lock = asyncio.Lock()
@@ -370,7 +370,7 @@ class RouterImpl:
                         await self._host("control", session_id=session_id, event=event)
                 except ServiceError as err:
                     async with lock:
-                        await ws.send_text(json.dumps({"type": "error", **err.to_json()}))
+                        await ws.send_text(json.dumps(err.to_event()))
                     if err.code == "unknown_session":
                         return
         except WebSocketDisconnect:

@@ -25,7 +25,7 @@ from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 from .audio_in import StreamResampler
 from .clock import SessionClock, SpeechBuffer
 from .encode import JpegEncoder
-from .protocol import ServiceError, SessionInfo, session_urls
+from .protocol import ServiceError, SessionInfo, error_event, session_urls
 
 log = logging.getLogger("ray.serve")
 
@@ -261,7 +261,7 @@ class Session:
                 raise
             except Exception as err:  # keep streaming whatever happens in one step
                 log.exception("session %s: render step failed", self.session_id)
-                self._event({"type": "error", "code": "internal", "reason": str(err)})
+                self._event(error_event("internal", str(err)))
                 await asyncio.sleep(0.04)
 
     async def _step(self) -> bool:
@@ -358,9 +358,13 @@ class Session:
             return await self._call(call(self.still, self._carry))
 
     def _fall_back_to_still(self, err: Exception) -> None:
-        reason = f"{self._active.mode} backend failed: {err}"
+        # An error may name its own code (a VRAM shed does); anything else is a failure.
+        code = getattr(err, "code", None)
+        code = code if isinstance(code, str) and code else "backend_error"
+        verb = "failed" if code == "backend_error" else "was withdrawn"
+        reason = f"{self._active.mode} backend {verb}: {err}"
         log.warning("session %s: %s", self.session_id, reason)
-        self._event({"type": "error", "code": "backend_error", "reason": reason})
+        self._event(error_event(code, reason))
         self._active, self._carry = self.still, None
         if self._hold_task is not None:  # let the backend scale down if no one else uses it
             self._hold_task.cancel()
@@ -403,7 +407,7 @@ class Session:
             carry = await asyncio.wait_for(backend.start(self.persona_id, self.controls), self.config.ready_timeout_s)
         except Exception as err:  # stay in still mode and say why
             reason = f"{backend.mode} backend unavailable: {err or type(err).__name__}"
-            self._event({"type": "error", "code": "backend_unavailable", "reason": reason})
+            self._event(error_event("backend_unavailable", reason))
             return
         await self._tell_warnings(backend)
         if hasattr(backend, "hold"):

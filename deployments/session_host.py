@@ -23,7 +23,7 @@ from .backends import LocalBackend, RemoteBackend
 from .config import AppArgs
 from .encode import Mp4Writer
 from .personas import PersonaStore
-from .protocol import ServiceError
+from .protocol import ServiceError, error_event
 from .session import Session, SessionConfig
 from .vram_controller import VramGate
 
@@ -161,8 +161,8 @@ class SessionHostImpl:
                 if item["type"] == "end":
                     return
                 if viewer.overflowed:
-                    yield {"type": "event", "pts": None, "event": {
-                        "type": "error", "code": "viewer_too_slow", "reason": "viewer fell behind; reconnect"}}
+                    yield {"type": "event", "pts": None,
+                           "event": error_event("viewer_too_slow", "viewer fell behind; reconnect")}
                     return
         finally:
             session.unsubscribe(viewer)

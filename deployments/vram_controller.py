@@ -502,14 +502,14 @@ class GatedBackend:
         self.session_id, self.mode, self.remotes = session_id, requested_mode, remotes
         self.vram, self.ready_timeout_s = vram, ready_timeout_s
         self.remote: RemoteBackend | None = None
-        self.revoked: str | None = None
+        self.revoked: BackendRevoked | None = None
 
-    def revoke(self, reason: str) -> None:
-        self.revoked = reason
+    def revoke(self, code: str, reason: str) -> None:
+        self.revoked = BackendRevoked(code, reason)
 
     def _backend(self) -> RemoteBackend:
         if self.revoked is not None:
-            raise BackendRevoked(self.revoked)
+            raise self.revoked
         return self.remote
 
     async def start(self, persona_id, controls):
@@ -535,7 +535,13 @@ class GatedBackend:
 
 
 class BackendRevoked(RuntimeError):
-    """The VRAM controller moved this session off its backend (the message says why)."""
+    """The VRAM controller moved this session off its backend. `code` is the decision's
+    (e.g. `shed_over_budget`); the session's `error` event carries it instead of
+    `backend_error`, and the message is the controller's reason."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{reason} ({code})")
+        self.code = code
 
 
 class VramGate:
@@ -573,7 +579,7 @@ class VramGate:
         """A decision the controller pushed for a live session (a shed)."""
         gate = self.gates.get(session_id)
         if gate is not None:
-            gate.revoke(f"{decision['reason']} ({decision['code']})")
+            gate.revoke(decision["code"], decision["reason"])
             # A Session cannot warm up a second backend (no hook for it): still for good.
             call(self.handle.demote, session_id)
 

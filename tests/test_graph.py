@@ -220,6 +220,7 @@ def test_bad_input_gets_a_clear_error_and_others_keep_streaming(app):
             assert r.json()["error"], f"{name}: no reason"
     assert results["ws unknown session"]["code"] == "unknown_session"
     assert {e["code"] for e in results["ws errors"]} >= {"unknown_emotion", "invalid_event", "bad_audio"}
+    assert all(e["error"] and e["error"] == e["reason"] for e in results["ws errors"])
     assert new_frames >= 0.8 * 25 * elapsed, f"the other session slowed: {new_frames} frames in {elapsed:.1f} s"
     close(app, streaming)
     close(app, victim)
@@ -241,7 +242,7 @@ def test_backend_error_becomes_an_error_event_and_still_mode(app):
 
     viewer = asyncio.run(main())
     error = next(e for e in viewer.events if e["type"] == "error")
-    assert error["code"] == "backend_error" and error["reason"]
+    assert error["code"] == "backend_error" and error["reason"] and error["error"] == error["reason"]
     assert httpx.get(f"{base}/v1/sessions/{session_id}").json()["mode"] == "still"
     close(app, session_id)
 

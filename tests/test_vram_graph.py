@@ -75,9 +75,10 @@ def test_a_revoked_backend_fails_at_once_with_the_controllers_reason():
     gate = GatedBackend("s1", "pattern", {"pattern": Remote()}, vram=None, ready_timeout_s=1)
     gate.remote = gate.remotes["pattern"]
     assert asyncio.run(gate.idle("p", None, 1, None)) == ("frames", None)
-    gate.revoke("pattern must be unloaded: budget (shed_over_budget)")
-    with pytest.raises(BackendRevoked, match="shed_over_budget"):
+    gate.revoke("shed_over_budget", "pattern must be unloaded: budget")
+    with pytest.raises(BackendRevoked, match="must be unloaded") as raised:
         asyncio.run(gate.idle("p", None, 1, None))
+    assert raised.value.code == "shed_over_budget"
 
 
 # ---------------------------------------------------------------- the graph
@@ -309,7 +310,7 @@ def test_a_neighbour_that_grows_under_a_live_session_sheds_it_to_still_with_the_
 
     viewer = asyncio.run(main())
     error = next(e for e in viewer.events if e["type"] == "error")
-    assert "shed_over_budget" in error["reason"] and "must be unloaded" in error["reason"]
+    assert error["code"] == "shed_over_budget" and "must be unloaded" in error["reason"]
     switch = [e for e in viewer.events if e["type"] == "mode_changed"][-1]
     assert switch["mode"] == "still" and "shed_over_budget" in switch["reason"]
     wait_for(lambda: "pattern" not in gpu(app)["backends"], 5, "pattern unloaded after the shed")
