@@ -78,6 +78,10 @@ class LocalBackend:
         persona = await self.personas.get(persona_id)
         return await self._run(self.pipeline.idle, persona, carry, n, controls)
 
+    async def interrupt(self, persona_id, carry, controls):
+        persona = await self.personas.get(persona_id)
+        return await self._run(self.pipeline.interrupt, persona, carry, controls)
+
     async def warnings(self, persona_id: str) -> list[dict]:
         return persona_warnings(await self.personas.get(persona_id))
 
@@ -140,6 +144,10 @@ class BackendDeployment:
         frames, carry = await asyncio.to_thread(self.pipeline.idle, await self._persona(), carry, n, controls)
         yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
 
+    async def interrupt(self, carry: Any, controls: Controls) -> Any:
+        """The carry with what the lookahead held dropped (no frames: nothing is drawn)."""
+        return await asyncio.to_thread(self.pipeline.interrupt, await self._persona(), carry, controls)
+
 
 def persona_warnings(persona: Persona) -> list[dict]:
     """A prepared persona's warnings ([{"code", "message"}]; pipelines put them in features["warnings"])."""
@@ -188,6 +196,9 @@ class RemoteBackend:
 
     async def idle(self, persona_id, carry, n, controls):
         return await self._collect(call(self._for(persona_id, True).idle, carry, n, controls))
+
+    async def interrupt(self, persona_id, carry, controls):
+        return await call(self._for(persona_id).interrupt, carry, controls)
 
     async def warnings(self, persona_id: str) -> list[dict]:
         """The persona's preparation warnings ([{"code", "message"}]) from the backend."""

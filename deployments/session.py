@@ -129,7 +129,7 @@ class Session:
         self._speaking = False
         self._eos = False
         self._epoch = 0  # bumped by interrupt: renders begun before it are dropped
-        self._flush_carry = False
+        self._drop_held = False  # set by interrupt: the backend drops what its lookahead holds
         self._hold_task: asyncio.Task | None = None
 
     # ---------------- lifecycle ----------------
@@ -208,7 +208,7 @@ class Session:
             self._speaking = False
             self._event({"type": "speech_ended", "reason": "interrupted"}, pts=self._produced_pts)
         self._eos = False
-        self._flush_carry = True
+        self._drop_held = True
         self._wake.set()
 
     # ---------------- viewers ----------------
@@ -268,9 +268,9 @@ class Session:
         """Do the most urgent piece of work; False when there is nothing to do yet."""
         now = time.time()
         now_pts = self.clock.now_pts(now)
-        if self._flush_carry:
-            self._flush_carry = False
-            _, self._carry = await self._call(self._active.flush(self.persona_id, self._carry, self.controls))
+        if self._drop_held:
+            self._drop_held = False
+            self._carry = await self._call(self._active.interrupt(self.persona_id, self._carry, self.controls))
             return True
         if self._warm is not None and not self._speaking:
             self._switch_to_warm()

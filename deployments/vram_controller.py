@@ -530,6 +530,9 @@ class GatedBackend:
     async def idle(self, persona_id, carry, n, controls):
         return await self._backend().idle(persona_id, carry, n, controls)
 
+    async def interrupt(self, persona_id, carry, controls):
+        return await self._backend().interrupt(persona_id, carry, controls)
+
     async def warnings(self, persona_id):
         return await self._backend().warnings(persona_id)
 

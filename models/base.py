@@ -146,6 +146,11 @@ class Pipeline(Protocol):
         """Emit what the lookahead still holds (end of speech)."""
         ...
 
+    def interrupt(self, persona: Persona, carry: Carry, controls: Controls) -> Carry:
+        """Drop what the lookahead holds without rendering it (the user cut the avatar
+        off): the next render starts a new utterance, as after `flush`."""
+        ...
+
     def idle(self, persona: Persona, carry: Carry, n: int, controls: Controls) -> tuple[np.ndarray, Carry]:
         """n frames with no speech (breathing, blinks, small head motion where supported)."""
         ...

@@ -26,6 +26,9 @@ class StillPipeline:
     def flush(self, persona: Persona, carry, controls: Controls):
         return self._portrait_frames(persona, 0), carry
 
+    def interrupt(self, persona: Persona, carry, controls: Controls):
+        return carry  # nothing held
+
     def idle(self, persona: Persona, carry, n: int, controls: Controls):
         return self._portrait_frames(persona, n), carry
 

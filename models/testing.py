@@ -79,6 +79,10 @@ class PatternPipeline:
         carry.held = np.zeros(0, np.float32)
         return frames, carry
 
+    def interrupt(self, persona, carry: PatternCarry, controls: Controls):
+        carry.held = np.zeros(0, np.float32)
+        return carry
+
     def idle(self, persona, carry: PatternCarry, n: int, controls: Controls):
         frames = np.stack([encode_pattern(False, (carry.idle_count + i) & FAIL_CODE, self.size) for i in range(n)]) \
             if n else np.zeros((0, self.size, self.size, 3), np.uint8)

@@ -152,6 +152,18 @@ def test_idle_between_utterances_gives_n_frames_and_leaves_speech_alone(pipeline
     assert carry.motion is None and carry.frames_in == 0
 
 
+def test_interrupt_drops_the_held_frames_undrawn_and_the_next_utterance_starts_afresh(pipeline, persona):
+    audio, c = speech(1.0), Controls()
+    carry = pipeline.start(persona, c)
+    frames, carry = pipeline.render(persona, carry, audio[: 640 * 15], c)
+    assert len(frames) < 15  # the lookahead holds the rest
+    carry = pipeline.interrupt(persona, pickle.loads(pickle.dumps(carry)), c)
+    assert carry.motion is None and carry.frames_in == carry.frames_out == 0
+    again, carry = pipeline.render(persona, carry, audio, c)
+    again = np.concatenate([again, pipeline.flush(persona, carry, c)[0]])
+    assert len(again) == 25  # exactly the new utterance's frames: nothing of the dropped one
+
+
 def test_idle_lips_relax_to_rest_and_sway_eases(pipeline, persona):
     carry = pipeline.start(persona, Controls())
     frames, carry = pipeline.render(persona, carry, speech(1.0), Controls())

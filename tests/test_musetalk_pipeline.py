@@ -66,6 +66,15 @@ def test_render_speech_and_silence(setup):
     outside[max(cy1, 0) : cy2, max(cx1, 0) : cx2] = False
     assert (spoken[:, outside] == portrait[outside]).all()
 
+    # interrupt: the held frames are skipped undrawn; the next utterance's frames line up with its audio
+    held, carry = pipe.render(persona, carry, speech[640 * 8 : 640 * 13].copy(), Controls())
+    assert len(held) == 5 - pipe.lookahead_frames  # the stream goes on after a flush; the lookahead holds 3
+    carry = pipe.interrupt(persona, carry, Controls())
+    assert carry.audio.frames_done == carry.audio.n_seen // 640
+    after, carry = pipe.render(persona, carry, speech[640 * 13 : 640 * 17].copy(), Controls())
+    assert len(after) == 4 - pipe.lookahead_frames
+    assert len(pipe.flush(persona, carry, Controls())[0]) == pipe.lookahead_frames
+
     silent, carry = pipe.render(persona, pipe.start(persona, Controls()), np.zeros(640 * 6, np.float32), Controls())
     silent_tail, _ = pipe.flush(persona, carry, Controls())
     silent = np.concatenate([silent, silent_tail])

@@ -231,9 +231,17 @@ class DittoPipeline:
             return empty_frames(persona), carry  # no utterance in progress
         feats, carry.features = self.features.flush(carry.features)
         frames, carry = self._advance(persona, carry, feats, controls, end=True)
+        return frames, self._new_utterance(carry)
+
+    def interrupt(self, persona: Persona, carry: DittoCarry, controls: Controls):
+        """Up to the lookahead's 12 frames and their LMDM windows are dropped, not drawn;
+        the head holds the last drawn motion and relaxes from there."""
+        return self._new_utterance(carry)
+
+    def _new_utterance(self, carry: DittoCarry) -> DittoCarry:
         carry.features, carry.motion = self.features.start(), None
         carry.frames_in = carry.frames_out = 0
-        return frames, carry
+        return carry
 
     def idle(self, persona: Persona, carry: DittoCarry, n: int, controls: Controls):
         """n frames without LMDM: the held motion, lips relaxing, sway and blinks. The

@@ -163,6 +163,9 @@ class LivePortraitPipeline:
     def flush(self, persona: Persona, carry: LivePortraitCarry, controls: Controls):
         return empty_frames(persona), carry  # no lookahead: nothing held back
 
+    def interrupt(self, persona: Persona, carry: LivePortraitCarry, controls: Controls):
+        return carry  # nothing held back; the lips release from where they were
+
     def idle(self, persona: Persona, carry: LivePortraitCarry, n: int, controls: Controls):
         # Silence: the lip level keeps releasing from where speech left it.
         return self.render(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls)

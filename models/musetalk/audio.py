@@ -216,6 +216,10 @@ class StreamingPrompts:
         total = stream.n_seen // self.samples_per_frame
         return self._emit(stream, total, end=stream.n_seen)
 
+    def skip(self, stream: AudioStream) -> AudioStream:
+        """Interrupt: count every frame heard as done, without computing its prompt."""
+        return self._trim(replace(stream, frames_done=stream.n_seen // self.samples_per_frame))
+
     def _emit(self, stream: AudioStream, upto: int, end: int | None) -> tuple[torch.Tensor, AudioStream]:
         chunks = []
         # One encoder pass sees at most 30 s: bound the frames per pass by what fits after the context.

@@ -209,6 +209,10 @@ class MuseTalkPipeline:
         prompts, stream = self.streamer.flush(carry.audio)
         return self._frames(persona, replace(carry, audio=stream), first, prompts)
 
+    def interrupt(self, persona: Persona, carry: Carry, controls: Controls):
+        """The held frames are skipped, not drawn; their audio stays as left context."""
+        return replace(carry, audio=self.streamer.skip(carry.audio))
+
     def idle(self, persona: Persona, carry: Carry, n: int, controls: Controls):
         """No speech: the next n reference frames in cycle order (no UNet).
 
