@@ -83,12 +83,14 @@ from .audio import (
 )
 from .config import MODE, DittoFiles, StreamConfig, clip_from_cfg, read_cfg_pkl
 from .emotion import controls_to_ditto, emotion_vector
+from .eyes import eye_attributes
 from .lmdm import LMDMConfig, MotionDecoder
 from .motion import LIP_KP, Info, MotionStitch, transform_keypoint, vec_to_info
 from .sampler import DDIMSampler, SeededNoise
 from .stream import POSE_T_DIMS, MotionStream, SourceCond, StreamCarry
 
-DEFAULT_EYE_OPEN = (0.3, 0.3)  # TODO(eye runner): from the persona's 478 landmarks
+DEFAULT_EYE_OPEN = (0.3, 0.3)  # where no face mesh is available (see face_mesh.py)
+DEFAULT_EYE_BALL = (0.0,) * 6  # looking straight ahead
 DEFAULT_OVERLAP = 75
 EXP_START = 1 + 3 * 66 + 3  # column of exp in a 265 motion row
 LIP_COLS = np.array([EXP_START + 3 * k + a for k in LIP_KP for a in range(3)])  # exp dims of the lip keypoints
@@ -175,15 +177,18 @@ class DittoPipeline:
 
     def __init__(self, config: DittoPipelineConfig | str | dict | None = None, device: str | None = None,
                  seed: int = 0, cache_dir: str | Path | None = None, *, lmdm: MotionDecoder | None = None,
-                 networks: LivePortraitNetworks | None = None, hubert: Hubert | None = None, face=None):
-        """`lmdm`, `networks`, `hubert`, `face` are injected by tests; the rest is loaded
-        from the config's preset (see `load_parts`)."""
+                 networks: LivePortraitNetworks | None = None, hubert: Hubert | None = None, face=None,
+                 face_mesh=None):
+        """`lmdm`, `networks`, `hubert`, `face`, `face_mesh` are injected by tests; the rest
+        is loaded from the config's preset (see `load_parts`)."""
         config = pipeline_config(config)
         target = resolve_device(device)
         if lmdm is None or networks is None or hubert is None or face is None:
             parts, config = load_parts(config, target, seed, cache_dir)
             lmdm, networks = lmdm or parts["lmdm"], networks or parts["networks"]
             hubert, face = hubert or parts["hubert"], face or parts["face"]
+            face_mesh = face_mesh or parts.get("face_mesh")
+        self.face_mesh = face_mesh  # None: neutral eyes for every persona
         self.config, self.seed = config, seed
         self.lmdm, self.networks, self.hubert, self.face = lmdm.to(target).eval(), networks.to(target), hubert, face
         self.sampler = DDIMSampler(self.lmdm, config.stream.sampling_steps, SeededNoise(seed))
@@ -193,11 +198,17 @@ class DittoPipeline:
 
     # ---- contract -------------------------------------------------------------------
 
-    def prepare(self, media: PersonaMedia, persona_id: str = "", eye_open=DEFAULT_EYE_OPEN,
-                eye_ball=(0.0,) * 6) -> Persona:
+    def prepare(self, media: PersonaMedia, persona_id: str = "", eye_open=None, eye_ball=None) -> Persona:
+        """`eye_open` (2,) and `eye_ball` (6,) override what the face mesh measures."""
         portrait = media.frames[0]
         face = self.face.analyse(portrait)
         crop = crop_image(portrait, face.points203, self.config.crop)  # the reference crops on 203 points
+        warnings = [{"code": w.code, "message": w.message} for w in face.warnings]
+        if eye_open is None or eye_ball is None:
+            measured_open, measured_ball, warning = self._source_eyes(crop.image)
+            eye_open = measured_open if eye_open is None else eye_open
+            eye_ball = measured_ball if eye_ball is None else eye_ball
+            warnings += [warning] if warning else []
         with torch.no_grad(), autocast_for(self.networks, self.config.fp16):
             x = image_to_tensor(network_input_256(crop.image), self.networks.device)
             f_s = self.networks.appearance(x)
@@ -208,8 +219,18 @@ class DittoPipeline:
             M_c2o=crop.M_c2o, mask=warp_mask(ditto_mask(self.config.crop.dsize), crop.M_c2o, portrait.shape[:2]),
             seed=(self.seed ^ zlib.crc32(persona_id.encode())) & 0xFFFFFFFF,
         )
-        warnings = [{"code": w.code, "message": w.message} for w in face.warnings]
         return Persona(persona_id=persona_id, media=media, features={MODE: source, "warnings": warnings})
+
+    def _source_eyes(self, crop_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict | None]:
+        """LMDM's eye condition from the source crop's face mesh: (open (2,), ball (6,), warning)."""
+        points = self.face_mesh.points(crop_rgb) if self.face_mesh is not None else None
+        if points is None:
+            why = "no face mesh runner (install lockn-bod[ditto-eyes])" if self.face_mesh is None \
+                else "the face mesh found no face in the crop"
+            return np.array(DEFAULT_EYE_OPEN), np.array(DEFAULT_EYE_BALL), {
+                "code": "neutral_eyes", "message": f"{why}: eye openness and gaze are neutral defaults"}
+        openness, ball = eye_attributes(points)
+        return openness[0], ball[0], None
 
     def start(self, persona: Persona, controls: Controls) -> DittoCarry:
         source: DittoSource = persona.features[MODE]
@@ -389,6 +410,7 @@ def load_parts(config: DittoPipelineConfig, device: torch.device, seed: int,
     from ..face.onnx_session import open_session
     from ..weights import resolve
     from .audio import OnnxHubert
+    from .face_mesh import load_face_mesh
     from .lmdm import load_lmdm
 
     files = DittoFiles()
@@ -401,7 +423,7 @@ def load_parts(config: DittoPipelineConfig, device: torch.device, seed: int,
     config = replace(config, clip=clip_from_cfg(cfg),
                      blink_clip=None if blink is None else np.asarray(blink, np.float32).reshape(-1, 63))
     parts = {"lmdm": load_lmdm(path(files.lmdm), config.lmdm), "networks": load_renderer(files, "cpu", cache_dir),
-             "hubert": hubert, "face": face}
+             "hubert": hubert, "face": face, "face_mesh": load_face_mesh(path(files.landmark478))}
     return parts, config
 
 
