@@ -105,3 +105,19 @@ def test_without_a_face_mesh_the_eyes_are_neutral_and_a_warning_says_why(mesh, w
     assert not persona.features[MODE].cond.eye_ball.any()
     warning = next(w for w in persona.features["warnings"] if w["code"] == "neutral_eyes")
     assert why in warning["message"]
+
+
+def test_without_mediapipe_the_face_mesh_is_absent_not_an_error(tmp_path, monkeypatch):
+    import builtins
+
+    from models.ditto.face_mesh import load_face_mesh
+
+    real_import = builtins.__import__
+
+    def no_mediapipe(name, *args, **kwargs):
+        if name.startswith("mediapipe"):
+            raise ImportError("No module named 'mediapipe'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mediapipe)
+    assert load_face_mesh(tmp_path / "face_landmarker.task") is None

@@ -57,10 +57,13 @@ class FaceMesh:
 
 
 def load_face_mesh(task_path: str | Path) -> FaceMesh | None:
-    """The face mesh, or None where the `mediapipe` package is not installed."""
+    """The face mesh, or None where the `mediapipe` package is not installed or cannot
+    read the file (eyes are a refinement: the backend still serves, with neutral eyes)."""
     try:
         return FaceMesh(task_path)
     except ImportError:
         log.warning("ditto: mediapipe is not installed (pip install 'lockn-bod[ditto-eyes]'); "
                     "personas get neutral eye openness and gaze")
-        return None
+    except RuntimeError as err:  # what MediaPipe raises for an unreadable model file
+        log.warning("ditto: MediaPipe cannot load %s (%s); personas get neutral eyes", task_path, err)
+    return None
