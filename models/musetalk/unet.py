@@ -43,7 +43,7 @@ class PositionalEncoding(nn.Module):
         pe = torch.zeros(max_len, d_model)
         pe[:, 0::2] = torch.sin(position * inv_freq)
         pe[:, 1::2] = torch.cos(position * inv_freq)
-        self.register_buffer("pe", pe[None], persistent=False)  # 1×max_len×d
+        self.register_buffer("pe", pe[None])  # 1×max_len×d; persistent, as upstream (no checkpoint holds it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pe[:, : x.shape[1]].to(x.dtype)
