@@ -156,3 +156,124 @@ def test_pipeline_a_keypoints(oracle, mlps):
         assert_close(x_d, fx[f"frame{i}_stitch_out"], ATOL, f"frame{i} stitch out")
         x_d = kpm.apply_driving_multiplier(x_s, x_d, 1.0)
         assert_close(x_d, fx[f"frame{i}_x_d_final"], ATOL, f"frame{i} final")
+
+
+def pipeline_fixture(oracle, variant: str) -> dict:
+    """fixture_pipeline_<variant>, or a skip where it is not in the oracle (B and C are kept
+    back as acceptance checks; they share A's inputs)."""
+    path = oracle / "liveportrait" / f"fixture_pipeline_{variant}.npz"
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in the oracle (an acceptance fixture)")
+    return dict(np.load(path))
+
+
+def template_of(fx) -> list[dict[str, torch.Tensor]]:
+    """The fixture's 2-frame motion template, with each frame's eye and lip ratios."""
+    return [{**{k: t(fx[f"drv{i}_{k}"]) for k in ("scale", "R", "exp", "t")},
+             "c_eyes": t(fx["drv_c_eyes"][i]), "c_lip": t(fx["drv_c_lip"][i])} for i in range(2)]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("variant", ["A", "B", "C"])
+def test_template_driving_keypoints(oracle, mlps, variant):
+    """drive_with_template with each fixture's options: stitch in/out and final keypoints, the
+    multiplier, and the retargeting MLPs' inputs and outputs in call order."""
+    from types import SimpleNamespace
+
+    from models.liveportrait.source import SourceMotion
+    from models.liveportrait.template_driving import drive_with_template
+    from tests.test_liveportrait_pipeline import PIPELINE_OPTIONS
+
+    fx = pipeline_fixture(oracle, variant)
+    info = {k: t(fx[f"src_{k}"]) for k in ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")}
+    source = SourceMotion(f_s=None, info=info, x_s=kpm.transform_keypoint(info), R_s=kpm.kp_info_rotation(info))
+    lmk = fx["source_lmk_crop"][None]  # 1×203×2 in the 512 crop, as upstream's source_lmk
+    eye_ratio, lip_ratio = t(kpm.eye_close_ratio(lmk)).float(), t(kpm.lip_close_ratio(lmk)).float()
+    calls = {"lip": [], "eye": []}
+    recording = {name: _Recording(getattr(mlps, name), calls.get(name)) for name in ("stitching", "lip", "eye")}
+    frames, multiplier = drive_with_template(SimpleNamespace(stitching=SimpleNamespace(**recording)), source,
+                                             template_of(fx), PIPELINE_OPTIONS[variant], eye_ratio, lip_ratio)
+    if "motion_multiplier" in fx:
+        assert multiplier == pytest.approx(float(fx["motion_multiplier"][0]), abs=ATOL)
+    for i, frame in enumerate(frames):
+        for key in ("stitch_in", "stitch_out", "x_d_final"):
+            ours = frame.x_d if key == "x_d_final" else getattr(frame, key)
+            assert_close(ours, fx[f"frame{i}_{key}"], ATOL, f"{variant} frame{i} {key}")
+    for name in ("lip", "eye"):
+        if f"retarget_{name}_ratio_in" in fx:
+            ins, outs = zip(*calls[name])
+            assert_close(torch.cat(ins)[:, -fx[f"retarget_{name}_ratio_in"].shape[1]:], fx[f"retarget_{name}_ratio_in"],
+                         ATOL, f"{variant} {name} ratio in")
+            assert_close(torch.cat(outs).reshape(-1, 21, 3), fx[f"retarget_{name}_delta"], ATOL, f"{variant} {name} delta")
+
+
+class _Recording(torch.nn.Module):
+    """A retargeting MLP that records its inputs and outputs (call order), for the fixtures' retarget_*."""
+
+    def __init__(self, mlp, calls: list | None):
+        super().__init__()
+        self.mlp, self.calls = mlp, calls
+
+    def forward(self, x):
+        y = self.mlp(x)
+        if self.calls is not None:
+            self.calls.append((x, y))
+        return y
+
+
+def _fixture_a_source(oracle):
+    from models.liveportrait.source import SourceMotion
+
+    fx = np.load(oracle / "liveportrait" / "fixture_pipeline_A.npz")
+    info = {k: t(fx[f"src_{k}"]) for k in ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")}
+    source = SourceMotion(f_s=None, info=info, x_s=kpm.transform_keypoint(info), R_s=kpm.kp_info_rotation(info))
+    lmk = fx["source_lmk_crop"][None]
+    return fx, source, t(kpm.eye_close_ratio(lmk)).float(), t(kpm.lip_close_ratio(lmk)).float()
+
+
+@pytest.mark.oracle
+def test_pose_friendly_with_normalize_lip_closes_the_source_mouth_first(oracle, mlps):
+    """Fixture B's rules on A's inputs: no multiplier; the lip offset to ratio 0 is added
+    after stitching, only where the source's lip ratio reaches the threshold."""
+    from types import SimpleNamespace
+
+    from models.liveportrait.template_driving import TemplateOptions, drive_with_template
+
+    fx, source, eye_ratio, lip_ratio = _fixture_a_source(oracle)
+    nets = SimpleNamespace(stitching=mlps)
+    options = TemplateOptions(driving_option="pose-friendly", normalize_lip=True)
+    frames, multiplier = drive_with_template(nets, source, template_of(fx), options, eye_ratio, lip_ratio)
+    assert multiplier is None and float(lip_ratio) >= 0.03  # README: the source lip ratio is 0.16
+    with torch.no_grad():
+        closing = kpm.retarget_lip(mlps.lip, source.x_s, torch.cat([lip_ratio, torch.zeros(1, 1)], dim=1))
+        x_d0 = kpm.relative_motion(source.info, source.R_s, template_of(fx)[0], template_of(fx)[0])
+    assert_close(frames[0].stitch_in, x_d0.numpy(), ATOL, "pose-friendly: plain relative motion")
+    for frame in frames:
+        assert_close(frame.x_d, (frame.stitch_out + closing).numpy(), ATOL, "lip closed after stitching")
+    high = TemplateOptions(driving_option="pose-friendly", normalize_lip=True, lip_normalize_threshold=1.0)
+    frames, _ = drive_with_template(nets, source, template_of(fx), high, eye_ratio, lip_ratio)
+    for frame in frames:  # below the threshold: untouched
+        assert_close(frame.x_d, frame.stitch_out.numpy(), 1e-7, "no lip offset")
+
+
+@pytest.mark.oracle
+def test_eye_and_lip_retargeting_replace_the_driving_motion(oracle, mlps):
+    """Fixture C's rule on A's inputs: x_d = x_s + Δeyes + Δlip, whatever the driving pose."""
+    from types import SimpleNamespace
+
+    from models.liveportrait.template_driving import TemplateOptions, drive_with_template
+
+    fx, source, eye_ratio, lip_ratio = _fixture_a_source(oracle)
+    nets = SimpleNamespace(stitching=mlps)
+    options = TemplateOptions(eye_retargeting=True, lip_retargeting=True)
+    template = template_of(fx)
+    frames, _ = drive_with_template(nets, source, template, options, eye_ratio, lip_ratio)
+    turn = kpm.get_rotation_matrix(torch.tensor([20.0]), torch.tensor([10.0]), torch.tensor([0.0]))
+    turned = [{**m, "R": m["R"] @ turn} for m in template]
+    again, _ = drive_with_template(nets, source, turned, options, eye_ratio, lip_ratio)
+    with torch.no_grad():
+        for i, (frame, other) in enumerate(zip(frames, again)):
+            eye = kpm.retarget_eye(mlps.eye, source.x_s, torch.cat([eye_ratio, t(fx["drv_c_eyes"][i][:1])[None]], dim=1))
+            lip = kpm.retarget_lip(mlps.lip, source.x_s, torch.cat([lip_ratio, t(fx["drv_c_lip"][i][:1])[None]], dim=1))
+            assert_close(frame.stitch_in, (source.x_s + eye + lip).numpy(), ATOL, f"frame{i} retargeted")
+            assert torch.equal(frame.x_d, other.x_d)  # the driving pose is ignored
