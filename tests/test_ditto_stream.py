@@ -142,3 +142,61 @@ def test_algorithmic_delay(tiny_model, fx, overlap):
         if len(out):
             break
     assert n == first_frame_delay_frames(overlap)
+
+
+def spied(sampler) -> list:
+    """Record each LMDM window call (kp condition, condition, output) on `sampler`."""
+    calls, inner = [], sampler.sample
+
+    def spy(cond_frame, cond, x_init):
+        out = inner(cond_frame, cond, x_init)
+        calls.append((cond_frame[0].numpy().copy(), cond[0].numpy().copy(), out[0].numpy().copy()))
+        return out
+
+    sampler.sample = spy
+    return calls
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_offline_scheme_matches_reference(oracle):
+    """lmdm_stream_offline.npz (held back by the oracle as an acceptance check): the whole
+    157-frame feature array in 3 windows of the offline settings."""
+    from models.ditto.config import OFFLINE_STREAM
+
+    if not (oracle / "ditto" / "lmdm_stream_offline.npz").exists():
+        pytest.skip("lmdm_stream_offline.npz is not in the oracle (an acceptance fixture)")
+    fx = npz(oracle, "lmdm_stream_offline.npz")
+    model = MotionDecoder(LMDMConfig())
+    model.load_state_dict(seeded_lmdm_state(oracle, model), strict=True)
+    sampler = DDIMSampler(model.eval(), OFFLINE_STREAM.sampling_steps, FixedNoise(fx["noise_list"], fx["x_init_per_clip"]))
+    calls = spied(sampler)
+    out = MotionStream(sampler, OFFLINE_STREAM, source_of(fx)).whole(fx["audio_feat_real"], class_vector(4))
+    assert len(calls) == len(fx["clip_lmdm_out"])
+    for i, (kp, _, lmdm_out) in enumerate(calls):
+        assert rel_err(kp, fx["clip_kp_cond_in"][i]) < TOL, i
+        assert rel_err(lmdm_out, fx["clip_lmdm_out"][i]) < TOL, i
+    assert out.shape == (len(fx["audio_feat_real"]), 265)
+    assert rel_err(out, fx["out_x_d_265"]) < TOL
+
+
+@pytest.mark.oracle
+def test_offline_windows_cover_the_clip_and_pad_the_last(tiny_model, fx):
+    """Windows every `valid` frames from frame 0, the last padded with its last row; n out."""
+    from dataclasses import replace
+
+    from models.ditto.config import OFFLINE_STREAM
+
+    cfg = replace(OFFLINE_STREAM, sampling_steps=2)
+    sampler = DDIMSampler(tiny_model, cfg.sampling_steps, SeededNoise(3))
+    calls = spied(sampler)
+    stream = MotionStream(sampler, cfg, source_of(fx))
+    feats = fx["audio_feat_real"]  # 100 frames
+    out = stream.whole(feats, class_vector(4))
+    assert out.shape == (100, 265)
+    assert len(calls) == 2  # starts 0 and 70 (valid = 80 - 10)
+    np.testing.assert_array_equal(calls[0][1][:, :1024], feats[:80])
+    last = calls[-1][1][:, :1024]
+    np.testing.assert_array_equal(last[:30], feats[70:])
+    np.testing.assert_array_equal(last[30:], np.repeat(feats[-1:], 50, 0))
+    np.testing.assert_array_equal(calls[0][0], stream.source.motion)  # the first window: the source

@@ -67,6 +67,10 @@ class StreamConfig:
     seed: int = 0  # of the sampler's noise
 
 
+# The reference's offline code defaults (the offline cfg pickle's values are unknown).
+OFFLINE_STREAM = StreamConfig(overlap=10, fix_kp_cond=0, fix_kp_cond_dim=None, sampling_steps=50, online=False)
+
+
 @dataclass(frozen=True)
 class DittoConfig:
     lmdm: LMDMConfig = field(default_factory=LMDMConfig)

@@ -1,4 +1,4 @@
-"""The online Audio2Motion scheme: audio features in, motion frames out.
+"""The Audio2Motion schemes (online, and offline for whole clips): audio features in, motion out.
 
 Ditto samples motion in windows of 80 frames. Consecutive windows overlap by
 `overlap` frames, so each new window adds `valid = 80 - overlap` frames:
@@ -113,6 +113,27 @@ class MotionStream:
             out.append(self._window(carry, padded, n))
         carry.ended = True
         return self._stack(out), carry
+
+    def whole(self, feats: np.ndarray, emotion: np.ndarray) -> np.ndarray:
+        """The reference's offline scheme: (n, 1024) features of a whole clip -> (n, 265).
+
+        Windows start every `valid` frames from frame 0 (no silence buffer); the last
+        is padded by repeating its last row. Each is blended and smoothed into the motion
+        as online, conditioned on the frame before the overlap (kp-condition resets as
+        configured); then the motion is cut to n frames and smoothed again as a whole.
+        Offline settings upstream: overlap 10, fix_kp_cond 0, 50 steps, no clipping.
+        """
+        rows = self._rows(feats, emotion)
+        n = len(rows)
+        carry = StreamCarry(rows=rows, motion=None, emit_from=0, kp_cond=self.source.motion.copy())
+        for start in range(0, n, self.valid):
+            window = rows[start : start + self.seq]
+            window = np.concatenate([window, np.repeat(window[-1:], self.seq - len(window), 0)])
+            self._merge(carry, self._sample(carry, self.condition(window)))
+            carry.window += 1
+            carry.kp_cond = self._next_kp_cond(carry)
+        motion = smooth(carry.motion[:n].copy(), 0, n, self.cfg.smooth_k)
+        return self.to_output(motion)
 
     def to_output(self, motion: np.ndarray) -> np.ndarray:
         """(n, 265) LMDM space -> clipped, scale + 1 (the frames the stitcher takes)."""
