@@ -110,6 +110,7 @@ class Session:
         self.requested_mode, self.sample_rate_hz = requested_mode, sample_rate_hz
         self.controls, self.config = controls, config
         self.still, self.backend = still, backend
+        self.placement: dict | None = None  # the VRAM controller's decision, where it placed the session
         self.clock = SessionClock()
         self.created_at = time.time()
         self.last_input_at = self.created_at
@@ -232,8 +233,9 @@ class Session:
         return len(self._viewers)
 
     def _ready_event(self) -> dict:
-        return {"type": "session_ready", "session_id": self.session_id, "mode": self._active.mode,
-                "requested_mode": self.requested_mode, "fps": 25, "sample_rate_hz": self.sample_rate_hz}
+        ready = {"type": "session_ready", "session_id": self.session_id, "mode": self._active.mode,
+                 "requested_mode": self.requested_mode, "fps": 25, "sample_rate_hz": self.sample_rate_hz}
+        return ready | ({"placement": self.placement} if self.placement else {})
 
     def _put(self, viewer: Viewer, item: dict, force: bool = False) -> None:
         try:

@@ -66,6 +66,7 @@ class SessionHostImpl:
         self.store.acquire(persona_id, session_id)
         session = Session(session_id, persona_id, mode, sample_rate_hz, controls, self.still,
                           backend, self._session_config(mode))
+        session.placement = placement
         try:
             await session.start()
         except Exception:

@@ -189,6 +189,7 @@ def test_session_for_a_mode_not_resident_starts_still_and_switches_when_loaded(a
     viewer = watch_until_mode(app, session["session_id"], "pattern")
     ready = next(e for e in viewer.events if e["type"] == "session_ready")
     assert ready["mode"] == "still"  # still frames while the backend loaded
+    assert ready["placement"] == placement  # a viewer learns why without the 201 response
     switch = next(e for e in viewer.events if e["type"] == "mode_changed")
     assert switch["mode"] == "pattern" and switch["reason"]
 
