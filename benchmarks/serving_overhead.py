@@ -4,7 +4,8 @@ Prints JSON:
 - in_process: the pattern pipeline (with a stand-in render cost per frame) called
   directly, render + JPEG, unpaced: frames/s, CPU ms per frame, first-chunk latency;
 - graph: a session through Router -> SessionHost -> Backend deployment over a
-  real WebSocket client, paced at 25 fps: CPU ms per speech frame over every
+  real WebSocket client, paced at 25 fps (by the Router, or with `--pacing client`
+  by the client from the frames' due times): CPU ms per speech frame over every
   process of the cluster, first speech frame latency after the first audio chunk;
 - overhead_ratio: graph CPU per frame, minus Ray's own background (the cluster with
   no session open), over in-process CPU per frame. Every frame's trip (backend ->
@@ -16,7 +17,7 @@ Prints JSON:
 - still_sessions: the largest number of concurrent still-mode sessions held at
   25 fps with no frame later than one frame interval.
 
-    python benchmarks/serving_overhead.py [--seconds 10] [--work-ms 8] [--chunk-frames 5]
+    python benchmarks/serving_overhead.py [--seconds 10] [--work-ms 8] [--chunk-frames 5] [--pacing client]
 """
 from __future__ import annotations
 
@@ -92,11 +93,11 @@ async def idling_cpu_per_s(seconds: float) -> float:
     return (cluster_cpu_s() - cpu0) / (time.time() - t0)
 
 
-async def graph_session(base: str, persona: str, seconds: float) -> dict:
+async def graph_session(base: str, persona: str, seconds: float, pacing: str) -> dict:
     background_cpu_per_s = await idling_cpu_per_s(seconds)  # Ray and Serve, no session open
     session_id = create_session(base, persona, "pattern")["session_id"]
     n = int(seconds * 25)
-    async with await open_ws(base, session_id) as ws:
+    async with await open_ws(base, session_id, pacing) as ws:
         viewer = WsViewer(ws)
         await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
         idle_before = await idling_cpu_per_s(seconds)  # the open session idling: the baseline
@@ -115,6 +116,8 @@ async def graph_session(base: str, persona: str, seconds: float) -> dict:
         idle_cpu_per_s = (idle_before + idle_after) / 2  # before and after: the baseline drifts
         cpu = gross_cpu - idle_cpu_per_s * wall
     speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
+    if pacing == "client":  # a frame is shown when it is due, or on arrival if it came late
+        speech = [(p, max(t, viewer.due(p))) for p, t in speech]
     return {
         "frames": len(speech), "fps": len(speech) / (speech[-1][1] - speech[0][1]) * (len(speech) - 1) / len(speech),
         "speech_over_idle_cpu_ms_per_frame": 1000 * cpu / max(1, len(speech)),
@@ -172,6 +175,8 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=8.0, help="stand-in render cost per frame")
     parser.add_argument("--chunk-frames", type=int, default=5)
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels")
+    parser.add_argument("--pacing", choices=["server", "client"], default="server",
+                        help="the WebSocket's pacing: frames sent when due, or as rendered")
     parser.add_argument("--still-counts", default="4,8,12,16")
     parser.add_argument("--still-seconds", type=float, default=5.0)
     args = parser.parse_args()
@@ -179,7 +184,7 @@ def main() -> None:
     base = start_app(args)
     persona = create_persona(base, save=True, size=args.size)
     local = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)
-    graph = asyncio.run(graph_session(base, persona, args.seconds))
+    graph = asyncio.run(graph_session(base, persona, args.seconds, args.pacing))
     still = [asyncio.run(still_viewers(base, persona, int(n), args.still_seconds))
              for n in args.still_counts.split(",")]
     held = [s["sessions"] for s in still if s["max_late_ms"] <= 40 and not s["skipped_frames"]]

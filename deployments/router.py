@@ -29,10 +29,13 @@ from .calls import call
 from .config import AppArgs
 from .personas import SESSION_ID, PersonaStore, check_persona_id
 from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict
-from .streams import MJPEG_BOUNDARY, mjpeg_part, paced, ws_frame
+from .streams import MJPEG_BOUNDARY, ahead, mjpeg_part, paced, ws_frame
 
 log = logging.getLogger("ray.serve")
 MODES_CACHE_S = 5.0
+# The WebSocket's `pacing`: "server" sends each frame when due; "client" sends frames as they
+# are rendered (a little ahead), for clients that keep their own playout buffer.
+PACINGS = {"server": paced, "client": ahead}
 
 api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head avatar server")
 
@@ -323,17 +326,19 @@ class RouterImpl:
                                  headers={"Cache-Control": "no-store"})
 
     @api.websocket("/v1/sessions/{session_id}/ws")
-    async def websocket(self, ws: WebSocket, session_id: str):
+    async def websocket(self, ws: WebSocket, session_id: str, pacing: str = "server"):
         await ws.accept(headers=[(b"x-locknbod-router", self.replica.encode())])
         try:
             await self._host("get_session", session_id=check_session_id(session_id))
+            if pacing not in PACINGS:
+                raise ServiceError(400, "bad_pacing", f"pacing must be one of {sorted(PACINGS)}, not {pacing!r}")
         except ServiceError as err:
             await ws.send_text(json.dumps(err.to_event()))
             await ws.close(code=4404 if err.status == 404 else 4400)
             return
         lock = asyncio.Lock()
         stream = self._subscribe(session_id)
-        tasks = [asyncio.create_task(self._ws_out(ws, stream, lock)),
+        tasks = [asyncio.create_task(self._ws_out(ws, PACINGS[pacing](stream), lock)),
                  asyncio.create_task(self._ws_in(ws, session_id, lock))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -347,8 +352,8 @@ class RouterImpl:
             except RuntimeError:
                 pass  # already closed by the client
 
-    async def _ws_out(self, ws: WebSocket, stream, lock: asyncio.Lock) -> None:
-        async for out in paced(stream):
+    async def _ws_out(self, ws: WebSocket, outs, lock: asyncio.Lock) -> None:
+        async for out in outs:
             async with lock:
                 if out.kind == "frame":
                     await ws.send_bytes(ws_frame(out.pts, out.jpeg))

@@ -4,6 +4,11 @@ The session host publishes frames a little ahead of time with their pts;
 `paced` holds them until `t0 + pts/25`, drops the ones an interrupt
 retracted, and interleaves events at their own pts. WebSocket and MJPEG are
 two ways of writing what `paced` yields.
+
+`ahead` is the WebSocket's opt-in client pacing: each item as soon as the host
+publishes it, a `clock` event so the client knows when a pts is due, and a
+`retract` event where an interrupt takes back frames the client holds. A
+chunk's frames then cross Serve's ASGI bridge together instead of one by one.
 """
 from __future__ import annotations
 
@@ -112,6 +117,29 @@ async def paced(source: AsyncIterator[dict]) -> AsyncIterator[Out]:
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+
+
+async def ahead(source: AsyncIterator[dict]) -> AsyncIterator[Out]:
+    """Client pacing: yield items as they arrive; frame `pts` is due at `t0 + pts / 25`
+    (server wall clock, said by the `clock` event), and after a retract frames from
+    `from_pts` on come again with new content."""
+    t0 = None
+    async for item in source:
+        if item.get("t0") is not None and item["t0"] != t0:
+            t0 = item["t0"]
+            yield Out("event", event={"type": "clock", "t0": t0, "fps": FPS})
+        kind = item["type"]
+        if kind == "frames":
+            audio = item.get("audio")
+            for i, (pts, jpeg) in enumerate(zip(item["pts"], item["jpegs"])):
+                yield Out("frame", pts=pts, jpeg=jpeg, audio=None if audio is None else audio[i])
+        elif kind == "event":
+            yield Out("event", pts=item["pts"], event=item["event"])
+        elif kind == "retract":
+            yield Out("event", event={"type": "retract", "from_pts": item["from_pts"]})
+        elif kind == "end":
+            yield Out("event", event={"type": "session_closed", "reason": item.get("reason", "closed")})
+            return
 
 
 def ws_frame(pts: int, jpeg: bytes) -> bytes:

@@ -33,17 +33,25 @@ def create_session(base: str, persona_id: str, mode: str, **extra) -> dict:
     return r.json()
 
 
-def ws_url(base: str, session_id: str) -> str:
-    return base.replace("http://", "ws://") + f"/v1/sessions/{session_id}/ws"
+def ws_url(base: str, session_id: str, pacing: str | None = None) -> str:
+    query = f"?pacing={pacing}" if pacing else ""
+    return base.replace("http://", "ws://") + f"/v1/sessions/{session_id}/ws{query}"
 
 
 class WsViewer:
-    """Collects frames (pts, jpeg, t_recv) and events from a session's WebSocket."""
+    """Collects frames (pts, jpeg, t_recv) and events from a session's WebSocket.
+
+    With client pacing it is the client's playout buffer too: a `retract` event drops
+    the frames it takes back, `clock` gives each frame its due time (`due`)."""
 
     def __init__(self, ws):
         self.ws = ws
         self.frames: list[tuple[int, bytes, float]] = []
         self.events: list[dict] = []
+        self.t0: float | None = None  # from a `clock` event (client pacing only)
+
+    def due(self, pts: int) -> float:
+        return self.t0 + pts / 25
 
     async def recv_until(self, done, timeout_s: float = 30.0) -> None:
         deadline = time.time() + timeout_s
@@ -61,7 +69,12 @@ class WsViewer:
                 assert magic == FRAME_MAGIC
                 self.frames.append((pts, message[FRAME_HEADER.size:], time.time()))
             else:
-                self.events.append(json.loads(message) | {"t_recv": time.time()})
+                event = json.loads(message) | {"t_recv": time.time()}
+                self.events.append(event)
+                if event["type"] == "clock":
+                    self.t0 = event["t0"]
+                elif event["type"] == "retract":
+                    self.frames = [f for f in self.frames if f[0] < event["from_pts"]]
 
     def in_mode(self, mode: str) -> bool:
         """The session streams `mode`: said by session_ready (on connect) or a later mode_changed."""
@@ -101,5 +114,5 @@ async def stop_task(task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def open_ws(base: str, session_id: str):
-    return await websockets.connect(ws_url(base, session_id), max_size=None)
+async def open_ws(base: str, session_id: str, pacing: str | None = None):
+    return await websockets.connect(ws_url(base, session_id, pacing), max_size=None)

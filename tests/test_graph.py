@@ -113,6 +113,40 @@ def test_ten_seconds_of_audio_give_exactly_250_frames_to_every_viewer(app):
     close(app, session_id)
 
 
+def test_client_pacing_sends_frames_ahead_and_retracts_what_an_interrupt_takes_back(app):
+    base, session_id = app["base"], pattern_session(app)
+
+    async def main():
+        async with await open_ws(base, session_id) as server_ws, \
+                await open_ws(base, session_id, pacing="client") as client_ws:
+            server, client = WsViewer(server_ws), WsViewer(client_ws)
+            await asyncio.gather(server.recv_until(lambda v: v.in_mode("pattern"), 30),
+                                 client.recv_until(lambda v: v.in_mode("pattern"), 30))
+            done = lambda v: v.has("speech_ended", reason="interrupted") and v.frames[-1][0] > v.events[-1]["pts"] + 10
+            client_reads = asyncio.create_task(client.recv_until(done, 30))  # t_recv is when a message is read
+            pcm = coded_pcm16(125)
+            for i in range(25):  # 5 s of speech sent at once: the host renders up to 1 s ahead
+                await server_ws.send(pcm[i * 3200 : (i + 1) * 3200].tobytes())
+            await server.recv_until(lambda v: len(speech_of(v.frames)) >= 30, 30)
+            await server_ws.send(json.dumps({"type": "interrupt"}))
+            await asyncio.gather(server.recv_until(done, 30), client_reads)
+            return server, client
+
+    server, client = asyncio.run(main())
+    assert client.events[0]["type"] == "clock" and client.events[1]["type"] == "session_ready"
+    retract = [e for e in client.events if e["type"] == "retract"][-1]  # the first took back idle frames
+    ended = next(e for e in client.events if e["type"] == "speech_ended")
+    assert retract["from_pts"] == ended["pts"] and ended["reason"] == "interrupted"
+    # Client pacing: speech frames came well before they were due (the Router sends them when due).
+    lead_s = [client.due(p) - t for p, jpeg, t in client.frames if frame_info(jpeg)[0]]
+    assert max(lead_s) > 0.2, f"no frame came ahead: leads {lead_s[:10]}"
+    assert min(client.due(p) - t for p, _, t in server.frames[-50:]) > -0.1  # the server's are due on arrival
+    # What the client's playout buffer shows after the retract is what the server-paced viewer showed.
+    shown = [f for f in speech_of(server.frames) if f[0] < retract["from_pts"]]
+    assert speech_of(client.frames) == shown and len(shown) >= 30
+    close(app, session_id)
+
+
 def test_one_session_driven_through_both_router_replicas(app):
     base, session_id = app["base"], pattern_session(app)
     routers = set()
@@ -187,6 +221,8 @@ def test_bad_input_gets_a_clear_error_and_others_keep_streaming(app):
             results["json to upload"] = await http.post("/v1/personas", json={"image": "x"})
             async with await open_ws(base, "abc.defghijklmnopqrstuvw") as ws:
                 results["ws unknown session"] = json.loads(await ws.recv())
+            async with await open_ws(base, victim, pacing="sometimes") as ws:
+                results["ws bad pacing"] = json.loads(await ws.recv())
             async with await open_ws(base, victim) as ws:
                 viewer = WsViewer(ws)
                 await ws.send(json.dumps({"type": "emotion", "value": "smug"}))
@@ -219,6 +255,7 @@ def test_bad_input_gets_a_clear_error_and_others_keep_streaming(app):
             assert r.json()["code"] == code, f"{name}: {r.text}"
             assert r.json()["error"], f"{name}: no reason"
     assert results["ws unknown session"]["code"] == "unknown_session"
+    assert results["ws bad pacing"]["code"] == "bad_pacing"
     assert {e["code"] for e in results["ws errors"]} >= {"unknown_emotion", "invalid_event", "bad_audio"}
     assert all(e["error"] and e["error"] == e["reason"] for e in results["ws errors"])
     assert new_frames >= 0.8 * 25 * elapsed, f"the other session slowed: {new_frames} frames in {elapsed:.1f} s"
