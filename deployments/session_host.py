@@ -25,7 +25,7 @@ from .encode import Mp4Writer
 from .personas import PersonaStore
 from .protocol import ServiceError, error_event
 from .session import Session, SessionConfig
-from .vram_controller import VramGate
+from .vram_controller import HEARTBEAT_PERIOD_S, VramGate
 
 log = logging.getLogger("ray.serve")
 SWEEP_PERIOD_S = 1.0
@@ -224,15 +224,27 @@ class SessionHostImpl:
     # ---------------- housekeeping ----------------
     async def _sweep_forever(self) -> None:
         t = self.args.timeouts
+        last_heartbeat, heartbeat = 0.0, None
         while True:
             await asyncio.sleep(SWEEP_PERIOD_S)
             now = time.time()
+            if self.vram is not None and now - last_heartbeat >= HEARTBEAT_PERIOD_S:
+                last_heartbeat = now
+                # In the background: a controller that is restarting must not hold up the sweep.
+                if heartbeat is None or heartbeat.done():
+                    heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
             for session_id, session in list(self.sessions.items()):
                 reason = session.expired(now, t.idle_ttl_s, t.disconnect_grace_s)
                 if reason:
                     log.info("closing session %s: %s", session_id, reason)
                     await self.close_session(session_id, reason)
             await asyncio.to_thread(self.store.sweep_unused, t.unused_persona_ttl_s)
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self.vram.heartbeat(self.host_id)
+        except Exception as err:  # the controller restarting: the next one goes through
+            log.warning("vram heartbeat failed: %s", err)
 
     async def __del__(self):  # called on replica shutdown; idempotent
         for session_id in list(self.sessions):

@@ -24,6 +24,10 @@
   their process exits, as on a real GPU.
 - Operators: `snapshot()` is GET /v1/gpu; Prometheus metrics go through
   ray.serve.metrics (lockn_vram_*), shown by the Ray dashboard when it runs.
+- Restarts: the controller checkpoints its state after every step (vram/checkpoint.py)
+  and a new replica resumes from it. Each SessionHost sends its placed sessions every
+  HEARTBEAT_PERIOD_S (`host_sessions`): a session its host no longer lists, or whose
+  host has gone silent, ends here too, so a host that dies frees what it held.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from .vram import (
     STILL_MODE, Action, Code, Controller, ControllerConfig, Decision, LoadReport, NeighbourScript,
     NvmlProbe, PeakReport, SessionEnded, SessionRequest, SimulatedDevice, default_config,
 )
+from .vram import checkpoint as vram_checkpoint
 from .vram.autoscaling import publish_desired
 from .vram.data import SHED_CODES
 from .vram.policy import Phase
@@ -57,6 +62,16 @@ SIMULATED_FIRST_PID = 10_000_000
 # Decisions kept per session for `place` (a session sees a handful in its life).
 _PER_SESSION_DECISIONS = 20
 _TIME_TO_FREE_BOUNDARIES_S = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
+HEARTBEAT_PERIOD_S = 2.0  # how often each SessionHost lists its placed sessions
+HOST_TIMEOUT_S = 15.0  # a host silent this long is gone, and so are its sessions
+# A session placed this recently may be missing from a host list that was in flight.
+UNLISTED_GRACE_S = 5.0
+
+
+def host_of(session_id: str) -> str | None:
+    """Session (and render job) ids are `<host replica id>.<token>`."""
+    host, dot, _ = session_id.partition(".")
+    return host if dot else None
 
 
 def backend_deployment_name(mode: str) -> str:
@@ -224,8 +239,36 @@ class VramControllerImpl:
         self._by_session: dict[str, list[Decision]] = {}
         self._published: dict[str, int] | None = None
         self._hosts = None  # SessionHost handle, made on first use (it binds us, not we it)
-        self._publish(force=True)
+        self._placed_at: dict[str, float] = {}  # session id -> policy time it was placed
+        self._hosts_seen: dict[str, float] = {}  # SessionHost id -> policy time of its last list
+        self.resumed = self._resume()
+        self._publish(force=True)  # after the resume: a fresh start publishes zero replicas
         self._task = asyncio.get_event_loop().create_task(self._run(), name="vram controller")
+
+    def _resume(self) -> bool:
+        """Pick up where a replica that died left off (vram/checkpoint.py)."""
+        saved = vram_checkpoint.load(self.app_name)
+        if saved is None:
+            return False
+        self.controller.state = saved.state
+        if self.device is not None and saved.device is not None:
+            self.device = self.probe = saved.device  # the simulated GPU keeps its allocations
+        self._by_session, self._placed_at, self._hosts_seen = (
+            saved.by_session, saved.placed_at_s, saved.hosts_seen_s)
+        # The policy clock goes on from where it stopped, plus the time the restart took.
+        self._t0 = time.monotonic() - saved.now_s - max(0.0, time.time() - saved.saved_at)
+        s = self.controller.state
+        log.warning("vram controller resumed from its checkpoint: %d sessions, backends %s",
+                    len(s.sessions), {m: b.phase.value for m, b in s.backends.items()})
+        return True
+
+    def _checkpoint(self) -> None:
+        try:
+            vram_checkpoint.save(self.app_name, vram_checkpoint.Checkpoint(
+                self.controller.state, self.device, self._by_session, self._placed_at,
+                self._hosts_seen, self.now_s()))
+        except Exception as err:  # never stop protecting the neighbours over a checkpoint
+            log.warning("vram: cannot save the checkpoint: %s", err)
 
     # ---------------- the loop ----------------
     def now_s(self) -> float:
@@ -254,12 +297,30 @@ class VramControllerImpl:
                 reading = self.device.read()
             else:
                 reading = await asyncio.to_thread(self.probe.read)
-            inbox, self._inbox = self._inbox + list(requests), []
+            inbox, self._inbox = self._inbox + list(requests) + self._orphans(now_s), []
             decisions = self.controller.step(now_s, reading, inbox)
             self._apply(decisions, inbox)
+            self._checkpoint()
         async with self._stepped:
             self._stepped.notify_all()
         return decisions
+
+    def _orphans(self, now_s: float) -> list[SessionEnded]:
+        """Sessions whose host has gone silent (or never spoke) for HOST_TIMEOUT_S: no one
+        will say they ended. Placed sessions of a live host are listed by `host_sessions`."""
+        for host, seen_s in list(self._hosts_seen.items()):
+            if now_s - seen_s > HOST_TIMEOUT_S:
+                del self._hosts_seen[host]
+                log.warning("vram: session host %s is silent; ending its sessions", host)
+        gone = [sid for sid in self.controller.state.sessions
+                if host_of(sid) is not None and host_of(sid) not in self._hosts_seen
+                and now_s - self._placed_at.get(sid, 0.0) > HOST_TIMEOUT_S]
+        return [self._forget(sid) for sid in gone]
+
+    def _forget(self, session_id: str) -> SessionEnded:
+        self._by_session.pop(session_id, None)
+        self._placed_at.pop(session_id, None)
+        return SessionEnded(session_id)
 
     def _apply(self, decisions: list[Decision], requests: list) -> None:
         # Sessions leave a backend before its replica goes: tell their hosts first.
@@ -319,6 +380,7 @@ class VramControllerImpl:
         """A new session: its placement (assign / queue / refuse) with code and reason.
         A queued session waits here up to `wait_s` for a better answer."""
         session_id = request["session_id"]
+        self._placed_at[session_id] = self.now_s()
         await self._step([SessionRequest(**request)])
 
         def latest() -> Decision | None:
@@ -344,9 +406,22 @@ class VramControllerImpl:
         return out
 
     async def ended(self, session_id: str) -> None:
-        self._inbox.append(SessionEnded(session_id))
-        self._by_session.pop(session_id, None)
+        self._inbox.append(self._forget(session_id))
         self._wake.set()
+
+    async def host_sessions(self, host_id: str, session_ids: list[str]) -> None:
+        """A SessionHost's heartbeat: the sessions it has placed and not yet ended. One it
+        no longer lists ended without a word (an `ended` call that failed, say)."""
+        now_s = self.now_s()
+        self._hosts_seen[host_id] = now_s
+        listed = set(session_ids)
+        unlisted = [sid for sid in self.controller.state.sessions
+                    if host_of(sid) == host_id and sid not in listed
+                    and now_s - self._placed_at.get(sid, 0.0) > UNLISTED_GRACE_S]
+        if unlisted:
+            log.warning("vram: host %s no longer has sessions %s; ending them", host_id, unlisted)
+            self._inbox += [self._forget(sid) for sid in unlisted]
+            self._wake.set()
 
     async def demote(self, session_id: str) -> None:
         """The session stays in still mode for good (shed, or its wait timed out): it
@@ -395,7 +470,8 @@ class VramControllerImpl:
     async def snapshot(self) -> dict:
         out = self.controller.snapshot()
         out.update({
-            "probe": self.probe_kind, "now_s": round(self.now_s(), 3),
+            "probe": self.probe_kind, "now_s": round(self.now_s(), 3), "resumed": self.resumed,
+            "session_hosts": sorted(self._hosts_seen),
             "step_period_s": self.vram.step_period_s,
             "desired_replicas": self.controller.desired_replicas(),
             "counters": dict(self.metrics.counts),
@@ -421,6 +497,11 @@ class VramControllerImpl:
         task = getattr(self, "_task", None)
         if task is not None:
             task.cancel()
+        if getattr(self, "app_name", None):  # a clean shutdown: the app goes, or is redeployed
+            try:
+                vram_checkpoint.delete(self.app_name)
+            except Exception:
+                pass
         if getattr(self, "probe_kind", None) == "nvml":
             try:
                 self.probe.close()
@@ -554,6 +635,7 @@ class VramGate:
         self.handle, self.ready_timeout_s = handle, args.timeouts.backend_ready_timeout_s
         self.modes = frozenset(controlled_modes(args))
         self.gates: dict[str, GatedBackend] = {}
+        self.placed: set[str] = set()  # placed and not yet ended: the heartbeat's list
 
     def controls(self, mode: str) -> bool:
         return mode in self.modes
@@ -563,7 +645,12 @@ class VramGate:
         """The placement, or ServiceError 503 with Retry-After and the policy's reason."""
         request = {"session_id": session_id, "mode": mode, "allow_still": allow_still,
                    "max_wait_s": max_wait_s, "resolution_px": resolution_px}
-        placement = await call(self.handle.place, request, max_wait_s + 1.0)
+        self.placed.add(session_id)
+        try:
+            placement = await call(self.handle.place, request, max_wait_s + 1.0)
+        except Exception:
+            self.placed.discard(session_id)
+            raise
         if placement["action"] == "queue":  # still queued after its wait: give up its place
             await self.ended(session_id)
         if placement["action"] in ("refuse", "queue"):
@@ -586,8 +673,12 @@ class VramGate:
             # A Session cannot warm up a second backend (no hook for it): still for good.
             call(self.handle.demote, session_id)
 
+    async def heartbeat(self, host_id: str) -> None:
+        await asyncio.wait_for(call(self.handle.host_sessions, host_id, sorted(self.placed)), 10.0)
+
     async def ended(self, session_id: str) -> None:
         self.gates.pop(session_id, None)
+        self.placed.discard(session_id)
         try:
             await asyncio.wait_for(call(self.handle.ended, session_id), 10.0)
         except Exception as err:  # the controller also forgets nothing: log and go on

@@ -324,6 +324,66 @@ def test_a_neighbour_that_grows_under_a_live_session_sheds_it_to_still_with_the_
     close(app, session["session_id"])
 
 
+def kill_controller_replica() -> None:
+    """As a crash would: no __del__, so no clean shutdown; Serve starts a new replica."""
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VramController" in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+
+@pytest.mark.graph
+def test_a_restarted_controller_resumes_and_the_session_keeps_its_backend(app):
+    reset_llm(app)
+    r = post_session(app)
+    assert r.status_code == 201, r.text
+    session_id = r.json()["session_id"]
+
+    async def main():
+        async with await open_ws(app["base"], session_id) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            before = await asyncio.to_thread(gpu, app)
+            assert before["resumed"] is False
+            kill_controller_replica()
+            await asyncio.to_thread(wait_for, lambda: _resumed(app), 60, "a new controller replica resumed", 0.5)
+            n = len(viewer.frames)
+            await viewer.recv_until(lambda v: len(v.frames) >= n + 50, 10)  # 2 s more, still rendering
+            return viewer, before
+
+    viewer, before = asyncio.run(main())
+    assert viewer.in_mode("pattern") and not any(e["type"] == "error" for e in viewer.events)
+    after = gpu(app)
+    assert after["sessions"][session_id]["mode"] == "pattern"
+    assert after["backends"]["pattern"]["phase"] == "resident"
+    assert after["backends"]["pattern"]["pid"] == before["backends"]["pattern"]["pid"]  # not reloaded
+    assert after["desired_replicas"] == {"pattern": 1} and backend_replicas("pattern", "RUNNING") == 1
+    assert after["now_s"] > before["now_s"]  # the policy clock went on
+    assert after["budget_bytes"] == before["budget_bytes"] == 18 * GIB
+    # The session's host keeps reporting to the new replica, and the end of the session reaches it.
+    wait_for(lambda: gpu(app)["session_hosts"], 10, "a heartbeat reached the new controller", 0.25)
+    close(app, session_id)
+    wait_for(lambda: not gpu(app)["sessions"], 5, "the new controller saw the session end")
+
+
+def _resumed(app) -> bool:
+    try:
+        return gpu(app)["resumed"]
+    except (AssertionError, httpx.HTTPError):
+        return False  # no controller replica yet: 5xx
+
+
+@pytest.mark.graph
+def test_a_session_its_host_no_longer_lists_is_ended_by_the_controller(app):
+    """As if the host's `ended` call had been lost: its heartbeat no longer lists the session."""
+    host = wait_for(lambda: gpu(app)["session_hosts"], 10, "a host heartbeat", 0.25)[0]
+    ghost = f"{host}.ghost-session-000000"
+    placement = app["controller"].place.remote({"session_id": ghost, "mode": "still"}, 1.0).result(timeout_s=10)
+    assert placement["action"] == "assign" and ghost in gpu(app)["sessions"]
+    wait_for(lambda: ghost not in gpu(app)["sessions"], 15, "the unlisted session ended", 0.25)
+
+
 @pytest.mark.graph
 def test_with_the_controller_off_backends_scale_on_load_and_gpu_says_so(ray_serve, tmp_path):
     # Redeploys the app (last in this module): no controller, the pattern backend as before.
