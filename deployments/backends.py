@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from models.base import Controls, Persona
+from models.base import Controls, Persona, plan_clip
 from models.modes import build_pipeline
 
 from .calls import call
@@ -81,6 +81,10 @@ class LocalBackend:
     async def interrupt(self, persona_id, carry, controls):
         persona = await self.personas.get(persona_id)
         return await self._run(self.pipeline.interrupt, persona, carry, controls)
+
+    async def plan(self, persona_id, carry, audio16k, controls):
+        persona = await self.personas.get(persona_id)
+        return await self._run(plan_clip, self.pipeline, persona, carry, audio16k, controls)
 
     async def warnings(self, persona_id: str) -> list[dict]:
         return persona_warnings(await self.personas.get(persona_id))
@@ -148,6 +152,10 @@ class BackendDeployment:
         """The carry with what the lookahead held dropped (no frames: nothing is drawn)."""
         return await asyncio.to_thread(self.pipeline.interrupt, await self._persona(), carry, controls)
 
+    async def plan(self, carry: Any, audio16k: np.ndarray, controls: Controls) -> Any:
+        """A one-shot render's whole clip, for pipelines that plan it (models.base.plan_clip)."""
+        return await asyncio.to_thread(plan_clip, self.pipeline, await self._persona(), carry, audio16k, controls)
+
 
 def persona_warnings(persona: Persona) -> list[dict]:
     """A prepared persona's warnings ([{"code", "message"}]; pipelines put them in features["warnings"])."""
@@ -199,6 +207,9 @@ class RemoteBackend:
 
     async def interrupt(self, persona_id, carry, controls):
         return await call(self._for(persona_id).interrupt, carry, controls)
+
+    async def plan(self, persona_id, carry, audio16k, controls):
+        return await call(self._for(persona_id).plan, carry, audio16k, controls)
 
     async def warnings(self, persona_id: str) -> list[dict]:
         """The persona's preparation warnings ([{"code", "message"}]) from the backend."""

@@ -213,6 +213,7 @@ class SessionHostImpl:
         audio16k = np.pad(audio16k, (0, n * SAMPLES_PER_FRAME - len(audio16k)))
         writer = Mp4Writer()
         carry = await backend.start(persona_id, controls)
+        carry = await backend.plan(persona_id, carry, audio16k, controls)  # Ditto: offline motion
         step = OFFLINE_CHUNK_FRAMES * SAMPLES_PER_FRAME
         for start in range(0, len(audio16k), step):
             frames, carry = await backend.render(persona_id, carry, audio16k[start : start + step], controls)

@@ -614,6 +614,9 @@ class GatedBackend:
     async def interrupt(self, persona_id, carry, controls):
         return await self._backend().interrupt(persona_id, carry, controls)
 
+    async def plan(self, persona_id, carry, audio16k, controls):
+        return await self._backend().plan(persona_id, carry, audio16k, controls)
+
     async def warnings(self, persona_id):
         return await self._backend().warnings(persona_id)
 

@@ -7,6 +7,12 @@ Every mode is a plain Python object that tests can run on CPU:
     frames, carry = pipeline.render(persona, carry, audio16k, controls)
     frames, carry = pipeline.flush(persona, carry, controls)   # end of speech
     frames, carry = pipeline.idle(persona, carry, n, controls) # no speech
+    carry = plan_clip(pipeline, persona, carry, audio16k, controls)  # one-shot renders
+
+A one-shot render (POST /v1/render) has the whole clip before the first frame.
+A pipeline that can use it (Ditto: the reference's offline Audio2Motion) has an
+optional `plan(persona, carry, audio16k, controls) -> carry`; the render then
+passes the same audio through `render` as usual, in chunks.
 
 Clock: audio is mono float32 at 16 kHz, video 25 fps, so one frame spans
 640 samples. `render` takes a whole number of frames of audio and returns as
@@ -122,6 +128,12 @@ class Persona:
 # numpy arrays and numbers). The session owns it and passes it back each call,
 # so any replica can render a session's next chunk.
 Carry = Any
+
+
+def plan_clip(pipeline, persona: "Persona", carry: Any, audio16k: np.ndarray, controls: "Controls") -> Any:
+    """The carry for a one-shot render of `audio16k`: planned by the pipeline if it can."""
+    plan = getattr(pipeline, "plan", None)
+    return carry if plan is None else plan(persona, carry, audio16k, controls)
 
 
 @runtime_checkable

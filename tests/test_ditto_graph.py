@@ -97,3 +97,23 @@ def test_a_ditto_session_streams_three_seconds_of_speech_with_an_emotion_change(
     assert all(im.shape == (PORTRAIT_SIDE, PORTRAIT_SIDE, 3) for im in images)
     # the face moves with speech: not every speech frame is the same picture
     assert max(np.abs(im.astype(np.int16) - images[0]).mean() for im in images) > 0.5
+
+
+def test_a_one_shot_render_returns_the_clip_with_offline_motion(app):
+    import wave
+
+    import av
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE_HZ)
+        w.writeframes(speech_pcm16(1.0).tobytes())
+    r = httpx.post(f"{app['base']}/v1/render", timeout=120,
+                   files={"audio": ("speech.wav", buf.getvalue(), "audio/wav")},
+                   data={"persona_id": app["persona"], "mode": "ditto", "emotion": "happy"})
+    assert r.status_code == 200, r.text
+    with av.open(io.BytesIO(r.content)) as container:
+        assert container.streams.audio
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 25 and frames[0].shape == (PORTRAIT_SIDE, PORTRAIT_SIDE, 3)
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.1  # not a frozen portrait

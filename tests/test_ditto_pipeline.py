@@ -164,6 +164,38 @@ def test_interrupt_drops_the_held_frames_undrawn_and_the_next_utterance_starts_a
     assert len(again) == 25  # exactly the new utterance's frames: nothing of the dropped one
 
 
+def test_a_one_shot_render_draws_the_offline_motion_of_the_whole_clip(pipeline, persona):
+    from models.ditto.audio import wav2feat
+    from models.ditto.emotion import controls_to_ditto
+    from models.ditto.stream import MotionStream
+
+    audio, c = speech(1.2), Controls(emotion="happy", intensity=0.7)
+    carry = pipeline.plan(persona, pipeline.start(persona, c), audio, c)
+    # The reference's offline scheme on whole-clip features, with the offline settings.
+    cfg = pipeline.config.offline_stream
+    assert (cfg.overlap, cfg.sampling_steps, cfg.fix_kp_cond, cfg.online) == (10, 50, 0, False)
+    whole = MotionStream(pipeline.offline_sampler, cfg, persona.features["ditto"].cond).whole(
+        wav2feat(pipeline.hubert, audio), controls_to_ditto(c)[0])
+    np.testing.assert_array_equal(carry.planned, whole)
+    assert carry.planned.shape == (30, 265)
+    online = motion_of(pipeline, persona, audio, 5, switch_s=99)[0]  # (30, 21, 3) keypoints
+    neutral = pipeline.plan(persona, pipeline.start(persona, Controls()), audio, Controls())
+    offline = pipeline._speech_keypoints(persona, neutral, neutral.planned, Controls())[1]
+    assert online.shape == offline.shape and not np.allclose(online, offline, atol=1e-3)  # not the online scheme
+
+    def draw(chunk_frames):
+        k = pickle.loads(pickle.dumps(carry))  # the carry travels between calls
+        out = [pipeline.render(persona, k, audio[s : s + 640 * chunk_frames], c)[0]
+               for s in range(0, len(audio), 640 * chunk_frames)]
+        tail, k = pipeline.flush(persona, k, c)
+        assert len(tail) == 0 and k.planned is None and k.motion is None
+        return np.concatenate(out)
+
+    frames = draw(10)
+    assert frames.shape == (30, *persona.portrait.shape)  # every frame at once: no lookahead
+    np.testing.assert_array_equal(frames, draw(30))
+
+
 def test_idle_lips_relax_to_rest_and_sway_eases(pipeline, persona):
     carry = pipeline.start(persona, Controls())
     frames, carry = pipeline.render(persona, carry, speech(1.0), Controls())

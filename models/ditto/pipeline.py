@@ -51,6 +51,14 @@ change eased in with the same time constant.
 
 Everything between chunks is in `DittoCarry` (plain data, picklable).
 
+One-shot renders (`plan`): the whole clip is known, so its motion comes from the
+reference's offline Audio2Motion instead (`MotionStream.whole`: whole-clip HuBERT
+features, windows every 70 frames from frame 0, 50 DDIM steps, no clipping, the
+whole sequence smoothed again), with the clip's emotion held constant; `render`
+then draws the planned motion chunk by chunk. The stitcher's d0 is the clip's
+first motion frame, as online. Fewer LMDM windows than online (one per 70 frames
+against one per 5), each with 5x the steps.
+
 Not yet ours: Ditto's eye attributes (eye open / gaze from MediaPipe's 478 points)
 feed the LMDM condition; until that runner exists `prepare` takes them as
 arguments, with neutral defaults.
@@ -81,7 +89,7 @@ from .audio import (
     CHUNK_FRAMES, CHUNK_SAMPLES, HOP_SAMPLES, ONLINE_PAD_SAMPLES, SAMPLES_PER_FRAME, Hubert,
     StreamingFeatures, wav2feat,
 )
-from .config import MODE, DittoFiles, StreamConfig, clip_from_cfg, read_cfg_pkl
+from .config import MODE, OFFLINE_STREAM, DittoFiles, StreamConfig, clip_from_cfg, read_cfg_pkl
 from .emotion import controls_to_ditto, emotion_vector
 from .eyes import eye_attributes
 from .lmdm import LMDMConfig, MotionDecoder
@@ -111,6 +119,7 @@ class DittoPipelineConfig:
     lmdm: LMDMConfig = field(default_factory=LMDMConfig)
     networks: LivePortraitConfig = field(default_factory=LivePortraitConfig)
     stream: StreamConfig = field(default_factory=lambda: StreamConfig(overlap=DEFAULT_OVERLAP))
+    offline_stream: StreamConfig = OFFLINE_STREAM  # one-shot renders (`plan`)
     crop: CropParams = SOURCE_CROP
     idle: DittoIdleConfig = field(default_factory=DittoIdleConfig)
     emotion_time_constant_s: float = 0.3
@@ -145,6 +154,7 @@ class DittoCarry:
     idle_clock: int = 0  # idle frames so far (phase of the sway)
     sway_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sway of the last frame
     head_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))  # Controls.head_* offsets shown, eased
+    planned: np.ndarray | None = None  # (n, 265) a one-shot render's motion not yet drawn (`plan`)
 
 
 def _frames_of_features(audio_frames: int) -> int:
@@ -192,6 +202,7 @@ class DittoPipeline:
         self.config, self.seed = config, seed
         self.lmdm, self.networks, self.hubert, self.face = lmdm.to(target).eval(), networks.to(target), hubert, face
         self.sampler = DDIMSampler(self.lmdm, config.stream.sampling_steps, SeededNoise(seed))
+        self.offline_sampler = DDIMSampler(self.lmdm, config.offline_stream.sampling_steps, SeededNoise(seed))
         self.features = StreamingFeatures(hubert)
         self.lookahead_frames = lookahead_frames_for(config.stream.overlap, lmdm.cfg.seq_frames)
         self._silence: np.ndarray | None = None
@@ -242,12 +253,30 @@ class DittoPipeline:
         return DittoCarry(features=self.features.start(), motion=None, stitch=stitch,
                           emotion=emotion_vector(controls.emotion, controls.intensity), last=rest)
 
+    def plan(self, persona: Persona, carry: DittoCarry, audio16k: np.ndarray, controls: Controls) -> DittoCarry:
+        """A one-shot render's whole clip: its motion, from the offline scheme (module docstring)."""
+        source: DittoSource = persona.features[MODE]
+        check_audio_chunk(audio16k)
+        feats = wav2feat(self.hubert, np.asarray(audio16k, np.float32))  # (n, 1024)
+        emotion, _ = controls_to_ditto(controls)
+        stream = MotionStream(self.offline_sampler, self.config.offline_stream, source.cond)  # no clipping
+        carry.planned = stream.whole(feats, emotion)  # (n, 265) output format
+        if len(carry.planned):
+            carry.stitch.d0 = vec_to_info(carry.planned[0].copy())
+            carry.d0_from_stream = True
+        return carry
+
     def render(self, persona: Persona, carry: DittoCarry, audio16k: np.ndarray, controls: Controls):
+        if carry.planned is not None:
+            return self._draw_planned(persona, carry, check_audio_chunk(audio16k), controls)
         carry.frames_in += check_audio_chunk(audio16k)
         feats, carry.features = self.features.feed(carry.features, audio16k)
         return self._advance(persona, carry, feats, controls, end=False)
 
     def flush(self, persona: Persona, carry: DittoCarry, controls: Controls):
+        if carry.planned is not None:  # a one-shot render: what is left of its plan
+            frames, carry = self._draw_planned(persona, carry, len(carry.planned), controls)
+            return frames, self._new_utterance(carry)
         if carry.motion is None and carry.frames_in == 0:
             return empty_frames(persona), carry  # no utterance in progress
         feats, carry.features = self.features.flush(carry.features)
@@ -260,7 +289,7 @@ class DittoPipeline:
         return self._new_utterance(carry)
 
     def _new_utterance(self, carry: DittoCarry) -> DittoCarry:
-        carry.features, carry.motion = self.features.start(), None
+        carry.features, carry.motion, carry.planned = self.features.start(), None, None
         carry.frames_in = carry.frames_out = 0
         return carry
 
@@ -329,13 +358,23 @@ class DittoPipeline:
             # online, the reference makes the stream's first frame the stitcher's d0
             carry.stitch.d0 = vec_to_info(carry.motion.d0.copy())
             carry.d0_from_stream = True
+        return self._speech_keypoints(persona, carry, motion, controls)
+
+    def _draw_planned(self, persona: Persona, carry: DittoCarry, n: int, controls: Controls):
+        """The next n frames of the planned motion (the audio passed to `render` only counts them)."""
+        motion, carry.planned = carry.planned[:n], carry.planned[n:]
+        return self._render(persona, *self._speech_keypoints(persona, carry, motion, controls)), carry
+
+    def _speech_keypoints(self, persona: Persona, carry: DittoCarry, motion: np.ndarray,
+                          controls: Controls) -> tuple[np.ndarray, np.ndarray]:
+        """Speech motion (n, 265) -> keypoints, the idle sway easing out under it."""
         sway = []
-        for _ in motion:  # the idle sway eases out under speech
+        for _ in motion:
             carry.sway_deg = self._ease(carry.sway_deg, np.zeros(3))
             sway.append(carry.sway_deg.copy())
         if len(motion):
             carry.last = motion[-1].copy()
-        return self._keypoints(source, carry, motion, np.array(sway).reshape(-1, 3), controls)
+        return self._keypoints(persona.features[MODE], carry, motion, np.array(sway).reshape(-1, 3), controls)
 
     def _ease(self, current: np.ndarray, target: np.ndarray) -> np.ndarray:
         keep = math.exp(-1.0 / (self.config.idle.sway_time_constant_s * FPS))
