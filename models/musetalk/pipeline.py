@@ -21,8 +21,14 @@ one face and cannot tell a second one: several faces are not detected.
 Silence: upstream animates the mouth even on silent audio. A frame whose audio
 (and its neighbours') is below `silence_rms` shows its reference frame unchanged,
 so the mouth stays as the persona's media shows it (closed, for a usual portrait),
-and the UNet is not run for it. The switch between a reference and a generated
-frame is a cut (no cross-fade yet); only the lower face inside the mask changes.
+and the UNet is not run for it. Between silence and speech the generated frames
+cross-fade from and to the reference over `crossfade_frames` frames (a generated
+face differs from the reference even with the mouth closed: a cut would show a
+pop in the lower face): a speaking frame d frames from the nearest silent one
+shows d / (crossfade_frames + 1) of the generated face. The start and end of an
+utterance (its first frame, the end of the audio at flush) count as silence
+next to it. The stream's lookahead already holds the frames this looks ahead
+at, so the fade adds no delay.
 """
 from __future__ import annotations
 
@@ -64,6 +70,7 @@ class MuseTalkConfig:
     blur_fraction: float = 0.1  # realtime_inference.py's mask blur
     audio: AudioConfig = field(default_factory=AudioConfig)
     silence_rms: float = 3e-3  # about -50 dBFS
+    crossfade_frames: int = 2  # at most the audio lookahead - 1 (the frames known ahead)
     min_landmark_score: float = 0.3
     min_face_px: int = 32
     device: str | None = None  # None: CUDA when available
@@ -81,6 +88,7 @@ class MuseTalkCarry:
     cycle_index: int = 0
     rms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     rms_start: int = 0
+    utterance_start: int = 0  # frames before it count as silent (cross-fade in)
 
 
 def frame_rms(audio16k: np.ndarray) -> np.ndarray:
@@ -207,11 +215,14 @@ class MuseTalkPipeline:
     def flush(self, persona: Persona, carry: Carry, controls: Controls):
         first = carry.audio.frames_done
         prompts, stream = self.streamer.flush(carry.audio)
-        return self._frames(persona, replace(carry, audio=stream), first, prompts)
+        end = first + len(prompts)  # the end of the audio: silence after it
+        frames, carry = self._frames(persona, replace(carry, audio=stream), first, prompts, end=end)
+        return frames, replace(carry, utterance_start=end)
 
     def interrupt(self, persona: Persona, carry: Carry, controls: Controls):
         """The held frames are skipped, not drawn; their audio stays as left context."""
-        return replace(carry, audio=self.streamer.skip(carry.audio))
+        stream = self.streamer.skip(carry.audio)
+        return replace(carry, audio=stream, utterance_start=stream.frames_done)
 
     def idle(self, persona: Persona, carry: Carry, n: int, controls: Controls):
         """No speech: the next n reference frames in cycle order (no UNet).
@@ -232,12 +243,12 @@ class MuseTalkPipeline:
         generated (no silence rule), frame i from cycle position i. -> F×H×W×3 uint8 RGB."""
         prompts = self.streamer.encoder.prompts(wav16k, fps)
         carry = MuseTalkCarry(rms=np.full(len(prompts), np.inf, np.float32))
-        frames, _ = self._frames(persona, carry, 0, prompts)
+        frames, _ = self._frames(persona, carry, 0, prompts, fade=False)
         return frames
 
     def _add_rms(self, carry: MuseTalkCarry, rms: np.ndarray) -> MuseTalkCarry:
-        # Keep one frame before the next to emit: silence looks at each frame's neighbours.
-        keep_from = max(carry.audio.frames_done - 1, carry.rms_start)
+        # Keep the frames before the next to emit that the silence rule and the fade look at.
+        keep_from = max(carry.audio.frames_done - 1 - self._fade_frames(), carry.rms_start)
         kept = carry.rms[keep_from - carry.rms_start :]
         return replace(carry, rms=np.concatenate([kept, rms]), rms_start=keep_from)
 
@@ -247,7 +258,25 @@ class MuseTalkPipeline:
         window = carry.rms[lo:hi]
         return window.size == 0 or float(window.max()) < self.config.silence_rms
 
-    def _frames(self, persona: Persona, carry: MuseTalkCarry, first: int, prompts: torch.Tensor):
+    def _fade_frames(self) -> int:
+        return max(0, min(self.config.crossfade_frames, self.lookahead_frames - 1))
+
+    def _speech_weight(self, carry: MuseTalkCarry, frame: int, end: int | None) -> float:
+        """How much of the generated face frame `frame` shows: 0 silent, 1 in speech,
+        d / (fade + 1) d frames from the nearest silent frame (module docstring)."""
+        def silent(f: int) -> bool:
+            return f < carry.utterance_start or (end is not None and f >= end) or self._is_silent(carry, f)
+
+        if silent(frame):
+            return 0.0
+        fade = self._fade_frames()
+        for d in range(1, fade + 1):
+            if silent(frame - d) or silent(frame + d):
+                return d / (fade + 1)
+        return 1.0
+
+    def _frames(self, persona: Persona, carry: MuseTalkCarry, first: int, prompts: torch.Tensor,
+                end: int | None = None, fade: bool = True):
         n = len(prompts)
         if n == 0:
             return empty_frames(persona), carry
@@ -255,13 +284,14 @@ class MuseTalkPipeline:
         n_media = len(feats["frames_bgr"])
         media_idx = [cycle_frame(carry.cycle_index + k, n_media) for k in range(n)]
         out = [feats["frames_bgr"][i] for i in media_idx]  # silent frames stay the reference
-        speaking = [k for k in range(n) if not self._is_silent(carry, first + k)]
+        weight = [self._speech_weight(carry, first + k, end) if fade else 1.0 for k in range(n)]
+        speaking = [k for k in range(n) if weight[k] > 0]
         for start in range(0, len(speaking), self.config.batch_size):
             batch = speaking[start : start + self.config.batch_size]
             latents = feats["latents"][[media_idx[k] for k in batch]]
             faces = generate(self.nets, latents, prompts[batch])  # B×256×256×3 BGR
             for k, face in zip(batch, faces):
-                out[k] = self._paste(feats, media_idx[k], face)
+                out[k] = crossfade(out[k], self._paste(feats, media_idx[k], face), weight[k])
         frames = np.stack([f[..., ::-1] for f in out])  # N×H×W×3 RGB
         return frames, replace(carry, cycle_index=(carry.cycle_index + n) % (2 * n_media))
 
@@ -270,6 +300,14 @@ class MuseTalkPipeline:
         box = feats["boxes"][i]
         face = resize_face(face_bgr_256, box)
         return blend(feats["frames_bgr"][i], face, box, feats["masks"][i], feats["mask_boxes"][i])
+
+
+def crossfade(reference: np.ndarray, generated: np.ndarray, weight: float) -> np.ndarray:
+    """H×W×3 uint8: `weight` of the generated frame over the reference (1: the generated one)."""
+    if weight >= 1.0:
+        return generated
+    mixed = reference.astype(np.float32) + weight * (generated.astype(np.float32) - reference)
+    return np.rint(mixed).astype(np.uint8)
 
 
 def weight_files(**options):
