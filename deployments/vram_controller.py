@@ -574,9 +574,10 @@ class GatedBackend:
     no request waits on a zero-replica deployment and Serve's cold-start path never
     loads a backend the controller has not admitted. The mode is the controller's: the
     requested one, a substitute, or the one a still session is upgraded to. `revoke`
-    (a shed) makes every later call fail at once with the controller's reason, so the
-    session falls back to still mode (its `error` and `mode_changed` events say why)
-    before the replica is gone, instead of waiting on a deployment at zero replicas."""
+    (a shed, or the backend lost) cancels the calls in flight and makes every later call
+    fail at once with the controller's reason, so the session falls back to still mode
+    (its `error` and `mode_changed` events say why) before the replica is gone, instead
+    of waiting on a deployment at zero replicas."""
 
     def __init__(self, session_id: str, requested_mode: str, remotes: dict[str, RemoteBackend],
                  vram: Any, ready_timeout_s: float):
@@ -584,14 +585,31 @@ class GatedBackend:
         self.vram, self.ready_timeout_s = vram, ready_timeout_s
         self.remote: RemoteBackend | None = None
         self.revoked: BackendRevoked | None = None
+        self._in_flight: set[asyncio.Future] = set()
 
     def revoke(self, code: str, reason: str) -> None:
+        """Calls in flight are cancelled too: one waiting on a replica that crashed (or is
+        going) would otherwise hold the session's frames until its timeout."""
         self.revoked = BackendRevoked(code, reason)
+        for task in list(self._in_flight):
+            task.cancel()
 
     def _backend(self) -> RemoteBackend:
         if self.revoked is not None:
             raise self.revoked
         return self.remote
+
+    async def _call(self, method: str, *args):
+        task = asyncio.ensure_future(getattr(self._backend(), method)(*args))
+        self._in_flight.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self.revoked is not None and task.cancelled():
+                raise self.revoked from None  # cancelled by `revoke`, not by the session
+            raise
+        finally:
+            self._in_flight.discard(task)
 
     async def start(self, persona_id, controls):
         state = await call(self.vram.wait_session, self.session_id, self.ready_timeout_s)
@@ -600,25 +618,25 @@ class GatedBackend:
             raise RuntimeError(f"no backend was loaded for this session within {self.ready_timeout_s:.0f}s "
                                f"(controller: {state['mode'] or 'session unknown'})")
         self.mode, self.remote = state["mode"], self.remotes[state["mode"]]
-        return await self._backend().start(persona_id, controls)
+        return await self._call("start", persona_id, controls)
 
     async def render(self, persona_id, carry, audio16k, controls):
-        return await self._backend().render(persona_id, carry, audio16k, controls)
+        return await self._call("render", persona_id, carry, audio16k, controls)
 
     async def flush(self, persona_id, carry, controls):
-        return await self._backend().flush(persona_id, carry, controls)
+        return await self._call("flush", persona_id, carry, controls)
 
     async def idle(self, persona_id, carry, n, controls):
-        return await self._backend().idle(persona_id, carry, n, controls)
+        return await self._call("idle", persona_id, carry, n, controls)
 
     async def interrupt(self, persona_id, carry, controls):
-        return await self._backend().interrupt(persona_id, carry, controls)
+        return await self._call("interrupt", persona_id, carry, controls)
 
     async def plan(self, persona_id, carry, audio16k, controls):
-        return await self._backend().plan(persona_id, carry, audio16k, controls)
+        return await self._call("plan", persona_id, carry, audio16k, controls)
 
     async def warnings(self, persona_id):
-        return await self._backend().warnings(persona_id)
+        return await self._call("warnings", persona_id)
 
 
 class BackendRevoked(RuntimeError):

@@ -81,6 +81,31 @@ def test_a_revoked_backend_fails_at_once_with_the_controllers_reason():
     assert raised.value.code == "shed_over_budget"
 
 
+def test_a_revoke_cancels_the_call_in_flight_with_the_controllers_reason():
+    class Hung:
+        mode = "pattern"
+        cancelled = False
+
+        async def render(self, persona_id, carry, audio, controls):
+            try:
+                await asyncio.Event().wait()  # a replica that crashed: no answer, ever
+            except asyncio.CancelledError:
+                Hung.cancelled = True
+                raise
+
+    async def main():
+        gate = GatedBackend("s1", "pattern", {"pattern": Hung()}, vram=None, ready_timeout_s=1)
+        gate.remote = gate.remotes["pattern"]
+        call = asyncio.ensure_future(gate.render("p", None, None, None))
+        await asyncio.sleep(0.05)
+        gate.revoke("backend_lost", "pattern's process left the GPU")
+        with pytest.raises(BackendRevoked, match="left the GPU") as raised:
+            await asyncio.wait_for(call, 1.0)
+        return raised.value.code
+
+    assert asyncio.run(main()) == "backend_lost" and Hung.cancelled
+
+
 # ---------------------------------------------------------------- the graph
 
 
@@ -382,6 +407,48 @@ def test_a_session_its_host_no_longer_lists_is_ended_by_the_controller(app):
     placement = app["controller"].place.remote({"session_id": ghost, "mode": "still"}, 1.0).result(timeout_s=10)
     assert placement["action"] == "assign" and ghost in gpu(app)["sessions"]
     wait_for(lambda: ghost not in gpu(app)["sessions"], 15, "the unlisted session ended", 0.25)
+
+
+def kill_replica_of(deployment: str) -> None:
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+
+@pytest.mark.graph
+def test_a_backend_that_crashes_is_lost_its_session_goes_still_and_a_new_one_reloads_it(app):
+    r = post_session(app)
+    assert r.status_code == 201, r.text
+    session_id = r.json()["session_id"]
+
+    async def main():
+        async with await open_ws(app["base"], session_id) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            kill_replica_of("Backend-pattern")  # as a CUDA crash would end it
+            await viewer.recv_until(lambda v: v.in_mode("still"), 15)
+            n = len(viewer.frames)
+            await viewer.recv_until(lambda v: len(v.frames) >= n + 25, 5)  # keeps streaming
+            return viewer
+
+    viewer = asyncio.run(main())
+    assert any(e["type"] == "error" for e in viewer.events)
+    lost = wait_for(lambda: [d for d in gpu(app)["decisions"] if d["code"] == "backend_lost"], 10, "lost")
+    assert lost[0]["mode"] == "pattern" and "left the GPU" in lost[0]["reason"]
+    snapshot = gpu(app)
+    assert snapshot["sessions"][session_id]["mode"] == "still"
+    assert snapshot["simulated"]["neighbour_oom_events"] == 0
+    # Nothing wants it now: Serve's restarted replica is stopped, and a new session loads it afresh.
+    wait_for(lambda: "pattern" not in gpu(app)["backends"] and backend_replicas("pattern") == 0, 30,
+             "no pattern replica left", 0.25)
+    fresh = post_session(app)
+    assert fresh.status_code == 201, fresh.text
+    watch_until_mode(app, fresh.json()["session_id"], "pattern")
+    assert gpu(app)["backends"]["pattern"]["phase"] == "resident"
+    close(app, session_id)
+    close(app, fresh.json()["session_id"])
 
 
 @pytest.mark.graph

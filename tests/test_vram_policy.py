@@ -10,6 +10,7 @@ from deployments.vram.data import (
 )
 from deployments.vram.eviction import EvictionCandidate, cheapest_set
 from deployments.vram.neighbours import NeighbourTracker, matches
+from deployments.vram.policy import Phase
 from deployments.vram.testing import LLM_PORT, Rig, find, small_config
 
 
@@ -446,3 +447,34 @@ def test_emergency_sheds_the_lowest_priority_sessions_when_nothing_is_idle():
     shed = find(decisions, Action.ASSIGN, Code.SHED_EMERGENCY, "s1")
     assert shed and shed[0].mode == "still" and "below the floor" in shed[0].reason
     assert find(decisions, Action.UNLOAD, Code.EVICT_EMERGENCY)[0].mode == "big"
+
+
+# ------------------------------------------------------------------ a backend that crashes
+
+
+def test_a_backend_whose_process_vanishes_is_lost_and_its_sessions_go_to_still():
+    rig = Rig(small_config())
+    _load_big(rig)
+    rig.step(11.0)  # its PID is on the device
+    del rig.ours["big"]  # the replica crashed: the driver freed its memory
+    assert not find(rig.step(12.0), Action.NOTE, Code.BACKEND_LOST)  # one reading may race an exit
+    decisions = rig.step(12.5)
+    lost = find(decisions, Action.NOTE, Code.BACKEND_LOST)
+    assert len(lost) == 1 and lost[0].mode == "big" and "900" in lost[0].reason
+    moved = find(decisions, Action.ASSIGN, Code.BACKEND_LOST, "s1")
+    assert moved and moved[0].mode == "still"
+    assert not find(decisions, Action.UNLOAD)  # nothing to unload: the memory is already free
+    assert "big" not in rig.controller.state.backends and rig.controller.desired_replicas()["big"] == 0
+    assert not find(rig.step(13.0), Action.LOAD)  # not for s1: it stays still (no crash loop)
+    assert find(rig.step(14.0, SessionRequest("s2", "big")), Action.LOAD)  # a new session loads it afresh
+
+
+def test_a_backend_pid_the_device_never_showed_is_never_called_lost():
+    # NVML in a container reports host PIDs: our own PID may never appear in a reading.
+    rig = Rig(small_config())
+    rig.step(0.0, SessionRequest("s1", "big"))
+    rig.ours["big"] = (12345, 6 * GIB)  # what NVML shows
+    rig.step(10.0, LoadReport("big", ok=True, pid=900, peak_bytes=6 * GIB))  # what the replica says
+    for t in (11.0, 12.0, 13.0):
+        assert not find(rig.step(t), Action.NOTE, Code.BACKEND_LOST)
+    assert rig.controller.state.backends["big"].phase == Phase.RESIDENT

@@ -123,6 +123,7 @@ class Code(StrEnum):
     SHED_EMERGENCY = "shed_emergency"
     UNLOAD_CONFIRMED = "unload_confirmed"
     UNLOAD_ASSUMED = "unload_assumed"          # no per-process numbers; timed out
+    BACKEND_LOST = "backend_lost"              # its process left the GPU without an unload (crashed)
     EMERGENCY_ENTER = "emergency_enter"
     EMERGENCY_EXIT = "emergency_exit"
     NO_PER_PROCESS_NUMBERS = "no_per_process_numbers"
@@ -130,7 +131,7 @@ class Code(StrEnum):
 
 
 # Codes that move a session off a backend against its will; eviction after them is allowed.
-SHED_CODES = frozenset({Code.SHED_OVER_BUDGET, Code.SHED_EMERGENCY})
+SHED_CODES = frozenset({Code.SHED_OVER_BUDGET, Code.SHED_EMERGENCY, Code.BACKEND_LOST})
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ class Backend:
     pids_before_load: frozenset[int] = frozenset()
     unload_started_s: float | None = None
     used_at_unload_bytes: int | None = None
+    # Its PID was on the device once (NVML in a container may never show our PIDs: no verdict
+    # then), and the readings in a row since without it.
+    seen_on_device: bool = False
+    missing_readings: int = 0
 
     @property
     def key(self) -> ProfileKey:
@@ -219,6 +223,7 @@ class Controller:
                        f"per-process GPU memory unavailable ({reading.note or 'no reason given'}); "
                        "attributing used memory minus our backends to 'unattributed'")
         self._adopt_loading_pid(reading)
+        self._detect_lost(reading)
         own_pids = {b.pid for b in s.backends.values() if b.pid is not None}
         own_bytes = sum(b.reserved_bytes for b in s.backends.values())
         s.neighbours.observe(reading, own_pids, own_bytes, self._now_s)
@@ -241,6 +246,37 @@ class Controller:
             loading.pid = process.pid
             self.state.neighbours.forget_pid(process.pid)
             return
+
+    def _detect_lost(self, reading: DeviceReading) -> None:
+        """A backend whose process left the GPU without an unload crashed (or was killed):
+        its memory is free and its sessions have lost it. They go to still mode, told why;
+        the backend leaves the ledger, so Serve is asked for zero replicas and a new session
+        loads it afresh. Needs per-process numbers and a PID seen on the device before."""
+        if not reading.per_process_available:
+            return
+        live_pids = {p.pid for p in reading.processes}
+        for mode, b in list(self.state.backends.items()):
+            if b.phase == Phase.UNLOADING or b.pid is None:
+                continue
+            if b.pid in live_pids:
+                b.seen_on_device, b.missing_readings = True, 0
+                continue
+            if not b.seen_on_device:
+                continue
+            b.missing_readings += 1
+            if b.missing_readings < _LOST_AFTER_READINGS:
+                continue
+            why = f"{mode}'s process {b.pid} left the GPU without an unload (it crashed or was killed)"
+            del self.state.backends[mode]
+            self._emit(Action.NOTE, Code.BACKEND_LOST, why, mode=mode, extra={"bytes": b.reserved_bytes})
+            for session in self._sessions_on(mode):
+                if session.target is not None and session.target.mode == mode:
+                    session.target = None  # re-placed: a new load
+                if session.mode == mode:
+                    self._to_still(session, Code.BACKEND_LOST, why)
+                    # Its host keeps it in still mode for good (a session cannot warm up a
+                    # second backend): no load for it, or a crash could loop.
+                    session.rank = 0
 
     def _track_live_peaks(self, reading: DeviceReading) -> None:
         if not reading.per_process_available:
@@ -335,7 +371,10 @@ class Controller:
             self._unload(backend, Code.LOAD_FAILED, f"{report.mode} failed to load: {report.error}")
             return
         backend.phase, backend.since_s, backend.last_busy_s = Phase.RESIDENT, self._now_s, self._now_s
-        backend.pid = report.pid if report.pid is not None else backend.pid
+        if report.pid is not None and report.pid != backend.pid:
+            # The replica's own PID over the one adopted from the device (in a container the
+            # two differ): whether the device shows it is yet to be seen.
+            backend.pid, backend.seen_on_device, backend.missing_readings = report.pid, False, 0
         if report.peak_bytes is not None:
             self.state.profiles.observe(backend.key, report.peak_bytes, self._now_s)
             # The first measurement replaces the guess, lower or higher.
@@ -689,6 +728,9 @@ class Controller:
 _STILL_RANK = 10**6
 _UNPLACED = 10**7
 _NOW, _LATER, _NO = "now", "later", "no"
+# Readings in a row without a backend's PID before it counts as lost (one may race its exit
+# against a report; two at the step period are still well under a second).
+_LOST_AFTER_READINGS = 2
 
 
 def _variants_for(spec: BackendSpec, resolution_px: int) -> list[VariantSpec]:
