@@ -172,6 +172,12 @@ def post_session(app, **extra) -> httpx.Response:
                       json={"persona_id": app["persona"], "mode": "pattern", **extra})
 
 
+def new_session_id(app, **extra) -> str:
+    r = post_session(app, **extra)
+    assert r.status_code == 201, r.text
+    return r.json()["session_id"]
+
+
 def close(app, session_id: str) -> None:
     assert httpx.delete(f"{app['base']}/v1/sessions/{session_id}").status_code == 204
 
@@ -349,11 +355,11 @@ def test_a_neighbour_that_grows_under_a_live_session_sheds_it_to_still_with_the_
     close(app, session["session_id"])
 
 
-def kill_controller_replica() -> None:
+def kill_replica_of(deployment: str) -> None:
     """As a crash would: no __del__, so no clean shutdown; Serve starts a new replica."""
     import ray
 
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VramController" in a["name"]]
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
     assert len(names) == 1, names
     ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
 
@@ -361,9 +367,7 @@ def kill_controller_replica() -> None:
 @pytest.mark.graph
 def test_a_restarted_controller_resumes_and_the_session_keeps_its_backend(app):
     reset_llm(app)
-    r = post_session(app)
-    assert r.status_code == 201, r.text
-    session_id = r.json()["session_id"]
+    session_id = new_session_id(app)
 
     async def main():
         async with await open_ws(app["base"], session_id) as ws:
@@ -371,7 +375,7 @@ def test_a_restarted_controller_resumes_and_the_session_keeps_its_backend(app):
             await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
             before = await asyncio.to_thread(gpu, app)
             assert before["resumed"] is False
-            kill_controller_replica()
+            kill_replica_of("VramController")
             await asyncio.to_thread(wait_for, lambda: _resumed(app), 60, "a new controller replica resumed", 0.5)
             n = len(viewer.frames)
             await viewer.recv_until(lambda v: len(v.frames) >= n + 50, 10)  # 2 s more, still rendering
@@ -409,19 +413,9 @@ def test_a_session_its_host_no_longer_lists_is_ended_by_the_controller(app):
     wait_for(lambda: ghost not in gpu(app)["sessions"], 15, "the unlisted session ended", 0.25)
 
 
-def kill_replica_of(deployment: str) -> None:
-    import ray
-
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
-    assert len(names) == 1, names
-    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
-
-
 @pytest.mark.graph
 def test_a_backend_that_crashes_is_lost_its_session_goes_still_and_a_new_one_reloads_it(app):
-    r = post_session(app)
-    assert r.status_code == 201, r.text
-    session_id = r.json()["session_id"]
+    session_id = new_session_id(app)
 
     async def main():
         async with await open_ws(app["base"], session_id) as ws:
@@ -443,12 +437,11 @@ def test_a_backend_that_crashes_is_lost_its_session_goes_still_and_a_new_one_rel
     # Nothing wants it now: Serve's restarted replica is stopped, and a new session loads it afresh.
     wait_for(lambda: "pattern" not in gpu(app)["backends"] and backend_replicas("pattern") == 0, 30,
              "no pattern replica left", 0.25)
-    fresh = post_session(app)
-    assert fresh.status_code == 201, fresh.text
-    watch_until_mode(app, fresh.json()["session_id"], "pattern")
+    fresh = new_session_id(app)
+    watch_until_mode(app, fresh, "pattern")
     assert gpu(app)["backends"]["pattern"]["phase"] == "resident"
     close(app, session_id)
-    close(app, fresh.json()["session_id"])
+    close(app, fresh)
 
 
 @pytest.mark.graph
