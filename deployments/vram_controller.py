@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -241,13 +242,15 @@ class VramControllerImpl:
         self._hosts = None  # SessionHost handle, made on first use (it binds us, not we it)
         self._placed_at: dict[str, float] = {}  # session id -> policy time it was placed
         self._hosts_seen: dict[str, float] = {}  # SessionHost id -> policy time of its last list
+        # A checkpoint saved under other args (a redeploy) is not this controller's to resume.
+        self._config_key = hashlib.sha256(self.args.model_dump_json().encode()).hexdigest()
         self.resumed = self._resume()
         self._publish(force=True)  # after the resume: a fresh start publishes zero replicas
         self._task = asyncio.get_event_loop().create_task(self._run(), name="vram controller")
 
     def _resume(self) -> bool:
         """Pick up where a replica that died left off (vram/checkpoint.py)."""
-        saved = vram_checkpoint.load(self.app_name)
+        saved = vram_checkpoint.load(self.app_name, self._config_key)
         if saved is None:
             return False
         self.controller.state = saved.state
@@ -266,7 +269,7 @@ class VramControllerImpl:
         try:
             vram_checkpoint.save(self.app_name, vram_checkpoint.Checkpoint(
                 self.controller.state, self.device, self._by_session, self._placed_at,
-                self._hosts_seen, self.now_s()))
+                self._hosts_seen, self.now_s(), self._config_key))
         except Exception as err:  # never stop protecting the neighbours over a checkpoint
             log.warning("vram: cannot save the checkpoint: %s", err)
 
