@@ -418,6 +418,14 @@ class Session:
         self._warm = _Warm(backend, carry)
         self._wake.set()
 
+    def rewarm(self, backend: Backend) -> None:
+        """Its backend was taken away (a VRAM shed): from still mode, wait for `backend`
+        again in the background and switch when it is ready, as at the start."""
+        if self.closed:
+            return
+        self.backend, self._warm = backend, None
+        self._spawn(self._warm_up(), "backend re-warm")
+
     async def _hold_backend(self, backend: Backend) -> None:
         """Keep one call open on the backend while this session may use it (see BackendDeployment.hold)."""
         while not self.closed:  # cancelled when the session leaves this backend or closes

@@ -119,10 +119,17 @@ class SessionHostImpl:
             await self.vram.ended(session_id)
 
     async def vram_notice(self, session_id: str, decision: dict) -> None:
-        """The VramController moved this session off its backend (a shed): later calls
-        fail at once with its reason, so the session falls back to still mode and says why."""
-        if self.vram is not None:
-            self.vram.notice(session_id, decision)
+        """The VramController moved this session off its backend (a shed, or the backend
+        lost): calls fail at once with its reason, so the session falls back to still mode
+        and says why. After a shed it waits for a backend again and switches back when the
+        controller has room (its `mode_changed` event says so)."""
+        if self.vram is None:
+            return
+        session = self.sessions.get(session_id)
+        if self.vram.notice(session_id, decision) and session is not None:
+            session.rewarm(self.vram.backend(session_id, session.requested_mode, self.remote))
+        else:
+            self.vram.demote(session_id)
 
     async def list_sessions(self) -> list[dict]:
         return [s.info().model_dump() for s in self.sessions.values()]

@@ -585,6 +585,7 @@ class GatedBackend:
     def __init__(self, session_id: str, requested_mode: str, remotes: dict[str, RemoteBackend],
                  vram: Any, ready_timeout_s: float):
         self.session_id, self.mode, self.remotes = session_id, requested_mode, remotes
+        self.requested_mode = requested_mode
         self.vram, self.ready_timeout_s = vram, ready_timeout_s
         self.remote: RemoteBackend | None = None
         self.revoked: BackendRevoked | None = None
@@ -689,13 +690,19 @@ class VramGate:
         self.gates[session_id] = gate
         return gate
 
-    def notice(self, session_id: str, decision: dict) -> None:
-        """A decision the controller pushed for a live session (a shed)."""
-        gate = self.gates.get(session_id)
+    def notice(self, session_id: str, decision: dict) -> bool:
+        """A decision the controller pushed for a live session: a shed, or its backend lost.
+        Revokes its gate; True when the session may wait for a backend again (after a shed:
+        the controller upgrades it when room appears), False when it stays still for good
+        (its backend crashed: no reload for it, or a crash could loop)."""
+        gate = self.gates.pop(session_id, None)
         if gate is not None:
             gate.revoke(decision["code"], decision["reason"])
-            # A Session cannot warm up a second backend (no hook for it): still for good.
-            call(self.handle.demote, session_id)
+        return decision["code"] != Code.BACKEND_LOST.value
+
+    def demote(self, session_id: str) -> None:
+        """The session stays in still mode for good: it holds no seat at the controller."""
+        call(self.handle.demote, session_id)
 
     async def heartbeat(self, host_id: str) -> None:
         await asyncio.wait_for(call(self.handle.host_sessions, host_id, sorted(self.placed)), 10.0)
