@@ -427,8 +427,8 @@ class VramControllerImpl:
             self._wake.set()
 
     async def demote(self, session_id: str) -> None:
-        """The session stays in still mode for good (shed, or its wait timed out): it
-        holds no seat, so the policy never loads a backend for it again."""
+        """The session stays in still mode for good (its backend lost, or its wait timed
+        out): it holds no seat, so the policy never loads a backend for it again."""
         self._inbox += [SessionEnded(session_id), SessionRequest(session_id, STILL_MODE)]
         self._wake.set()
 

@@ -274,8 +274,7 @@ class Controller:
                     session.target = None  # re-placed: a new load
                 if session.mode == mode:
                     self._to_still(session, Code.BACKEND_LOST, why)
-                    # Its host keeps it in still mode for good (a session cannot warm up a
-                    # second backend): no load for it, or a crash could loop.
+                    # Still for good (its host demotes it): no load for it, or a crash could loop.
                     session.rank = 0
 
     def _track_live_peaks(self, reading: DeviceReading) -> None:
