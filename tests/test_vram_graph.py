@@ -119,6 +119,22 @@ def test_the_autoscaling_policy_returns_the_published_target(ray_serve):
     assert follow_vram_controller(ctx) == (0, {})
 
 
+@pytest.mark.graph
+def test_a_checkpoint_is_resumed_only_when_recent_and_under_the_same_args(ray_serve):
+    from deployments.vram import checkpoint
+
+    saved = checkpoint.Checkpoint(state={"ledger": 1}, device=None, by_session={}, placed_at_s={},
+                                  hosts_seen_s={}, now_s=12.0, config_key="args-a")
+    checkpoint.save("checkpoint-test", saved)
+    assert checkpoint.load("checkpoint-test", "args-a").state == {"ledger": 1}
+    assert checkpoint.load("checkpoint-test", "args-b") is None  # a redeploy with other args
+    saved.saved_at -= checkpoint.MAX_AGE_S + 1
+    checkpoint.save("checkpoint-test", saved)
+    assert checkpoint.load("checkpoint-test", "args-a") is None  # too old to describe the GPU now
+    checkpoint.delete("checkpoint-test")
+    assert checkpoint.load("checkpoint-test", "args-a") is None
+
+
 @pytest.fixture(scope="module")
 def app(ray_serve, tmp_path_factory):
     args = {
