@@ -679,6 +679,7 @@ class VramGate:
         if placement["action"] == "queue":  # still queued after its wait: give up its place
             await self.ended(session_id)
         if placement["action"] in ("refuse", "queue"):
+            self.placed.discard(session_id)  # refused: the controller holds nothing for it
             retry_s = placement.get("retry_after_s") or placement.get("eta_s") or 30.0
             raise ServiceError(503, placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
         return placement
