@@ -59,9 +59,10 @@ then draws the planned motion chunk by chunk. The stitcher's d0 is the clip's
 first motion frame, as online. Fewer LMDM windows than online (one per 70 frames
 against one per 5), each with 5x the steps.
 
-Not yet ours: Ditto's eye attributes (eye open / gaze from MediaPipe's 478 points)
-feed the LMDM condition; until that runner exists `prepare` takes them as
-arguments, with neutral defaults.
+Eyes: LMDM's eye condition (openness, gaze) comes from MediaPipe's 478-point face
+mesh on the source crop (face_mesh.py, eyes.py; the `ditto-eyes` extra). Without it,
+or without a face in the crop, the eyes are neutral defaults and `prepare` warns
+(`neutral_eyes`); `prepare(eye_open=..., eye_ball=...)` overrides both.
 """
 from __future__ import annotations
 
