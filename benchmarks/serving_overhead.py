@@ -8,8 +8,12 @@ Prints JSON:
   by the client from the frames' due times): CPU ms per speech frame over every
   process of the cluster, first speech frame latency after the first audio chunk;
 - overhead_ratio: graph CPU per frame, minus Ray's own background (the cluster with
-  no session open), over in-process CPU per frame. Every frame's trip (backend ->
-  host -> Router -> HTTP proxy -> WebSocket) counts: this is what serving costs;
+  every replica of the path up and no session open), over in-process CPU per frame.
+  Every frame's trip (backend -> host -> Router -> HTTP proxy -> WebSocket) counts:
+  this is what serving a frame costs;
+- overhead_ratio_cold_background: the same, minus the background before the backend's
+  replica was started: its idle cost (Ray's and Serve's housekeeping, ~8 ms of CPU a
+  second) then counts against this one session's frames;
 - speech_over_idle_ratio: the same minus the session idling instead. Idle frames
   flow through the graph at 25 fps too and speech frames replace them, so this
   leaves out the transport and shows only what speech adds (audio in, the speech
@@ -61,6 +65,8 @@ def cluster_cpu_by_process() -> dict[str, float]:
     for pid in ours:
         _, cpu, title = stats[pid]
         name = title.split(" ")[0].rsplit("/", 1)[-1]
+        if name.startswith("ray::"):  # an actor's title also names the task it runs now
+            name = name.split(".")[0]
         by_title[name] = by_title.get(name, 0.0) + cpu
     return by_title
 
@@ -87,14 +93,35 @@ def in_process(seconds: float, work_ms: float, chunk_frames: int, size: int) -> 
     return {"frames": n, "fps": n / wall, "cpu_ms_per_frame": 1000 * cpu / n, "first_chunk_latency_ms": 1000 * first}
 
 
-async def idling_cpu_per_s(seconds: float) -> float:
-    cpu0, t0 = cluster_cpu_s(), time.time()
+async def idling_cpu_per_s_by_process(seconds: float) -> dict[str, float]:
+    before, t0 = cluster_cpu_by_process(), time.time()
     await asyncio.sleep(seconds)
-    return (cluster_cpu_s() - cpu0) / (time.time() - t0)
+    after, wall = cluster_cpu_by_process(), time.time() - t0
+    return {k: (v - before.get(k, 0.0)) / wall for k, v in after.items()}
+
+
+async def idling_cpu_per_s(seconds: float) -> float:
+    return sum((await idling_cpu_per_s_by_process(seconds)).values())
+
+
+async def warm_up_backend(base: str, persona: str) -> None:
+    """One session opened and closed: the backend replica starts and stays up (Serve's
+    downscale delay is 30 s), so the next background reading has every replica of the path."""
+    session_id = create_session(base, persona, "pattern")["session_id"]
+    async with await open_ws(base, session_id) as ws:
+        await WsViewer(ws).recv_until(lambda v: v.in_mode("pattern"), 120)
+    import httpx
+
+    httpx.delete(f"{base}/v1/sessions/{session_id}")
+    await asyncio.sleep(1.0)
 
 
 async def graph_session(base: str, persona: str, seconds: float, pacing: str) -> dict:
-    background_cpu_per_s = await idling_cpu_per_s(seconds)  # Ray and Serve, no session open
+    # Ray and Serve with no session open: first with no backend replica, then with one up.
+    cold_background_cpu_per_s = await idling_cpu_per_s(seconds)
+    await warm_up_backend(base, persona)
+    background = await idling_cpu_per_s_by_process(min(seconds, 15.0))  # within the downscale delay
+    background_cpu_per_s = sum(background.values())
     session_id = create_session(base, persona, "pattern")["session_id"]
     n = int(seconds * 25)
     async with await open_ws(base, session_id, pacing) as ws:
@@ -125,11 +152,18 @@ async def graph_session(base: str, persona: str, seconds: float, pacing: str) ->
         "idle_cluster_cpu_per_s": idle_cpu_per_s,
         "idle_cluster_cpu_per_s_before_after": [idle_before, idle_after],
         "background_cpu_per_s": background_cpu_per_s,
+        "background_cpu_ms_per_s_by_process": {k: round(1000 * v, 1) for k, v in background.items() if v > 0.0005},
+        "cold_background_cpu_per_s": cold_background_cpu_per_s,
         "cpu_ms_per_frame": 1000 * (gross_cpu - background_cpu_per_s * wall) / max(1, len(speech)),
-        "cpu_ms_per_frame_by_process": {  # before subtracting the idle baseline
-            k: round(1000 * (after[k] - before.get(k, 0.0)) / max(1, len(speech)), 2)
-            for k in sorted(after, key=lambda k: before.get(k, 0.0) - after[k]) if after[k] - before.get(k, 0.0) > 0.01},
+        "cpu_ms_per_frame_cold_background": 1000 * (gross_cpu - cold_background_cpu_per_s * wall) / max(1, len(speech)),
+        "cpu_ms_per_frame_by_process": by_process(before, after, background, wall, len(speech)),
     }
+
+
+def by_process(before: dict, after: dict, background: dict, wall: float, frames: int) -> dict[str, float]:
+    """CPU ms per frame of each process over the speech, less its own background (Ray with no session)."""
+    ms = {k: 1000 * (after[k] - before.get(k, 0.0) - background.get(k, 0.0) * wall) / max(1, frames) for k in after}
+    return {k: round(v, 2) for k, v in sorted(ms.items(), key=lambda kv: -kv[1]) if abs(v) > 0.05}
 
 
 async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict:
@@ -191,6 +225,7 @@ def main() -> None:
     print(json.dumps({
         "config": vars(args), "in_process": local, "graph": graph,
         "overhead_ratio": graph["cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
+        "overhead_ratio_cold_background": graph["cpu_ms_per_frame_cold_background"] / local["cpu_ms_per_frame"],
         "speech_over_idle_ratio": graph["speech_over_idle_cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
         "first_frame_latency_ms": graph["first_frame_latency_ms"],
         "still_sessions": still, "max_still_sessions_at_25fps": max(held, default=0),

@@ -59,10 +59,14 @@ def resample_to_16k(samples: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.concatenate([r.push(samples), r.flush()])
 
 
-def pcm16_to_float(data: bytes, big_endian: bool = False) -> np.ndarray:
-    """PCM16 mono bytes -> float32 in [-1, 1)."""
+def check_pcm16(data: bytes) -> None:
     if len(data) % 2:
         raise ServiceError(400, "bad_audio", f"PCM16 needs an even number of bytes, got {len(data)}")
+
+
+def pcm16_to_float(data: bytes, big_endian: bool = False) -> np.ndarray:
+    """PCM16 mono bytes -> float32 in [-1, 1)."""
+    check_pcm16(data)
     pcm = np.frombuffer(data, dtype=">i2" if big_endian else "<i2")
     return pcm.astype(np.float32) / 32768.0
 

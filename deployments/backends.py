@@ -8,6 +8,12 @@
   the pipeline's keyword options, plus `cuda_memory_fraction` (this process's
   cap on the GPU, DESIGN section 1), which the deployment applies itself.
 - `RemoteBackend` is what a session holds to call that deployment.
+
+Render calls (`render`, `flush`, `idle`) take an optional `FrameFormat`: a remote
+backend then JPEG-encodes its frames before they cross Ray, and the session
+publishes them as they come. A local backend returns raw frames whatever the
+format: the session encodes them itself, with its encoder's cache of the last
+frame (still mode shows one portrait over and over).
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ from ray import serve
 from models.base import Controls, Persona, plan_clip
 from models.modes import build_pipeline
 
-from .calls import call
+from .calls import call, direct
+from .encode import EncodedFrames, FrameFormat
 from .personas import PersonaStore
 
 log = logging.getLogger("ray.serve")
@@ -66,15 +73,15 @@ class LocalBackend:
         persona = await self.personas.get(persona_id)
         return await self._run(self.pipeline.start, persona, controls)
 
-    async def render(self, persona_id, carry, audio16k, controls):
+    async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
         persona = await self.personas.get(persona_id)
         return await self._run(self.pipeline.render, persona, carry, audio16k, controls)
 
-    async def flush(self, persona_id, carry, controls):
+    async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
         persona = await self.personas.get(persona_id)
         return await self._run(self.pipeline.flush, persona, carry, controls)
 
-    async def idle(self, persona_id, carry, n, controls):
+    async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
         persona = await self.personas.get(persona_id)
         return await self._run(self.pipeline.idle, persona, carry, n, controls)
 
@@ -135,18 +142,25 @@ class BackendDeployment:
     async def start(self, controls: Controls) -> Any:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
 
-    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls):
-        """Streams {"frames": N×H×W×3 uint8} batches; the last item also holds {"carry": ...}."""
-        frames, carry = await asyncio.to_thread(self.pipeline.render, await self._persona(), carry, audio16k, controls)
-        yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
+    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
+        """Streams {"frames": N×H×W×3 uint8, or EncodedFrames in `fmt`} batches; the last
+        item also holds {"carry": ...}."""
+        persona = await self._persona()
+        yield await asyncio.to_thread(self._rendered, fmt, self.pipeline.render, persona, carry, audio16k, controls)
 
-    async def flush(self, carry: Any, controls: Controls):
-        frames, carry = await asyncio.to_thread(self.pipeline.flush, await self._persona(), carry, controls)
-        yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
+    async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
+        persona = await self._persona()
+        yield await asyncio.to_thread(self._rendered, fmt, self.pipeline.flush, persona, carry, controls)
 
-    async def idle(self, carry: Any, n: int, controls: Controls):
-        frames, carry = await asyncio.to_thread(self.pipeline.idle, await self._persona(), carry, n, controls)
-        yield {"frames": frames, "carry": carry}  # one item: each streamed item costs ~1.7 ms
+    async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None):
+        persona = await self._persona()
+        yield await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
+
+    @staticmethod
+    def _rendered(fmt: FrameFormat | None, step, *args) -> dict:
+        """One streamed item (each costs ~1.7 ms): the frames, encoded in `fmt` if given, and the carry."""
+        frames, carry = step(*args)
+        return {"frames": frames if fmt is None else EncodedFrames.of(frames, fmt), "carry": carry}
 
     async def interrupt(self, carry: Any, controls: Controls) -> Any:
         """The carry with what the lookahead held dropped (no frames: nothing is drawn)."""
@@ -189,6 +203,13 @@ class RemoteBackend:
     def _for(self, persona_id: str, stream: bool = False):
         return self.handle.options(multiplexed_model_id=persona_id, stream=stream)
 
+    def _render_call(self, persona_id: str, fmt: FrameFormat | None):
+        """Frames come back as JPEGs alone: small, so over the direct channel. Raw frames
+        (a one-shot render's, or a WebRTC viewer's) are large: through Ray's object store."""
+        if fmt is None or fmt.raw:
+            return self._for(persona_id, True)
+        return direct(self.handle, multiplexed_model_id=persona_id, stream=True)
+
     async def start(self, persona_id: str, controls: Controls) -> Any:
         return await call(self._for(persona_id).start, controls)
 
@@ -196,17 +217,17 @@ class RemoteBackend:
         """An open streaming call that keeps the deployment scaled up while the session lives."""
         return call(self._for(persona_id, True).hold)
 
-    async def render(self, persona_id, carry, audio16k, controls):
-        return await self._collect(call(self._for(persona_id, True).render, carry, audio16k, controls))
+    async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
+        return await self._collect(call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt))
 
-    async def flush(self, persona_id, carry, controls):
-        return await self._collect(call(self._for(persona_id, True).flush, carry, controls))
+    async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
+        return await self._collect(call(self._render_call(persona_id, fmt).flush, carry, controls, fmt))
 
-    async def idle(self, persona_id, carry, n, controls):
-        return await self._collect(call(self._for(persona_id, True).idle, carry, n, controls))
+    async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
+        return await self._collect(call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt))
 
     async def interrupt(self, persona_id, carry, controls):
-        return await call(self._for(persona_id).interrupt, carry, controls)
+        return await call(direct(self.handle, multiplexed_model_id=persona_id).interrupt, carry, controls)
 
     async def plan(self, persona_id, carry, audio16k, controls):
         return await call(self._for(persona_id).plan, carry, audio16k, controls)
@@ -216,12 +237,14 @@ class RemoteBackend:
         return await call(self._for(persona_id).warnings)
 
     @staticmethod
-    async def _collect(stream) -> tuple[np.ndarray, Any]:
+    async def _collect(stream) -> tuple[np.ndarray | EncodedFrames, Any]:
         batches, carry = [], None
         async for item in stream:
             if "frames" in item:
                 batches.append(item["frames"])
             if "carry" in item:
                 carry = item["carry"]
+        if isinstance(batches[0], EncodedFrames):
+            return EncodedFrames.concat(batches), carry
         frames = np.concatenate(batches) if len(batches) > 1 else batches[0]
         return frames, carry

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -44,6 +45,44 @@ class JpegEncoder:
     def encode_batch(self, frames: np.ndarray) -> list[bytes]:
         """frames: N×H×W×3 uint8 -> N JPEGs."""
         return [self.encode(f) for f in frames]
+
+
+@dataclass(frozen=True)
+class FrameFormat:
+    """How a session wants a remote backend's frames: JPEG-encoded where they are rendered
+    (the JPEGs cross Ray, a twentieth of the raw bytes), and the raw frames as well only
+    while a viewer in the session's host needs them (a WebRTC peer encodes its own video)."""
+
+    jpeg_quality: int = 80
+    raw: bool = False
+
+
+@dataclass
+class EncodedFrames:
+    """A batch of frames as a session publishes them.
+
+    jpegs: one JPEG per frame; raw: N×H×W×3 uint8 RGB, or None where no one asked for it.
+    """
+
+    jpegs: list[bytes]
+    raw: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    @staticmethod
+    def of(frames: np.ndarray, fmt: FrameFormat, encoder: JpegEncoder | None = None) -> "EncodedFrames":
+        """frames: N×H×W×3 uint8 -> their JPEGs (and the frames themselves if `fmt.raw`)."""
+        jpegs = (encoder or JpegEncoder(fmt.jpeg_quality)).encode_batch(frames)
+        return EncodedFrames(jpegs, frames if fmt.raw else None)
+
+    @staticmethod
+    def concat(batches: list["EncodedFrames"]) -> "EncodedFrames":
+        if len(batches) == 1:
+            return batches[0]
+        raws = [b.raw for b in batches]
+        raw = np.concatenate(raws) if all(r is not None for r in raws) else None
+        return EncodedFrames([j for b in batches for j in b.jpegs], raw)
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

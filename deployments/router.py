@@ -25,17 +25,21 @@ from models.emotion import normalize_emotion
 from models.modes import MODES, mode_status
 
 from .audio_in import decode_audio_body, decode_audio_file, resample_to_16k
-from .calls import call
+from .calls import DIRECT_MAX_BYTES, call, direct
 from .config import AppArgs
 from .personas import SESSION_ID, PersonaStore, check_persona_id
 from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict
 from .streams import MJPEG_BOUNDARY, ahead, mjpeg_part, paced, ws_frame
+from .ws_in import InputForwarder
 
 log = logging.getLogger("ray.serve")
 MODES_CACHE_S = 5.0
 # The WebSocket's `pacing`: "server" sends each frame when due; "client" sends frames as they
 # are rendered (a little ahead), for clients that keep their own playout buffer.
 PACINGS = {"server": paced, "client": ahead}
+# SessionHost methods whose arguments or results can be large arrays: through Ray's
+# object store. Every other host call is small and goes direct (deployments/calls.py).
+BY_REFERENCE = {"push_audio", "render_offline"}
 
 api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head avatar server")
 
@@ -166,8 +170,10 @@ class RouterImpl:
 
     async def _host(self, method: str, timeout_s: float = 30.0, **kwargs):
         """Call a SessionHost method; ServiceErrors come back as themselves."""
+        large = method in BY_REFERENCE or len(kwargs.get("data", b"")) > DIRECT_MAX_BYTES
+        hosts = self.hosts if large else direct(self.hosts)
         try:
-            return await asyncio.wait_for(call(getattr(self.hosts, method), **kwargs), timeout_s)
+            return await asyncio.wait_for(call(getattr(hosts, method), **kwargs), timeout_s)
         except asyncio.TimeoutError:
             raise ServiceError(504, "timeout", f"session host did not answer {method} within {timeout_s:.0f} s") from None
         except Exception as err:
@@ -307,7 +313,7 @@ class RouterImpl:
 
     # ---------------- streams ----------------
     def _subscribe(self, session_id: str, want_audio: bool = False):
-        return call(self.hosts.options(stream=True).subscribe, session_id=session_id, want_audio=want_audio)
+        return call(direct(self.hosts, stream=True).subscribe, session_id=session_id, want_audio=want_audio)
 
     @api.get("/v1/sessions/{session_id}/mjpeg")
     async def mjpeg(self, session_id: str):
@@ -361,25 +367,43 @@ class RouterImpl:
                     await ws.send_text(json.dumps(out.event | ({"pts": out.pts} if out.pts is not None else {})))
 
     async def _ws_in(self, ws: WebSocket, session_id: str, lock: asyncio.Lock) -> None:
-        """Binary: PCM16LE at the session's rate. Text: JSON control events."""
+        """Binary: PCM16LE at the session's rate. Text: JSON control events. Forwarded in
+        order by an InputForwarder; returns when the client or the session goes."""
+        async def report(err: ServiceError) -> None:
+            async with lock:
+                await ws.send_text(json.dumps(err.to_event()))
+
+        forwarder = InputForwarder(
+            push=lambda data: self._host("push_pcm16", session_id=session_id, data=data),
+            control=lambda event: self._host("control", session_id=session_id, event=event),
+            report=report, max_push_bytes=DIRECT_MAX_BYTES)
+        tasks = [asyncio.create_task(forwarder.run()), asyncio.create_task(self._receive(ws, forwarder, report))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _receive(ws: WebSocket, forwarder: InputForwarder, report) -> None:
+        """Read the client's messages into the forwarder; at the client's close, let it
+        forward what is already read (the last audio and its end_of_speech), then return."""
         try:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
-                    return
+                    break
                 try:
                     if message.get("bytes") is not None:
-                        await self._host("push_pcm16", session_id=session_id, data=message["bytes"])
+                        await forwarder.put_audio(message["bytes"])
                     elif message.get("text") is not None:
-                        event = _parse_event(message["text"].encode())
-                        await self._host("control", session_id=session_id, event=event)
-                except ServiceError as err:
-                    async with lock:
-                        await ws.send_text(json.dumps(err.to_event()))
-                    if err.code == "unknown_session":
-                        return
+                        await forwarder.put_event(_parse_event(message["text"].encode()))
+                except ServiceError as err:  # this message is refused; the stream goes on
+                    await report(err)
         except WebSocketDisconnect:
-            return
+            pass
+        await forwarder.drained(timeout_s=30.0)
 
     # ---------------- WebRTC (the peer lives in the session's host) ----------------
     @api.post("/v1/sessions/{session_id}/webrtc")

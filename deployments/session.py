@@ -6,8 +6,9 @@ The render loop keeps the video a little ahead of the wall clock:
 - idle: in batches of `idle_batch_frames` once the lead falls to
   `idle_lead_frames`; when speech arrives, idle frames beyond that lead are
   retracted, so speech starts within a few frames.
-Frames are JPEG-encoded once and published to every viewer with their pts;
-viewers (relays in the Router) send each frame when it is due.
+Frames are JPEG-encoded once, by a remote backend where they are rendered
+(`FrameFormat`) or here for local ones, and published to every viewer with their
+pts; viewers (relays in the Router) send each frame when it is due.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 
 from .audio_in import StreamResampler
 from .clock import SessionClock, SpeechBuffer
-from .encode import JpegEncoder
+from .encode import EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg
 from .protocol import ServiceError, SessionInfo, error_event, session_urls
 
 log = logging.getLogger("ray.serve")
@@ -36,9 +37,13 @@ class Backend(Protocol):
     mode: str
 
     async def start(self, persona_id: str, controls: Controls) -> Any: ...
-    async def render(self, persona_id: str, carry: Any, audio16k: np.ndarray, controls: Controls) -> tuple[np.ndarray, Any]: ...
-    async def flush(self, persona_id: str, carry: Any, controls: Controls) -> tuple[np.ndarray, Any]: ...
-    async def idle(self, persona_id: str, carry: Any, n: int, controls: Controls) -> tuple[np.ndarray, Any]: ...
+    # Frames: N×H×W×3 uint8, or (a remote backend, given a format) already EncodedFrames.
+    async def render(self, persona_id: str, carry: Any, audio16k: np.ndarray, controls: Controls,
+                     fmt: FrameFormat | None = None) -> tuple[np.ndarray | EncodedFrames, Any]: ...
+    async def flush(self, persona_id: str, carry: Any, controls: Controls,
+                    fmt: FrameFormat | None = None) -> tuple[np.ndarray | EncodedFrames, Any]: ...
+    async def idle(self, persona_id: str, carry: Any, n: int, controls: Controls,
+                   fmt: FrameFormat | None = None) -> tuple[np.ndarray | EncodedFrames, Any]: ...
     async def interrupt(self, persona_id: str, carry: Any, controls: Controls) -> Any: ...
 
 
@@ -61,7 +66,8 @@ class SessionConfig:
 class FrameBatch:
     """Frames published to viewers.
 
-    frames: N×H×W×3 uint8 RGB (for in-process viewers such as WebRTC peers);
+    frames: N×H×W×3 uint8 RGB (for in-process viewers such as WebRTC peers), or None
+    when the backend sent JPEGs only (no such viewer was there when it rendered);
     audio: N×640 float32 output audio on the frame clock (zeros when idle).
     """
 
@@ -69,15 +75,22 @@ class FrameBatch:
     pts: list[int]
     jpegs: list[bytes]
     audio: np.ndarray
-    frames: np.ndarray
+    frames: np.ndarray | None
 
     def to_item(self, viewer: "Viewer") -> dict:
         item = {"type": "frames", "t0": self.t0, "pts": self.pts, "jpegs": self.jpegs}
         if viewer.want_audio:
             item["audio"] = self.audio
         if viewer.want_raw:
-            item["frames"] = self.frames
+            item["frames"] = self.raw()
         return item
+
+    def raw(self) -> np.ndarray:
+        """The frames; a batch rendered just before an in-process viewer joined has only
+        its JPEGs, decoded once here."""
+        if self.frames is None:
+            self.frames = np.stack([decode_jpeg(j) for j in self.jpegs])
+        return self.frames
 
 
 @dataclass(eq=False)  # identity-hashed: viewers live in a set
@@ -321,7 +334,7 @@ class Session:
         epoch = self._epoch
         self._spans.extend(audio16k.reshape(-1, SAMPLES_PER_FRAME))
         frames, carry = await self._render_with_fallback(
-            lambda b, c: b.render(self.persona_id, c, audio16k, self.controls))
+            lambda b, c: b.render(self.persona_id, c, audio16k, self.controls, self._format()))
         if epoch != self._epoch:
             return  # interrupted while rendering
         self._carry = carry
@@ -332,7 +345,8 @@ class Session:
 
     async def _finish_utterance(self) -> None:
         epoch = self._epoch
-        frames, carry = await self._render_with_fallback(lambda b, c: b.flush(self.persona_id, c, self.controls))
+        frames, carry = await self._render_with_fallback(
+            lambda b, c: b.flush(self.persona_id, c, self.controls, self._format()))
         if epoch != self._epoch:
             return
         self._carry = carry
@@ -343,12 +357,13 @@ class Session:
 
     async def _render_idle(self, n: int) -> None:
         frames, self._carry = await self._render_with_fallback(
-            lambda b, c: b.idle(self.persona_id, c, n, self.controls))
-        if len(frames) < n:  # a backend owes n idle frames; never let the clock stall on it
+            lambda b, c: b.idle(self.persona_id, c, n, self.controls, self._format()))
+        encoded = await self._encoded(frames)
+        if len(encoded) < n:  # a backend owes n idle frames; never let the clock stall on it
             log.warning("session %s: %s gave %d of %d idle frames", self.session_id, self._active.mode, len(frames), n)
             still, _ = await self._call(self.still.idle(self.persona_id, None, n - len(frames), self.controls))
-            frames = np.concatenate([frames, still]) if len(frames) else still
-        await self._emit(frames, speech=False)
+            encoded = EncodedFrames.concat([encoded, await self._encoded(still)])
+        await self._emit(encoded, speech=False)
 
     async def _render_with_fallback(self, call) -> tuple[np.ndarray, Any]:
         """Render on the active backend; on failure say so, fall back to still, and render there."""
@@ -373,10 +388,21 @@ class Session:
             self._hold_task.cancel()
         self._event({"type": "mode_changed", "mode": "still", "reason": reason}, pts=self._produced_pts)
 
-    async def _emit(self, frames: np.ndarray, speech: bool) -> None:
+    def _format(self) -> FrameFormat:
+        """How a remote backend should send frames: JPEGs, plus raw frames for viewers in this process."""
+        return FrameFormat(self.config.jpeg_quality, raw=any(v.want_raw for v in self._viewers))
+
+    async def _encoded(self, frames: np.ndarray | EncodedFrames) -> EncodedFrames:
+        """A render's frames as published: a remote backend's come encoded; local ones are encoded here."""
+        if isinstance(frames, EncodedFrames):
+            return frames
+        jpegs = await asyncio.to_thread(self._encoder.encode_batch, frames) if len(frames) else []
+        return EncodedFrames(jpegs, frames)
+
+    async def _emit(self, frames: np.ndarray | EncodedFrames, speech: bool) -> None:
         if not len(frames):
             return
-        jpegs = await asyncio.to_thread(self._encoder.encode_batch, frames)
+        encoded = await self._encoded(frames)
         audio = np.zeros((len(frames), SAMPLES_PER_FRAME), np.float32)
         if speech:
             for i in range(len(frames)):
@@ -384,7 +410,7 @@ class Session:
                     audio[i] = self._spans.popleft()
         pts = list(range(self._produced_pts, self._produced_pts + len(frames)))
         self._produced_pts += len(frames)
-        self._publish(FrameBatch(self.clock.t0, pts, jpegs, audio, frames))
+        self._publish(FrameBatch(self.clock.t0, pts, encoded.jpegs, audio, encoded.raw))
 
     async def _sleep_until_next_deadline(self) -> None:
         # The next idle frame is needed when produced_pts - idle_lead becomes the shown frame.

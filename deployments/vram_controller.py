@@ -624,14 +624,14 @@ class GatedBackend:
         self.mode, self.remote = state["mode"], self.remotes[state["mode"]]
         return await self._call("start", persona_id, controls)
 
-    async def render(self, persona_id, carry, audio16k, controls):
-        return await self._call("render", persona_id, carry, audio16k, controls)
+    async def render(self, persona_id, carry, audio16k, controls, fmt=None):
+        return await self._call("render", persona_id, carry, audio16k, controls, fmt)
 
-    async def flush(self, persona_id, carry, controls):
-        return await self._call("flush", persona_id, carry, controls)
+    async def flush(self, persona_id, carry, controls, fmt=None):
+        return await self._call("flush", persona_id, carry, controls, fmt)
 
-    async def idle(self, persona_id, carry, n, controls):
-        return await self._call("idle", persona_id, carry, n, controls)
+    async def idle(self, persona_id, carry, n, controls, fmt=None):
+        return await self._call("idle", persona_id, carry, n, controls, fmt)
 
     async def interrupt(self, persona_id, carry, controls):
         return await self._call("interrupt", persona_id, carry, controls)

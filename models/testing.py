@@ -101,8 +101,9 @@ class PatternPipeline:
 
 
 def _burn_cpu(ms: float) -> None:
-    """Busy-work for `ms` milliseconds of wall time (a stand-in render cost)."""
-    end = time.perf_counter() + ms / 1000
+    """Busy-work for `ms` milliseconds of this thread's CPU time (a stand-in render cost:
+    the same CPU whether or not other processes share the cores meanwhile)."""
+    end = time.thread_time() + ms / 1000
     x = np.ones(64, np.float32)
-    while time.perf_counter() < end:
+    while time.thread_time() < end:
         x = np.sqrt(x * 1.0001)

@@ -4,7 +4,7 @@ import io
 import av
 import numpy as np
 
-from deployments.encode import JpegEncoder, decode_jpeg, encode_mp4
+from deployments.encode import EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg, encode_mp4
 
 
 def test_jpeg_is_reused_only_for_identical_frames():
@@ -18,6 +18,19 @@ def test_jpeg_is_reused_only_for_identical_frames():
     b[7, 9, 1] ^= 0xFF  # one byte off the sampling grid
     assert encoder.encode(b) is not first
     assert decode_jpeg(first).shape == (64, 64, 3)
+
+
+def test_encoded_frames_carry_raw_frames_only_when_asked_and_join_in_order():
+    frames = np.random.default_rng(2).integers(0, 255, (3, 32, 48, 3), np.uint8)
+    jpegs_only = EncodedFrames.of(frames, FrameFormat(jpeg_quality=70))
+    with_raw = EncodedFrames.of(frames[:2], FrameFormat(jpeg_quality=70, raw=True))
+    assert len(jpegs_only) == 3 and jpegs_only.raw is None
+    assert np.array_equal(with_raw.raw, frames[:2])
+    assert [decode_jpeg(j).shape for j in jpegs_only.jpegs] == [(32, 48, 3)] * 3
+    both = EncodedFrames.concat([with_raw, EncodedFrames.of(frames[2:], FrameFormat(raw=True))])
+    assert len(both) == 3 and np.array_equal(both.raw, frames)
+    assert both.jpegs[:2] == with_raw.jpegs
+    assert EncodedFrames.concat([with_raw, jpegs_only]).raw is None  # one batch without raw frames: none
 
 
 def test_mp4_holds_every_frame_and_the_audio():

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from deployments.audio_in import pcm16_to_float
-from deployments.backends import LocalBackend
+from deployments.backends import BackendDeployment, LocalBackend
+from deployments.encode import decode_jpeg
 from deployments.personas import PersonaStore
 from deployments.session import Session, SessionConfig
 from deployments.streams import paced
@@ -154,3 +155,58 @@ def test_backend_failure_becomes_an_error_and_still_mode(store):
     assert error["code"] == "backend_error" and "injected failure" in error["reason"]
     assert any(e["type"] == "mode_changed" and e["mode"] == "still" for e in events)
     assert session.mode == "still" and len(frames) >= 30  # and it kept streaming
+
+
+class EncodingBackend(LocalBackend):
+    """A local pipeline that hands back frames the way a backend deployment does when the
+    session gives a FrameFormat (BackendDeployment._rendered): JPEG-encoded, raw on request."""
+
+    def __init__(self, pipeline, store):
+        super().__init__(pipeline, store)
+        self.formats = []
+
+    async def render(self, persona_id, carry, audio16k, controls, fmt=None):
+        return await self._encoded(fmt, self.pipeline.render, persona_id, carry, audio16k, controls)
+
+    async def idle(self, persona_id, carry, n, controls, fmt=None):
+        return await self._encoded(fmt, self.pipeline.idle, persona_id, carry, n, controls)
+
+    async def flush(self, persona_id, carry, controls, fmt=None):
+        return await self._encoded(fmt, self.pipeline.flush, persona_id, carry, controls)
+
+    async def _encoded(self, fmt, step, persona_id, *args):
+        self.formats.append(fmt)
+        out = BackendDeployment._rendered(fmt, step, await self.personas.get(persona_id), *args)
+        return out["frames"], out["carry"]
+
+
+def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
+    backend = EncodingBackend(PatternPipeline(), store)
+
+    async def main():
+        session = Session("h.abcdefghijklmnopqrstuv", store.record.persona_id, "pattern", 16000, Controls(),
+                          LocalBackend(StillPipeline(), store), backend, SessionConfig(jpeg_quality=90))
+        await session.start()
+        await wait_for_mode(session, "pattern")
+        session.push_audio(pcm16_to_float(coded_pcm16(30).tobytes()))
+        session.end_of_speech()
+        events, frames = await watch(session, lambda e, f: has(e, "speech_ended"))
+        formats_before_raw = len(backend.formats)
+        raw_viewer = session.subscribe(want_raw=True)  # as a WebRTC peer does
+        raw_items = []
+        while sum(len(i["pts"]) for i in raw_items) < 10:
+            item = await asyncio.wait_for(raw_viewer.queue.get(), 5)
+            raw_items += [item] if item["type"] == "frames" else []
+        await session.close()
+        return events, frames, formats_before_raw, raw_items
+
+    events, frames, before_raw, raw_items = asyncio.run(main())
+    assert_speech_frames_match_audio([(p, c) for p, is_speech, c, _ in frames if is_speech], 30)
+    asked = [f for f in backend.formats if f is not None]
+    assert asked and all(f.jpeg_quality == 90 for f in asked)
+    assert not any(f.raw for f in asked[:before_raw - 1]), "JPEGs alone while no viewer wants raw frames"
+    assert asked[-1].raw, "raw frames asked for once a viewer in the host wants them"
+    for item in raw_items:  # raw from the backend, or (rendered before the viewer came) decoded from the JPEGs
+        assert item["frames"].shape == (len(item["pts"]), 64, 64, 3) and item["frames"].dtype == np.uint8
+        for frame, jpeg in zip(item["frames"], item["jpegs"]):
+            assert np.abs(frame.astype(int) - decode_jpeg(jpeg)).mean() < 2.0

@@ -69,7 +69,7 @@ def test_a_revoked_backend_fails_at_once_with_the_controllers_reason():
     class Remote:
         mode = "pattern"
 
-        async def idle(self, persona_id, carry, n, controls):
+        async def idle(self, persona_id, carry, n, controls, fmt=None):
             return "frames", carry
 
     gate = GatedBackend("s1", "pattern", {"pattern": Remote()}, vram=None, ready_timeout_s=1)
@@ -86,7 +86,7 @@ def test_a_revoke_cancels_the_call_in_flight_with_the_controllers_reason():
         mode = "pattern"
         cancelled = False
 
-        async def render(self, persona_id, carry, audio, controls):
+        async def render(self, persona_id, carry, audio, controls, fmt=None):
             try:
                 await asyncio.Event().wait()  # a replica that crashed: no answer, ever
             except asyncio.CancelledError:
