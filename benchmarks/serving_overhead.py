@@ -22,6 +22,7 @@ Prints JSON:
   25 fps with no frame later than one frame interval.
 
     python benchmarks/serving_overhead.py [--seconds 10] [--work-ms 8] [--chunk-frames 5] [--pacing client]
+        [--max-chunks-per-call 2] [--feed burst|realtime]
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ async def warm_up_backend(base: str, persona: str) -> None:
     await asyncio.sleep(1.0)
 
 
-async def graph_session(base: str, persona: str, seconds: float, pacing: str) -> dict:
+async def graph_session(base: str, persona: str, seconds: float, pacing: str, feed: str) -> dict:
     # Ray and Serve with no session open: first with no backend replica, then with one up.
     cold_background_cpu_per_s = await idling_cpu_per_s(seconds)
     await warm_up_backend(base, persona)
@@ -128,13 +129,11 @@ async def graph_session(base: str, persona: str, seconds: float, pacing: str) ->
         viewer = WsViewer(ws)
         await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
         idle_before = await idling_cpu_per_s(seconds)  # the open session idling: the baseline
-        pcm = coded_pcm16(n)
         before = cluster_cpu_by_process()
         cpu0, t_send = sum(before.values()), time.time()
-        for i in range(0, n, 5):
-            await ws.send(pcm[i * SAMPLES_PER_FRAME:(i + 5) * SAMPLES_PER_FRAME].tobytes())
-        await ws.send(json.dumps({"type": "end_of_speech"}))
+        sending = asyncio.create_task(send_speech(ws, coded_pcm16(n), feed, t_send))
         await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
+        await sending
         wall = time.time() - t_send
         after = cluster_cpu_by_process()
         gross_cpu = sum(after.values()) - cpu0
@@ -158,6 +157,15 @@ async def graph_session(base: str, persona: str, seconds: float, pacing: str) ->
         "cpu_ms_per_frame_cold_background": 1000 * (gross_cpu - cold_background_cpu_per_s * wall) / max(1, len(speech)),
         "cpu_ms_per_frame_by_process": by_process(before, after, background, wall, len(speech)),
     }
+
+
+async def send_speech(ws, pcm, feed: str, t_send: float) -> None:
+    """The speech in 200 ms messages, then end_of_speech; at once, or each when it would be spoken."""
+    for i in range(0, len(pcm) // SAMPLES_PER_FRAME, 5):
+        await ws.send(pcm[i * SAMPLES_PER_FRAME:(i + 5) * SAMPLES_PER_FRAME].tobytes())
+        if feed == "realtime":
+            await asyncio.sleep(max(0.0, t_send + (i + 5) / 25 - time.time()))
+    await ws.send(json.dumps({"type": "end_of_speech"}))
 
 
 def by_process(before: dict, after: dict, background: dict, wall: float, frames: int) -> dict[str, float]:
@@ -199,6 +207,7 @@ def start_app(args) -> str:
         "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
         "limits": {"max_sessions": 64},
         "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": args.chunk_frames,
+                                 "max_chunks_per_call": args.max_chunks_per_call,
                                  "options": {"size": args.size, "work_ms_per_frame": args.work_ms}}},
     })
 
@@ -208,6 +217,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--work-ms", type=float, default=8.0, help="stand-in render cost per frame")
     parser.add_argument("--chunk-frames", type=int, default=5)
+    parser.add_argument("--max-chunks-per-call", type=int, default=2,
+                        help="buffered chunks a session sends to the backend in one call once well ahead")
+    parser.add_argument("--feed", choices=["burst", "realtime"], default="burst",
+                        help="the client sends the speech at once (as a TTS does), or at 1x speed (as a microphone)")
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels")
     parser.add_argument("--pacing", choices=["server", "client"], default="server",
                         help="the WebSocket's pacing: frames sent when due, or as rendered")
@@ -218,7 +231,7 @@ def main() -> None:
     base = start_app(args)
     persona = create_persona(base, save=True, size=args.size)
     local = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)
-    graph = asyncio.run(graph_session(base, persona, args.seconds, args.pacing))
+    graph = asyncio.run(graph_session(base, persona, args.seconds, args.pacing, args.feed))
     still = [asyncio.run(still_viewers(base, persona, int(n), args.still_seconds))
              for n in args.still_counts.split(",")]
     held = [s["sessions"] for s in still if s["max_late_ms"] <= 40 and not s["skipped_frames"]]
