@@ -8,7 +8,8 @@ Prints JSON:
   by the client from the frames' due times): CPU ms per speech frame over every
   process of the cluster, first speech frame latency after the first audio chunk;
 - overhead_ratio: graph CPU per frame, minus Ray's own background (the cluster with
-  every replica of the path up and no session open), over in-process CPU per frame.
+  every replica of the path up and no session open, read before and after the speech
+  and averaged), over in-process CPU per frame.
   Every frame's trip (backend -> host -> Router -> HTTP proxy -> WebSocket) counts:
   this is what serving a frame costs;
 - overhead_ratio_cold_background: the same, minus the background before the backend's
@@ -21,8 +22,8 @@ Prints JSON:
 - still_sessions: the largest number of concurrent still-mode sessions held at
   25 fps with no frame later than one frame interval.
 
-    python benchmarks/serving_overhead.py [--seconds 10] [--work-ms 8] [--chunk-frames 5] [--pacing client]
-        [--max-chunks-per-call 2] [--feed burst|realtime]
+    python benchmarks/serving_overhead.py [--seconds 10] [--idle-seconds 15] [--work-ms 8] [--chunk-frames 5]
+        [--pacing client] [--feed burst|realtime]
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,24 +113,21 @@ async def warm_up_backend(base: str, persona: str) -> None:
     session_id = create_session(base, persona, "pattern")["session_id"]
     async with await open_ws(base, session_id) as ws:
         await WsViewer(ws).recv_until(lambda v: v.in_mode("pattern"), 120)
-    import httpx
-
     httpx.delete(f"{base}/v1/sessions/{session_id}")
     await asyncio.sleep(1.0)
 
 
-async def graph_session(base: str, persona: str, seconds: float, pacing: str, feed: str) -> dict:
+async def graph_session(base: str, persona: str, seconds: float, pacing: str, feed: str, idle_s: float) -> dict:
     # Ray and Serve with no session open: first with no backend replica, then with one up.
-    cold_background_cpu_per_s = await idling_cpu_per_s(seconds)
+    cold_background_cpu_per_s = await idling_cpu_per_s(idle_s)
     await warm_up_backend(base, persona)
-    background = await idling_cpu_per_s_by_process(min(seconds, 15.0))  # within the downscale delay
-    background_cpu_per_s = sum(background.values())
+    background_before = await idling_cpu_per_s_by_process(min(idle_s, 25.0))  # within the downscale delay (30 s)
     session_id = create_session(base, persona, "pattern")["session_id"]
     n = int(seconds * 25)
     async with await open_ws(base, session_id, pacing) as ws:
         viewer = WsViewer(ws)
         await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
-        idle_before = await idling_cpu_per_s(seconds)  # the open session idling: the baseline
+        idle_before = await idling_cpu_per_s(idle_s)  # the open session idling: the baseline
         before = cluster_cpu_by_process()
         cpu0, t_send = sum(before.values()), time.time()
         sending = asyncio.create_task(send_speech(ws, coded_pcm16(n), feed, t_send))
@@ -138,9 +137,16 @@ async def graph_session(base: str, persona: str, seconds: float, pacing: str, fe
         after = cluster_cpu_by_process()
         gross_cpu = sum(after.values()) - cpu0
         await asyncio.sleep(1.0)  # let the speech's last frames drain
-        idle_after = await idling_cpu_per_s(seconds)
+        idle_after = await idling_cpu_per_s(idle_s)
         idle_cpu_per_s = (idle_before + idle_after) / 2  # before and after: the baseline drifts
         cpu = gross_cpu - idle_cpu_per_s * wall
+    httpx.delete(f"{base}/v1/sessions/{session_id}")
+    # The background again, session gone, backend replica still up: it drifts by ~20% over
+    # a minute, as much as the whole serving cost, so the mean of before and after is used.
+    background_after = await idling_cpu_per_s_by_process(min(idle_s, 25.0))
+    background = {k: (background_before.get(k, 0.0) + background_after.get(k, 0.0)) / 2
+                  for k in background_before.keys() | background_after.keys()}
+    background_cpu_per_s = sum(background.values())
     speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
     if pacing == "client":  # a frame is shown when it is due, or on arrival if it came late
         speech = [(p, max(t, viewer.due(p))) for p, t in speech]
@@ -151,6 +157,7 @@ async def graph_session(base: str, persona: str, seconds: float, pacing: str, fe
         "idle_cluster_cpu_per_s": idle_cpu_per_s,
         "idle_cluster_cpu_per_s_before_after": [idle_before, idle_after],
         "background_cpu_per_s": background_cpu_per_s,
+        "background_cpu_per_s_before_after": [sum(background_before.values()), sum(background_after.values())],
         "background_cpu_ms_per_s_by_process": {k: round(1000 * v, 1) for k, v in background.items() if v > 0.0005},
         "cold_background_cpu_per_s": cold_background_cpu_per_s,
         "cpu_ms_per_frame": 1000 * (gross_cpu - background_cpu_per_s * wall) / max(1, len(speech)),
@@ -194,8 +201,6 @@ async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict
             await ws.close()
         return {"sessions": n, "max_late_ms": late_ms, "skipped_frames": gaps}
     finally:
-        import httpx
-
         for s in sessions:
             httpx.delete(f"{base}/v1/sessions/{s}")
 
@@ -207,18 +212,17 @@ def start_app(args) -> str:
         "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
         "limits": {"max_sessions": 64},
         "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": args.chunk_frames,
-                                 "max_chunks_per_call": args.max_chunks_per_call,
                                  "options": {"size": args.size, "work_ms_per_frame": args.work_ms}}},
     })
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="speech sent through the graph")
+    parser.add_argument("--idle-seconds", type=float, default=15.0,
+                        help="each reading of Ray's background and of the session idling (the first at most 25 s)")
     parser.add_argument("--work-ms", type=float, default=8.0, help="stand-in render cost per frame")
     parser.add_argument("--chunk-frames", type=int, default=5)
-    parser.add_argument("--max-chunks-per-call", type=int, default=2,
-                        help="buffered chunks a session sends to the backend in one call once well ahead")
     parser.add_argument("--feed", choices=["burst", "realtime"], default="burst",
                         help="the client sends the speech at once (as a TTS does), or at 1x speed (as a microphone)")
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels")
@@ -231,7 +235,7 @@ def main() -> None:
     base = start_app(args)
     persona = create_persona(base, save=True, size=args.size)
     local = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)
-    graph = asyncio.run(graph_session(base, persona, args.seconds, args.pacing, args.feed))
+    graph = asyncio.run(graph_session(base, persona, args.seconds, args.pacing, args.feed, args.idle_seconds))
     still = [asyncio.run(still_viewers(base, persona, int(n), args.still_seconds))
              for n in args.still_counts.split(",")]
     held = [s["sessions"] for s in still if s["max_late_ms"] <= 40 and not s["skipped_frames"]]
