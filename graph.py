@@ -79,7 +79,7 @@ def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
         health_check_period_s=10,
         logging_config=INTERNAL_LOGGING,
     )
-    return deployment.bind(mode, str(args.persona_dir), b.options)
+    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames)
 
 
 def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: Application) -> Application:
@@ -99,7 +99,7 @@ def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: App
         graceful_shutdown_wait_loop_s=VRAM_SHUTDOWN_WAIT_LOOP_S,
         graceful_shutdown_timeout_s=5.0,
     )
-    return deployment.bind(mode, str(args.persona_dir), b.options, controller)
+    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, controller)
 
 
 def vram_controller_app(args: AppArgs) -> Application:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from models.base import Controls, Persona, plan_clip
+from models.base import SAMPLES_PER_FRAME, Controls, Persona, plan_clip
 from models.modes import build_pipeline
 
 from .calls import call, direct
@@ -104,8 +104,12 @@ async def _run_inline(fn, *args):
 class BackendDeployment:
     """Serve deployment body for one neural mode; see module docstring."""
 
-    def __init__(self, mode: str, persona_dir: str, options: dict | None = None):
+    def __init__(self, mode: str, persona_dir: str, options: dict | None = None, chunk_frames: int | None = None):
         self.mode = mode
+        # A render call may carry several chunks (Session batches them when well ahead):
+        # the pipeline still gets one chunk a call, so its batch size and memory peak
+        # are those of chunk_frames. None: the call's audio in one piece.
+        self.chunk_frames = chunk_frames
         options = dict(options or {})
         fraction = options.pop(MEMORY_FRACTION_OPTION, None)
         # Before any weight is loaded; None when not asked or without CUDA.
@@ -146,7 +150,18 @@ class BackendDeployment:
         """Streams {"frames": N×H×W×3 uint8, or EncodedFrames in `fmt`} batches; the last
         item also holds {"carry": ...}."""
         persona = await self._persona()
-        yield await asyncio.to_thread(self._rendered, fmt, self.pipeline.render, persona, carry, audio16k, controls)
+        yield await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k, controls)
+
+    def _render_chunks(self, persona: Persona, carry: Any, audio16k: np.ndarray, controls: Controls):
+        """pipeline.render over the call's audio (samples,), one chunk_frames chunk at a time."""
+        if self.chunk_frames is None:
+            return self.pipeline.render(persona, carry, audio16k, controls)
+        step, batches = self.chunk_frames * SAMPLES_PER_FRAME, []
+        for start in range(0, max(1, len(audio16k)), step):
+            frames, carry = self.pipeline.render(persona, carry, audio16k[start:start + step], controls)
+            batches.append(frames)
+        drawn = [frames for frames in batches if len(frames)] or batches[:1]  # a lookahead may hold a chunk's
+        return (np.concatenate(drawn) if len(drawn) > 1 else drawn[0]), carry
 
     async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()

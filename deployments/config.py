@@ -42,7 +42,10 @@ class BackendArgs(BaseModel):
     num_gpus: float = Field(0.3, ge=0, le=1)
     num_cpus: float = Field(0.5, ge=0)
     max_replicas: int = Field(2, ge=1)
-    chunk_frames: int = Field(5, ge=1, description="frames per render call")
+    chunk_frames: int = Field(5, ge=1, description="frames per render chunk (the pipeline's step)")
+    max_chunks_per_call: int = Field(
+        2, ge=1, description="buffered chunks sent in one backend call once the video is well ahead "
+                             "(the backend renders them one by one; fewer calls cost less CPU)")
     max_personas_per_replica: int = Field(4, ge=1)
     options: dict = Field(default_factory=dict, description="keyword options of the pipeline")
 

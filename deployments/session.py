@@ -3,6 +3,9 @@
 The render loop keeps the video a little ahead of the wall clock:
 - speech: rendered in chunks of `chunk_frames` as soon as audio is buffered,
   up to `max_lead_frames` ahead; smaller chunks when the stream would starve;
+  once the video is `batch_lead_frames` ahead, up to `max_chunks_per_call`
+  buffered chunks go to the backend in one call (a call costs ~2 ms of CPU in
+  Ray whatever it carries; the backend still renders them chunk by chunk);
 - idle: in batches of `idle_batch_frames` once the lead falls to
   `idle_lead_frames`; when speech arrives, idle frames beyond that lead are
   retracted, so speech starts within a few frames.
@@ -53,6 +56,8 @@ class SessionConfig:
     idle_lead_frames: int = 2
     idle_batch_frames: int = 5  # idle frames per backend call and per published item
     max_lead_frames: int = 25
+    max_chunks_per_call: int = 1
+    batch_lead_frames: int = 10  # never batch below this lead: it would delay the first frames
     speech_gap_s: float = 0.4
     max_buffered_audio_s: float = 120.0
     call_timeout_s: float = 30.0
@@ -298,8 +303,9 @@ class Session:
             self._retract_idle_ahead(now_pts)
             await self._render_speech(self._speech.take_frames(n))
             return True
-        if len(self._speech) and self._utterance_over(now) and self._produced_pts - now_pts <= self.config.max_lead_frames:
-            await self._render_speech(self._speech.take_all_padded())  # the last partial frame
+        last_partial_frame = len(self._speech) and not self._speech.frames
+        if last_partial_frame and self._utterance_over(now) and self._produced_pts - now_pts <= self.config.max_lead_frames:
+            await self._render_speech(self._speech.take_all_padded())
             return True
         if self._speaking and not len(self._speech) and self._utterance_over(now):
             await self._finish_utterance()
@@ -319,13 +325,28 @@ class Session:
     def _speech_frames_to_render(self, now: float, now_pts: int) -> int:
         """How many buffered whole frames to render now (0: wait)."""
         ahead = self._produced_pts - now_pts
-        if ahead > self.config.max_lead_frames or not self._speech.frames:
+        chunks = self._chunks_per_call(ahead)
+        if ahead > self._speech_lead_limit(chunks) or not self._speech.frames:
             return 0
         if self._speech.frames >= self.config.chunk_frames:
-            return self.config.chunk_frames
+            return chunks * self.config.chunk_frames
         if ahead <= 1 or self._utterance_over(now):  # about to starve, or no more audio is coming
             return self._speech.frames
         return 0
+
+    def _chunks_per_call(self, ahead: int) -> int:
+        """Whole buffered chunks for the next call: one until the video is well ahead."""
+        if ahead < self.config.batch_lead_frames:
+            return 1
+        chunks = min(self.config.max_chunks_per_call, self._speech.frames // self.config.chunk_frames)
+        while chunks > 1 and self._speech_lead_limit(chunks) < self.config.batch_lead_frames:
+            chunks -= 1  # chunks too long to batch within the lead
+        return max(1, chunks)
+
+    def _speech_lead_limit(self, chunks: int) -> int:
+        """Render `chunks` chunks once the lead is down to this: the lead stays within
+        max_lead_frames + one chunk, as with one chunk a call."""
+        return self.config.max_lead_frames - (chunks - 1) * self.config.chunk_frames
 
     def _utterance_over(self, now: float) -> bool:
         return self._eos or now - self.last_input_at > self.config.speech_gap_s
@@ -417,7 +438,8 @@ class Session:
         now = time.time()
         due = self.clock.due(self._produced_pts - self.config.idle_lead_frames)
         if len(self._speech):  # buffered speech waits only for the lead to shrink
-            due = min(due, self.clock.due(self._produced_pts - self.config.max_lead_frames))
+            lead = self._produced_pts - self.clock.now_pts(now)
+            due = min(due, self.clock.due(self._produced_pts - self._speech_lead_limit(self._chunks_per_call(lead))))
         if (self._speaking or len(self._speech)) and not self._utterance_over(now):
             # Wake when the pause becomes long enough to end the utterance. Once it has,
             # this deadline is in the past: counting it then would spin the loop.

@@ -92,6 +92,7 @@ class SessionHostImpl:
         backend = a.backends.get(mode)
         return SessionConfig(
             chunk_frames=backend.chunk_frames if backend else 5,
+            max_chunks_per_call=backend.max_chunks_per_call if backend else 1,
             speech_gap_s=a.timeouts.speech_gap_s,
             max_buffered_audio_s=a.limits.max_buffered_audio_s,
             call_timeout_s=a.timeouts.backend_call_timeout_s,

@@ -551,7 +551,8 @@ class LeasedBackendDeployment(BackendDeployment):
     says why and the constructor raises (Serve retries or gives up).
     """
 
-    async def __init__(self, mode: str, persona_dir: str, options: dict | None = None, vram: Any = None):
+    async def __init__(self, mode: str, persona_dir: str, options: dict | None = None,
+                       chunk_frames: int | None = None, vram: Any = None):
         self.vram_handle, self.pid = vram, os.getpid()
         lease = await call(vram.lease, mode, self.pid)
         if not lease["granted"]:
@@ -561,7 +562,7 @@ class LeasedBackendDeployment(BackendDeployment):
         if "simulated_bytes" not in lease and lease["total_bytes"]:
             options.setdefault(MEMORY_FRACTION_OPTION, min(1.0, lease["cap_bytes"] / lease["total_bytes"]))
         try:
-            await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options)
+            await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames)
         except Exception as err:
             await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
             raise

@@ -210,3 +210,64 @@ def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
         assert item["frames"].shape == (len(item["pts"]), 64, 64, 3) and item["frames"].dtype == np.uint8
         for frame, jpeg in zip(item["frames"], item["jpegs"]):
             assert np.abs(frame.astype(int) - decode_jpeg(jpeg)).mean() < 2.0
+
+
+class LeadRecordingBackend(LocalBackend):
+    """A local pattern backend that notes, for each render call, its frames and the video's lead then."""
+
+    def __init__(self, pipeline, store):
+        super().__init__(pipeline, store)
+        self.session, self.calls = None, []  # (frames in the call, lead in frames when called)
+
+    async def render(self, persona_id, carry, audio16k, controls, fmt=None):
+        lead = self.session._produced_pts - self.session.clock.now_pts()
+        self.calls.append((len(audio16k) // SAMPLES_PER_FRAME, lead))
+        return await super().render(persona_id, carry, audio16k, controls, fmt)
+
+
+def test_speech_well_ahead_goes_to_the_backend_two_chunks_a_call(store):
+    backend = LeadRecordingBackend(PatternPipeline(), store)
+    config = SessionConfig(chunk_frames=5, max_chunks_per_call=2)
+
+    async def main():
+        session = Session("h.abcdefghijklmnopqrstuv", store.record.persona_id, "pattern", 16000, Controls(),
+                          LocalBackend(StillPipeline(), store), backend, config)
+        backend.session = session
+        await session.start()
+        await wait_for_mode(session, "pattern")
+        session.push_audio(pcm16_to_float(coded_pcm16(62).tobytes()))  # all at once, as a TTS sends it
+        session.end_of_speech()
+        events, frames = await watch(session, lambda e, f: has(e, "speech_ended"))
+        await session.close()
+        return frames
+
+    frames = asyncio.run(main())
+    assert_speech_frames_match_audio([(p, c) for p, is_speech, c, _ in frames if is_speech], 62)
+    sizes = [n for n, _ in backend.calls]
+    assert sizes[0] == 5, "the first frames are not held back for a second chunk"
+    assert 10 in sizes and set(sizes[:-1]) <= {5, 10} and sizes[-1] == 2, sizes
+    for n, lead in backend.calls:
+        if n == 10:
+            assert lead >= config.batch_lead_frames, f"two chunks at a lead of only {lead} frames"
+        assert lead + n <= config.max_lead_frames + config.chunk_frames + 1, "the lead stays as with one chunk a call"
+
+
+def test_a_backend_call_of_several_chunks_renders_them_one_by_one(tmp_path):
+    class ChunkRecording(PatternPipeline):
+        def __init__(self):
+            super().__init__(size=16, lookahead_frames=3)
+            self.chunks = []
+
+        def render(self, persona, carry, audio16k, controls):
+            self.chunks.append(len(audio16k) // SAMPLES_PER_FRAME)
+            return super().render(persona, carry, audio16k, controls)
+
+    backend = BackendDeployment("pattern", str(tmp_path), {"size": 16}, chunk_frames=5)
+    backend.pipeline = pipeline = ChunkRecording()
+    persona = pipeline.prepare(None)
+    audio = pcm16_to_float(coded_pcm16(12).tobytes())
+    frames, carry = backend._render_chunks(persona, pipeline.start(persona, Controls()), audio, Controls())
+    assert pipeline.chunks == [5, 5, 2]
+    one_call = PatternPipeline(size=16, lookahead_frames=3)
+    expected, expected_carry = one_call.render(persona, one_call.start(persona, Controls()), audio, Controls())
+    assert np.array_equal(frames, expected) and np.array_equal(carry.held, expected_carry.held)
