@@ -160,7 +160,7 @@ class BackendDeployment:
         for start in range(0, max(1, len(audio16k)), step):
             frames, carry = self.pipeline.render(persona, carry, audio16k[start:start + step], controls)
             batches.append(frames)
-        drawn = [frames for frames in batches if len(frames)] or batches[:1]  # a lookahead may hold a chunk's
+        drawn = [frames for frames in batches if len(frames)] or batches[:1]  # a lookahead may hold all of a chunk
         return (np.concatenate(drawn) if len(drawn) > 1 else drawn[0]), carry
 
     async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
