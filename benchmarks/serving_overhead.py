@@ -10,8 +10,9 @@ Prints JSON:
 - overhead_ratio: graph CPU per frame, minus Ray's own background (the cluster with
   every replica of the path up and no session open, read before and after the speech
   and averaged), over in-process CPU per frame.
-  Every frame's trip (backend -> host -> Router -> HTTP proxy -> WebSocket) counts:
-  this is what serving a frame costs;
+  Every frame's trip (backend -> host -> Router -> HAProxy -> WebSocket) counts:
+  this is what serving a frame costs. `--ingress serve-proxy` puts Serve's Python
+  HTTP proxy where HAProxy is (the README's server command uses HAProxy);
 - overhead_ratio_cold_background: the same, minus the background before the backend's
   replica was started: its idle cost (Ray's and Serve's housekeeping, ~8 ms of CPU a
   second) then counts against this one session's frames;
@@ -23,7 +24,7 @@ Prints JSON:
   25 fps with no frame later than one frame interval.
 
     python benchmarks/serving_overhead.py [--seconds 10] [--idle-seconds 15] [--work-ms 8] [--chunk-frames 5]
-        [--pacing client] [--max-chunks-per-call 2] [--feed burst|realtime]
+        [--pacing client] [--max-chunks-per-call 2] [--feed burst|realtime] [--ingress haproxy|serve-proxy]
 """
 from __future__ import annotations
 
@@ -233,8 +234,12 @@ def main() -> None:
                         help="the WebSocket's pacing: frames sent when due, or as rendered")
     parser.add_argument("--still-counts", default="4,8,12,16")
     parser.add_argument("--still-seconds", type=float, default=5.0)
+    parser.add_argument("--ingress", choices=["haproxy", "serve-proxy"], default="haproxy",
+                        help="what serves port 8000: Serve's HAProxy mode, or Serve's own Python proxy")
     args = parser.parse_args()
 
+    # Read where the cluster starts (tests/conftest.py:start_local_serve), by every Serve process.
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.ingress == "haproxy" else "0"
     base = start_app(args)
     persona = create_persona(base, save=True, size=args.size)
     local = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)

@@ -46,15 +46,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def haproxy_launcher() -> str:
+    """The `lockn-bod-haproxy` script beside this Python (the project's venv)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "lockn-bod-haproxy"
+    found = str(beside) if beside.exists() else shutil.which("lockn-bod-haproxy")
+    if not found:
+        raise RuntimeError("lockn-bod-haproxy is not installed: pip install -e . first")
+    return found
+
+
 def start_local_serve(log_to_driver: bool = False) -> str:
     """A loopback-only local Ray cluster (2 CPUs, one logical GPU) with Serve on a free port."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind loopback only
     # On 2 busy cores the proxy's event loop can miss Serve's 10 s health check three
     # times in a row; Serve then kills the proxy and every open stream with it.
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
-    # As the README's server command: the HTTP proxy reaches the Router over gRPC
-    # (server-paced WebSocket frames cost the proxy and the Router a third less).
+    # As the README's server command: HAProxy in front of the Router replicas, its
+    # stats and metrics listeners on loopback (deployments/haproxy_loopback.py), on
+    # ports of their own so a running server and the tests do not collide.
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_launcher())
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    # Serve's Python proxy (HAProxy's fallback, or in place of HAProxy when
+    # RAY_SERVE_ENABLE_HA_PROXY=0) reaches the Router over gRPC: cheaper per message.
     os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")
+    # A Router replica that stops stays up this long so HAProxy can take it out of
+    # rotation (30 s by default); HAProxy checks every 0.25 s here, and each module's
+    # redeploy would wait out the default.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     import ray
     from ray import serve
 

@@ -7,8 +7,10 @@ that every frame is the right one.
 import asyncio
 import io
 import json
+import os
 import time
 import wave
+from pathlib import Path
 
 import av
 import httpx
@@ -354,3 +356,61 @@ def test_session_closes_after_its_last_viewer_leaves(app):
         time.sleep(0.5)
     r = httpx.get(f"{base}/v1/sessions/{session_id}")
     assert r.status_code == 404 and r.json()["code"] == "unknown_session"
+
+
+def _descendants(root: int) -> list[int]:
+    parent = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat_file.parent.name)] = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return sorted(found)
+
+
+def _listening(pid: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) of the TCP sockets `pid` listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addresses.append(fields[1].split(":")[0])
+    return addresses
+
+
+LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def test_haproxy_in_front_of_the_routers_listens_on_loopback_only(app):
+    haproxies = [pid for pid in _descendants(os.getpid())
+                 if Path(f"/proc/{pid}/comm").exists() and Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"]
+    assert haproxies, "no HAProxy under this cluster: RAY_SERVE_ENABLE_HA_PROXY not in effect"
+    for pid in haproxies:
+        addresses = _listening(pid)
+        assert len(addresses) >= 3, addresses  # the HTTP frontend, the stats page, the metrics exporter
+        assert set(addresses) <= LOOPBACK_HEX, f"HAProxy {pid} listens beyond loopback: {addresses}"
+    assert httpx.get(f"{app['base']}/healthz").status_code == 200
+
+
+def test_websocket_frames_go_out_uncompressed_though_the_client_offers_deflate(app):
+    session_id = pattern_session(app)
+
+    async def main():
+        async with await open_ws(app["base"], session_id) as ws:  # `websockets` offers permessage-deflate
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: len(v.frames) >= 3, 30)
+            return ws.response.headers.get("sec-websocket-extensions")
+
+    # JPEG does not deflate; compressing it cost ~0.5-1.8 ms of CPU a frame per viewer.
+    assert asyncio.run(main()) is None
+    close(app, session_id)
