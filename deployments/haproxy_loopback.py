@@ -15,10 +15,10 @@ for no gain (JPEG does not deflate). The HTTP frontend drops the client's offer
 (`Sec-WebSocket-Extensions`), so frames go out as they are.
 
 Serve starts `$RAY_SERVE_HAPROXY_BINARY_PATH -db -f <config> ...` at start-up and at each
-reload. This program, installed as `lockn-bod-haproxy`, rewrites <config> so (wildcard
-`bind` lines to `LOCKN_HAPROXY_ADMIN_HOST`, default 127.0.0.1; the header rule after the
-frontend's `bind`), then replaces itself with the bundled binary and the same
-arguments: Serve still tracks and signals one process with its own command line.
+reload. This program, installed as `lockn-bod-haproxy`, rewrites <config> to do both
+(wildcard `bind` lines to `LOCKN_HAPROXY_ADMIN_HOST`, default 127.0.0.1; the header rule
+after the HTTP frontend's `bind`), then replaces itself with the bundled binary and the
+same arguments: Serve still tracks and signals one process with its own command line.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ ADMIN_HOST_ENV = "LOCKN_HAPROXY_ADMIN_HOST"
 
 # `bind :9101`, `bind *:8404`, `bind 0.0.0.0:8404`: a listener on every interface.
 _WILDCARD_BIND = re.compile(r"^(?P<lead>[ \t]*bind[ \t]+)(?:\*|0\.0\.0\.0)?:(?P<port>\d+)", re.MULTILINE)
-
 
 # Serve's HTTP frontend and its `bind` line, after which our rule goes.
 _HTTP_FRONTEND = re.compile(r"^frontend http_frontend\n[ \t]*bind[^\n]*\n", re.MULTILINE)

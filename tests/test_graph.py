@@ -376,7 +376,10 @@ def _listening(pid: int) -> list[str]:
     """Local addresses (hex, as /proc/net/tcp* writes them) of the TCP sockets `pid` listens on."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed meanwhile
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     addresses = []
@@ -395,10 +398,15 @@ def test_haproxy_in_front_of_the_routers_listens_on_loopback_only(app):
     haproxies = [pid for pid in _descendants(os.getpid())
                  if Path(f"/proc/{pid}/comm").exists() and Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"]
     assert haproxies, "no HAProxy under this cluster: RAY_SERVE_ENABLE_HA_PROXY not in effect"
+    listeners = {}
     for pid in haproxies:
-        addresses = _listening(pid)
-        assert len(addresses) >= 3, addresses  # the HTTP frontend, the stats page, the metrics exporter
-        assert set(addresses) <= LOOPBACK_HEX, f"HAProxy {pid} listens beyond loopback: {addresses}"
+        try:
+            listeners[pid] = _listening(pid)
+        except FileNotFoundError:  # an old HAProxy that a reload retired meanwhile
+            continue
+    # The HTTP frontend, the stats page and the metrics exporter; each on loopback.
+    assert max(len(a) for a in listeners.values()) >= 3, listeners
+    assert all(set(a) <= LOOPBACK_HEX for a in listeners.values()), f"HAProxy beyond loopback: {listeners}"
     assert httpx.get(f"{app['base']}/healthz").status_code == 200
 
 
