@@ -50,9 +50,17 @@ VRAM_LOOK_BACK_S = 1.0
 # large is slower, not refused. Serve's metrics (the Ray dashboard's) are exported each
 # second, not ten times: an idle replica costs ~9 ms of CPU a second at 0.1 s, ~7.5 at 1 s,
 # and a scrape interval is 10 s or more anyway.
+# glibc's malloc, with fixed thresholds for frame-sized buffers (mallopt(3)). A render call's
+# frames are allocated in a worker thread and freed on the event loop's thread; with glibc's
+# defaults that memory goes back to the kernel and each call faults it in anew: ~110 page
+# faults a frame in a backend's render thread, ~5 us each on this VM, 0.5 ms a frame (as much
+# as all the rest of the serving path). With fixed thresholds the freed frames stay in the
+# process for the next call (tests/test_replica_malloc.py). Arrays up to 32 MiB (glibc's
+# largest mmap threshold) come from the heap, and a heap keeps up to 64 MiB free at its top.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
                "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 << 20),
-               "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
+               "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000", **MALLOC_ENV}
 
 
 # Serve logs every handle call a replica serves ("access log"): renders, audio pushes and

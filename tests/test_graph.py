@@ -422,3 +422,29 @@ def test_websocket_frames_go_out_uncompressed_though_the_client_offers_deflate(a
     # JPEG does not deflate; compressing it cost ~0.5-1.8 ms of CPU a frame per viewer.
     assert asyncio.run(main()) is None
     close(app, session_id)
+
+
+def test_every_replica_runs_with_the_graphs_malloc_settings(app):
+    from graph import MALLOC_ENV
+
+    session_id = pattern_session(app)
+
+    async def backend_up():
+        async with await open_ws(app["base"], session_id) as ws:
+            await WsViewer(ws).recv_until(lambda v: v.in_mode("pattern"), 60)
+
+    asyncio.run(backend_up())  # the pattern backend's replica is up too
+    replicas = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if title.startswith("ray::ServeReplica:"):
+            replicas[title] = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+    assert any("Backend-pattern" in t for t in replicas) and any("SessionHost" in t for t in replicas), list(replicas)
+    # glibc reads them at process start: a runtime_env that lost them would leave the defaults.
+    assert all(MALLOC_ENV.items() <= env.items() for env in replicas.values()), \
+        {t: {k: v for k, v in env.items() if k.startswith("MALLOC_")} for t, env in replicas.items()}
+    close(app, session_id)

@@ -1,0 +1,74 @@
+"""The replicas' malloc settings (graph.MALLOC_ENV) keep a render call's frames in the process.
+
+The probe renders like a backend replica does: each call in a worker thread
+(`asyncio.to_thread`), two 5-frame chunks joined and JPEG-encoded, the result freed on
+the event loop's thread. It runs in a fresh interpreter, since glibc reads the settings
+at start, and prints the render thread's page faults a frame after a warm-up.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from graph import MALLOC_ENV, REPLICA_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+WARM_UP_FRAMES, MEASURED_FRAMES = 100, 200
+
+
+def render_faults_per_frame(env: dict[str, str]) -> float:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-m", "tests.test_replica_malloc"], cwd=ROOT, env=clean | env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    return float(out.stdout.strip())
+
+
+def test_replicas_get_the_malloc_settings():
+    assert MALLOC_ENV.items() <= REPLICA_ENV.items()
+
+
+def test_a_render_call_reuses_the_last_calls_memory_instead_of_faulting_it_in():
+    faults = render_faults_per_frame(MALLOC_ENV)
+    # glibc's defaults gave ~120 a frame here (256x256 frames): each call's frames faulted in anew.
+    assert faults < 5, f"{faults:.1f} page faults a frame in the render thread"
+
+
+def _probe() -> None:
+    from deployments.encode import EncodedFrames, FrameFormat
+    from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia
+    from models.testing import PatternPipeline
+
+    pipeline = PatternPipeline(size=256)
+    persona = pipeline.prepare(PersonaMedia([np.zeros((256, 256, 3), np.uint8)]))
+    chunk, call = 5 * SAMPLES_PER_FRAME, 10 * SAMPLES_PER_FRAME
+    audio = np.zeros((WARM_UP_FRAMES + MEASURED_FRAMES) * SAMPLES_PER_FRAME, np.float32)  # (samples,)
+
+    def render_call(carry, audio_call):
+        batches = []
+        for start in range(0, len(audio_call), chunk):
+            frames, carry = pipeline.render(persona, carry, audio_call[start:start + chunk], Controls())
+            batches.append(frames)  # 5×256×256×3 uint8
+        return EncodedFrames.of(np.concatenate(batches), FrameFormat()), carry
+
+    def thread_faults() -> int:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+    async def main() -> None:
+        carry, faults_before = pipeline.start(persona, Controls()), 0
+        for start in range(0, len(audio), call):
+            if start == WARM_UP_FRAMES * SAMPLES_PER_FRAME:
+                faults_before = await asyncio.to_thread(thread_faults)  # the pool's one thread
+            _, carry = await asyncio.to_thread(render_call, carry, audio[start:start + call])
+        print((await asyncio.to_thread(thread_faults) - faults_before) / MEASURED_FRAMES)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _probe()
