@@ -24,7 +24,7 @@ Prints JSON:
   25 fps with no frame later than one frame interval.
 
     python benchmarks/serving_overhead.py [--seconds 10] [--idle-seconds 15] [--work-ms 8] [--chunk-frames 5]
-        [--pacing client] [--max-chunks-per-call 2] [--feed burst|realtime] [--ingress haproxy|serve-proxy]
+        [--pacing client] [--max-chunks-per-call N] [--feed burst|realtime] [--ingress haproxy|serve-proxy]
 """
 from __future__ import annotations
 
@@ -213,8 +213,8 @@ def start_app(args) -> str:
         "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
         "limits": {"max_sessions": 64},
         "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": args.chunk_frames,
-                                 "max_chunks_per_call": args.max_chunks_per_call,
-                                 "options": {"size": args.size, "work_ms_per_frame": args.work_ms}}},
+                                 "options": {"size": args.size, "work_ms_per_frame": args.work_ms}}
+                     | ({"max_chunks_per_call": args.max_chunks_per_call} if args.max_chunks_per_call else {})},
     })
 
 
@@ -225,8 +225,9 @@ def main() -> None:
                         help="each reading of Ray's background and of the session idling (the first at most 25 s)")
     parser.add_argument("--work-ms", type=float, default=8.0, help="stand-in render cost per frame")
     parser.add_argument("--chunk-frames", type=int, default=5)
-    parser.add_argument("--max-chunks-per-call", type=int, default=2,
-                        help="buffered chunks a session sends to the backend in one call once well ahead")
+    parser.add_argument("--max-chunks-per-call", type=int, default=None,
+                        help="most buffered chunks a session sends to the backend in one call once well "
+                             "ahead (default: the server's, BackendArgs.max_chunks_per_call)")
     parser.add_argument("--feed", choices=["burst", "realtime"], default="burst",
                         help="the client sends the speech at once (as a TTS does), or at 1x speed (as a microphone)")
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels")

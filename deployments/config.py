@@ -44,8 +44,9 @@ class BackendArgs(BaseModel):
     max_replicas: int = Field(2, ge=1)
     chunk_frames: int = Field(5, ge=1, description="frames per render chunk (the pipeline's step)")
     max_chunks_per_call: int = Field(
-        2, ge=1, description="buffered chunks sent in one backend call once the video is well ahead "
-                             "(the backend renders them one by one; fewer calls cost less CPU)")
+        4, ge=1, description="most buffered chunks sent in one backend call once the video is well ahead, "
+                             "as many as the backend renders within half the lead (the backend renders "
+                             "them one by one; fewer calls cost less CPU)")
     max_personas_per_replica: int = Field(4, ge=1)
     options: dict = Field(default_factory=dict, description="keyword options of the pipeline")
 

@@ -5,7 +5,9 @@ The render loop keeps the video a little ahead of the wall clock:
   up to `max_lead_frames` ahead; smaller chunks when the stream would starve;
   once the video is `batch_lead_frames` ahead, up to `max_chunks_per_call`
   buffered chunks go to the backend in one call (a call costs ~2 ms of CPU in
-  Ray whatever it carries; the backend still renders them chunk by chunk);
+  Ray whatever it carries; the backend still renders them chunk by chunk), as
+  many as the backend, at the speed measured on this session's calls, renders
+  within half the lead they start at;
 - idle: in batches of `idle_batch_frames` once the lead falls to
   `idle_lead_frames`; when speech arrives, idle frames beyond that lead are
   retracted, so speech starts within a few frames.
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
+from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 
 from .audio_in import StreamResampler
 from .clock import SessionClock, SpeechBuffer
@@ -32,6 +34,10 @@ from .encode import EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg
 from .protocol import ServiceError, SessionInfo, error_event, session_urls
 
 log = logging.getLogger("ray.serve")
+# A call of several chunks starts when the lead is down to _speech_lead_limit(chunks); it
+# may take at most this share of that lead to render, so that jitter never starves the video.
+BATCH_RENDER_SHARE = 0.5
+RENDER_SPEED_SMOOTHING = 0.3  # weight of the newest call in the smoothed render speed
 
 
 class Backend(Protocol):
@@ -151,6 +157,7 @@ class Session:
         self._epoch = 0  # bumped by interrupt: renders begun before it are dropped
         self._drop_held = False  # set by interrupt: the backend drops what its lookahead holds
         self._hold_task: asyncio.Task | None = None
+        self._render_s_per_frame: float | None = None  # the active backend's speech calls: wall s a frame
 
     # ---------------- lifecycle ----------------
     async def start(self) -> None:
@@ -339,9 +346,24 @@ class Session:
         if ahead < self.config.batch_lead_frames:
             return 1
         chunks = min(self.config.max_chunks_per_call, self._speech.frames // self.config.chunk_frames)
-        while chunks > 1 and self._speech_lead_limit(chunks) < self.config.batch_lead_frames:
-            chunks -= 1  # chunks too long to batch within the lead
+        while chunks > 1 and not self._batch_fits(chunks):
+            chunks -= 1
         return max(1, chunks)
+
+    def _batch_fits(self, chunks: int) -> bool:
+        """`chunks` in one call start at a lead of _speech_lead_limit(chunks) frames: never
+        below batch_lead_frames, and only if the backend, as fast as it has been on this
+        session's calls, renders them within BATCH_RENDER_SHARE of that lead."""
+        lead = self._speech_lead_limit(chunks)
+        if lead < self.config.batch_lead_frames or self._render_s_per_frame is None:
+            return False
+        return chunks * self.config.chunk_frames * self._render_s_per_frame <= BATCH_RENDER_SHARE * lead / FPS
+
+    def _note_render_speed(self, seconds: float, frames: int) -> None:
+        per_frame = seconds / frames
+        last = self._render_s_per_frame
+        self._render_s_per_frame = per_frame if last is None else \
+            last + RENDER_SPEED_SMOOTHING * (per_frame - last)
 
     def _speech_lead_limit(self, chunks: int) -> int:
         """Render `chunks` chunks once the lead is down to this: the lead stays within
@@ -352,10 +374,12 @@ class Session:
         return self._eos or now - self.last_input_at > self.config.speech_gap_s
 
     async def _render_speech(self, audio16k: np.ndarray) -> None:
-        epoch = self._epoch
+        epoch, backend, started = self._epoch, self._active, time.perf_counter()
         self._spans.extend(audio16k.reshape(-1, SAMPLES_PER_FRAME))
         frames, carry = await self._render_with_fallback(
             lambda b, c: b.render(self.persona_id, c, audio16k, self.controls, self._format()))
+        if self._active is backend:
+            self._note_render_speed(time.perf_counter() - started, max(1, len(audio16k) // SAMPLES_PER_FRAME))
         if epoch != self._epoch:
             return  # interrupted while rendering
         self._carry = carry
@@ -404,7 +428,7 @@ class Session:
         reason = f"{self._active.mode} backend {verb}: {err}"
         log.warning("session %s: %s", self.session_id, reason)
         self._event(error_event(code, reason))
-        self._active, self._carry = self.still, None
+        self._active, self._carry, self._render_s_per_frame = self.still, None, None
         if self._hold_task is not None:  # let the backend scale down if no one else uses it
             self._hold_task.cancel()
         self._event({"type": "mode_changed", "mode": "still", "reason": reason}, pts=self._produced_pts)
@@ -500,7 +524,7 @@ class Session:
 
     def _switch_to_warm(self) -> None:
         warm, self._warm = self._warm, None
-        self._active, self._carry = warm.backend, warm.carry
+        self._active, self._carry, self._render_s_per_frame = warm.backend, warm.carry, None
         self._event({"type": "mode_changed", "mode": warm.backend.mode, "reason": "backend ready"}, pts=self._produced_pts)
 
     async def _call(self, coro):

@@ -38,12 +38,25 @@ def hf_cache(tmp_path, monkeypatch):
 
 
 # ---------------- a real local Ray cluster for graph tests ----------------
+# Ports for listeners that bind only after Ray has started. Not from the kernel's ephemeral
+# range (bind to port 0): Ray's many outgoing connections and port-0 servers draw from that
+# range meanwhile, and one took HAProxy's stats port before HAProxy bound it. Below it, and
+# above Ray's worker ports (10002-19999), only an explicit bind can take the port.
+LISTENER_PORTS = range(20000, 32768)
+
+
 def _free_port() -> int:
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in random.sample(LISTENER_PORTS, 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTENER_PORTS}")
 
 
 def haproxy_launcher() -> str:

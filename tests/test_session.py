@@ -215,33 +215,39 @@ def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
 class LeadRecordingBackend(LocalBackend):
     """A local pattern backend that notes, for each render call, its frames and the video's lead then."""
 
-    def __init__(self, pipeline, store):
+    def __init__(self, pipeline, store, seconds_per_frame: float = 0.0):
         super().__init__(pipeline, store)
         self.session, self.calls = None, []  # (frames in the call, lead in frames when called)
+        self.seconds_per_frame = seconds_per_frame  # a slower backend: this long a frame, at least
 
     async def render(self, persona_id, carry, audio16k, controls, fmt=None):
         lead = self.session._produced_pts - self.session.clock.now_pts()
         self.calls.append((len(audio16k) // SAMPLES_PER_FRAME, lead))
+        await asyncio.sleep(self.seconds_per_frame * (len(audio16k) // SAMPLES_PER_FRAME))
         return await super().render(persona_id, carry, audio16k, controls, fmt)
 
 
-def test_speech_well_ahead_goes_to_the_backend_two_chunks_a_call(store):
-    backend = LeadRecordingBackend(PatternPipeline(), store)
-    config = SessionConfig(chunk_frames=5, max_chunks_per_call=2)
-
+def speak_through(store, backend, config, frames_of_speech: int):
+    """A TTS-like burst of speech through a session on `backend`: the speech frames seen."""
     async def main():
         session = Session("h.abcdefghijklmnopqrstuv", store.record.persona_id, "pattern", 16000, Controls(),
                           LocalBackend(StillPipeline(), store), backend, config)
         backend.session = session
         await session.start()
         await wait_for_mode(session, "pattern")
-        session.push_audio(pcm16_to_float(coded_pcm16(62).tobytes()))  # all at once, as a TTS sends it
+        session.push_audio(pcm16_to_float(coded_pcm16(frames_of_speech).tobytes()))  # all at once
         session.end_of_speech()
         events, frames = await watch(session, lambda e, f: has(e, "speech_ended"))
         await session.close()
         return frames
 
-    frames = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_speech_well_ahead_goes_to_the_backend_two_chunks_a_call(store):
+    backend = LeadRecordingBackend(PatternPipeline(), store)
+    config = SessionConfig(chunk_frames=5, max_chunks_per_call=2)
+    frames = speak_through(store, backend, config, 62)
     assert_speech_frames_match_audio([(p, c) for p, is_speech, c, _ in frames if is_speech], 62)
     sizes = [n for n, _ in backend.calls]
     assert sizes[0] == 5, "the first frames are not held back for a second chunk"
@@ -250,6 +256,21 @@ def test_speech_well_ahead_goes_to_the_backend_two_chunks_a_call(store):
         if n == 10:
             assert lead >= config.batch_lead_frames, f"two chunks at a lead of only {lead} frames"
         assert lead + n <= config.max_lead_frames + config.chunk_frames + 1, "the lead stays as with one chunk a call"
+
+
+@pytest.mark.parametrize("seconds_per_frame, most_chunks", [(0.0, 4), (0.025, 2)])
+def test_a_call_carries_as_many_chunks_as_the_backend_renders_within_half_the_lead(
+        store, seconds_per_frame, most_chunks):
+    """Up to 4 chunks a call, only as many as this backend's measured speed renders in half
+    the lead they start at: 2 at 25 ms a frame (10 frames, 0.25 s, from a lead of 0.8 s;
+    3 would take 0.375 s from a lead of 0.6 s)."""
+    backend = LeadRecordingBackend(PatternPipeline(), store, seconds_per_frame)
+    config = SessionConfig(chunk_frames=5, max_chunks_per_call=4)
+    frames = speak_through(store, backend, config, 92)
+    assert_speech_frames_match_audio([(p, c) for p, is_speech, c, _ in frames if is_speech], 92)
+    sizes = [n for n, _ in backend.calls]
+    assert sizes[0] == 5 and max(sizes) == most_chunks * 5, sizes
+    assert all(lead >= 1 for _, lead in backend.calls[1:]), f"the video starved: {backend.calls}"
 
 
 def test_a_backend_call_of_several_chunks_renders_them_one_by_one(tmp_path):
