@@ -39,10 +39,11 @@ def hf_cache(tmp_path, monkeypatch):
 
 # ---------------- a real local Ray cluster for graph tests ----------------
 # Ports for listeners that bind only after Ray has started. Not from the kernel's ephemeral
-# range (bind to port 0): Ray's many outgoing connections and port-0 servers draw from that
-# range meanwhile, and one took HAProxy's stats port before HAProxy bound it. Below it, and
-# above Ray's worker ports (10002-19999), only an explicit bind can take the port.
-LISTENER_PORTS = range(20000, 32768)
+# range (bind to port 0, 32768 and up): Ray's many outgoing connections and port-0 servers
+# draw from that range meanwhile, and one took HAProxy's stats port before HAProxy bound it.
+# Between Ray's worker ports (10002-19999) and Serve's replica HTTP ports (30000-31000),
+# only an explicit bind can take the port.
+LISTENER_PORTS = range(20000, 30000)
 
 
 def _free_port() -> int:
