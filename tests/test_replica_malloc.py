@@ -1,9 +1,10 @@
 """The replicas' malloc settings (graph.MALLOC_ENV) keep a render call's frames in the process.
 
-The probe renders like a backend replica does: each call in a worker thread
-(`asyncio.to_thread`), two 5-frame chunks joined and JPEG-encoded, the result freed on
-the event loop's thread. It runs in a fresh interpreter, since glibc reads the settings
-at start, and prints the render thread's page faults a frame after a warm-up.
+The probe runs a backend replica's own render path (`BackendDeployment._rendered` over
+`_render_chunks`, no Ray): each call in a worker thread (`asyncio.to_thread`), two
+5-frame chunks joined and JPEG-encoded, the result freed on the event loop's thread.
+It runs in a fresh interpreter, since glibc reads the settings at start, and prints
+the render thread's page faults a frame after a warm-up.
 """
 from __future__ import annotations
 
@@ -40,31 +41,29 @@ def test_a_render_call_reuses_the_last_calls_memory_instead_of_faulting_it_in():
 
 
 def _probe() -> None:
-    from deployments.encode import EncodedFrames, FrameFormat
+    import tempfile
+
+    from deployments.backends import BackendDeployment
+    from deployments.encode import FrameFormat
     from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia
-    from models.testing import PatternPipeline
 
-    pipeline = PatternPipeline(size=256)
-    persona = pipeline.prepare(PersonaMedia([np.zeros((256, 256, 3), np.uint8)]))
-    chunk, call = 5 * SAMPLES_PER_FRAME, 10 * SAMPLES_PER_FRAME
+    backend = BackendDeployment("pattern", tempfile.mkdtemp(), {"size": 256}, chunk_frames=5)
+    persona = backend.pipeline.prepare(PersonaMedia([np.zeros((256, 256, 3), np.uint8)]))
+    call = 10 * SAMPLES_PER_FRAME  # two chunks a call
     audio = np.zeros((WARM_UP_FRAMES + MEASURED_FRAMES) * SAMPLES_PER_FRAME, np.float32)  # (samples,)
-
-    def render_call(carry, audio_call):
-        batches = []
-        for start in range(0, len(audio_call), chunk):
-            frames, carry = pipeline.render(persona, carry, audio_call[start:start + chunk], Controls())
-            batches.append(frames)  # 5×256×256×3 uint8
-        return EncodedFrames.of(np.concatenate(batches), FrameFormat()), carry
 
     def thread_faults() -> int:
         return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 
     async def main() -> None:
-        carry, faults_before = pipeline.start(persona, Controls()), 0
+        carry, faults_before = backend.pipeline.start(persona, Controls()), 0
         for start in range(0, len(audio), call):
             if start == WARM_UP_FRAMES * SAMPLES_PER_FRAME:
                 faults_before = await asyncio.to_thread(thread_faults)  # the pool's one thread
-            _, carry = await asyncio.to_thread(render_call, carry, audio[start:start + call])
+            # What BackendDeployment.render runs: its chunks, joined and JPEG-encoded, in a worker thread.
+            item = await asyncio.to_thread(backend._rendered, FrameFormat(), backend._render_chunks,
+                                           persona, carry, audio[start:start + call], Controls())
+            carry = item["carry"]
         print((await asyncio.to_thread(thread_faults) - faults_before) / MEASURED_FRAMES)
 
     asyncio.run(main())
