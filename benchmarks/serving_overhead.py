@@ -8,8 +8,10 @@ Prints JSON:
   by the client from the frames' due times): CPU ms per speech frame over every
   process of the cluster, first speech frame latency after the first audio chunk;
 - overhead_ratio: graph CPU per frame, minus Ray's own background (the cluster with
-  every replica of the path up and no session open, read before and after the speech
-  and averaged), over in-process CPU per frame.
+  every replica of the path up and no session open, read before and after each round
+  of speech and averaged), over in-process CPU per frame (run before and after the
+  graph, averaged); pooled over `--rounds` sessions of speech, and each round's
+  alone in overhead_ratio_by_round.
   Every frame's trip (backend -> host -> Router -> HAProxy -> WebSocket) counts:
   this is what serving a frame costs. `--ingress serve-proxy` puts Serve's Python
   HTTP proxy where HAProxy is (the README's server command uses HAProxy);
@@ -23,7 +25,7 @@ Prints JSON:
 - still_sessions: the largest number of concurrent still-mode sessions held at
   25 fps with no frame later than one frame interval.
 
-    python benchmarks/serving_overhead.py [--seconds 10] [--idle-seconds 15] [--work-ms 8] [--chunk-frames 5]
+    python benchmarks/serving_overhead.py [--seconds 40] [--rounds 3] [--idle-seconds 20] [--work-ms 8] [--chunk-frames 5]
         [--pacing client] [--max-chunks-per-call N] [--feed burst|realtime] [--ingress haproxy|serve-proxy]
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 from tests.streaming import coded_pcm16, frame_info  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 2.0  # after a session is deleted, before the cluster's background is read
 
 
 def cluster_cpu_by_process() -> dict[str, float]:
@@ -97,6 +100,13 @@ def in_process(seconds: float, work_ms: float, chunk_frames: int, size: int) -> 
     return {"frames": n, "fps": n / wall, "cpu_ms_per_frame": 1000 * cpu / n, "first_chunk_latency_ms": 1000 * first}
 
 
+def in_process_mean(before: dict, after: dict) -> dict:
+    """The in-process baseline, run before and after the graph's rounds."""
+    mean = {k: (before[k] + after[k]) / 2 for k in ("fps", "cpu_ms_per_frame", "first_chunk_latency_ms")}
+    return {"frames": before["frames"], **mean, "cpu_ms_per_frame_before_after": [before["cpu_ms_per_frame"],
+                                                                                 after["cpu_ms_per_frame"]]}
+
+
 async def idling_cpu_per_s_by_process(seconds: float) -> dict[str, float]:
     before, t0 = cluster_cpu_by_process(), time.time()
     await asyncio.sleep(seconds)
@@ -115,55 +125,90 @@ async def warm_up_backend(base: str, persona: str) -> None:
     async with await open_ws(base, session_id) as ws:
         await WsViewer(ws).recv_until(lambda v: v.in_mode("pattern"), 120)
     httpx.delete(f"{base}/v1/sessions/{session_id}")
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(SETTLE_S)
 
 
-async def graph_session(base: str, persona: str, seconds: float, pacing: str, feed: str, idle_s: float) -> dict:
-    # Ray and Serve with no session open: first with no backend replica, then with one up.
-    cold_background_cpu_per_s = await idling_cpu_per_s(idle_s)
+async def graph_rounds(base: str, persona: str, args) -> dict:
+    """`args.rounds` sessions of speech, each between two readings of the background.
+
+    Ray's background (no session open, every replica of the path up) is ~5 ms of CPU a
+    frame and drifts by 10-20 % within a minute, as much as the whole serving cost: each
+    round subtracts the mean of the readings just before and just after it, and the
+    rounds together give the figure (their spread shows how far one round can be trusted).
+    """
+    cold_background_cpu_per_s = await idling_cpu_per_s(args.idle_seconds)  # no backend replica yet
     await warm_up_backend(base, persona)
-    background_before = await idling_cpu_per_s_by_process(min(idle_s, 25.0))  # within the downscale delay (30 s)
+    # Each reading ends within Serve's downscale delay (30 s) of the last call: the backend stays up.
+    idle_s = min(args.idle_seconds, 25.0)
+    backgrounds = [await idling_cpu_per_s_by_process(idle_s)]
+    speeches = []
+    for _ in range(args.rounds):
+        speeches.append(await speech_round(base, persona, args.seconds, args.pacing, args.feed, idle_s))
+        backgrounds.append(await idling_cpu_per_s_by_process(idle_s))
+    rounds = [round_figures(speech, backgrounds[i], backgrounds[i + 1], cold_background_cpu_per_s,
+                            speeches[min(i + 1, len(speeches) - 1)]["idle_cpu_per_s"])
+              for i, speech in enumerate(speeches)]
+    frames = sum(r["frames"] for r in rounds)
+
+    def pooled(key: str) -> float:  # CPU ms a frame over every round's frames
+        return sum(r[key] * r["frames"] for r in rounds) / max(1, frames)
+
+    return {
+        "frames": frames, "fps": min(r["fps"] for r in rounds),
+        "cpu_ms_per_frame": pooled("cpu_ms_per_frame"),
+        "cpu_ms_per_frame_cold_background": pooled("cpu_ms_per_frame_cold_background"),
+        "speech_over_idle_cpu_ms_per_frame": pooled("speech_over_idle_cpu_ms_per_frame"),
+        "first_frame_latency_ms": max(r["first_frame_latency_ms"] for r in rounds),
+        "cold_background_cpu_per_s": cold_background_cpu_per_s,
+        "background_cpu_per_s_readings": [sum(b.values()) for b in backgrounds],
+        "rounds": rounds,
+    }
+
+
+async def speech_round(base: str, persona: str, seconds: float, pacing: str, feed: str, idle_s: float) -> dict:
+    """One session: idling (the speech-over-idle baseline), then `seconds` of speech; the
+    cluster's CPU by process over the speech, and the speech frames as the client saw them."""
     session_id = create_session(base, persona, "pattern")["session_id"]
     n = int(seconds * 25)
-    async with await open_ws(base, session_id, pacing) as ws:
-        viewer = WsViewer(ws)
-        await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
-        idle_before = await idling_cpu_per_s(idle_s)  # the open session idling: the baseline
-        before = cluster_cpu_by_process()
-        cpu0, t_send = sum(before.values()), time.time()
-        sending = asyncio.create_task(send_speech(ws, coded_pcm16(n), feed, t_send))
-        await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
-        await sending
-        wall = time.time() - t_send
-        after = cluster_cpu_by_process()
-        gross_cpu = sum(after.values()) - cpu0
-        await asyncio.sleep(1.0)  # let the speech's last frames drain
-        idle_after = await idling_cpu_per_s(idle_s)
-        idle_cpu_per_s = (idle_before + idle_after) / 2  # before and after: the baseline drifts
-        cpu = gross_cpu - idle_cpu_per_s * wall
-    httpx.delete(f"{base}/v1/sessions/{session_id}")
-    # The background again, session gone, backend replica still up: it drifts by ~20% over
-    # a minute, as much as the whole serving cost, so the mean of before and after is used.
-    background_after = await idling_cpu_per_s_by_process(min(idle_s, 25.0))
-    background = {k: (background_before.get(k, 0.0) + background_after.get(k, 0.0)) / 2
-                  for k in background_before.keys() | background_after.keys()}
-    background_cpu_per_s = sum(background.values())
+    try:
+        async with await open_ws(base, session_id, pacing) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
+            idle_cpu_per_s = await idling_cpu_per_s(idle_s)
+            before, t_send = cluster_cpu_by_process(), time.time()
+            sending = asyncio.create_task(send_speech(ws, coded_pcm16(n), feed, t_send))
+            await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
+            await sending
+            wall = time.time() - t_send
+            after = cluster_cpu_by_process()
+    finally:
+        httpx.delete(f"{base}/v1/sessions/{session_id}")
+    await asyncio.sleep(SETTLE_S)  # the session's teardown is not the next background reading
     speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
     if pacing == "client":  # a frame is shown when it is due, or on arrival if it came late
         speech = [(p, max(t, viewer.due(p))) for p, t in speech]
+    return {"before": before, "after": after, "wall": wall, "speech": speech, "t_send": t_send,
+            "idle_cpu_per_s": idle_cpu_per_s}
+
+
+def round_figures(speech: dict, background_before: dict, background_after: dict,
+                  cold_background_cpu_per_s: float, next_idle_cpu_per_s: float) -> dict:
+    """A round's CPU per speech frame, less the mean of the background read before and after it."""
+    before, after, wall, frames = speech["before"], speech["after"], speech["wall"], speech["speech"]
+    n = max(1, len(frames))
+    background = {k: (background_before.get(k, 0.0) + background_after.get(k, 0.0)) / 2
+                  for k in background_before.keys() | background_after.keys()}
+    gross_cpu = sum(after.values()) - sum(before.values())
+    idle_cpu_per_s = (speech["idle_cpu_per_s"] + next_idle_cpu_per_s) / 2  # the next round's session idling
     return {
-        "frames": len(speech), "fps": len(speech) / (speech[-1][1] - speech[0][1]) * (len(speech) - 1) / len(speech),
-        "speech_over_idle_cpu_ms_per_frame": 1000 * cpu / max(1, len(speech)),
-        "first_frame_latency_ms": 1000 * (speech[0][1] - t_send),
-        "idle_cluster_cpu_per_s": idle_cpu_per_s,
-        "idle_cluster_cpu_per_s_before_after": [idle_before, idle_after],
-        "background_cpu_per_s": background_cpu_per_s,
+        "frames": len(frames), "fps": len(frames) / (frames[-1][1] - frames[0][1]) * (len(frames) - 1) / len(frames),
+        "cpu_ms_per_frame": 1000 * (gross_cpu - sum(background.values()) * wall) / n,
+        "cpu_ms_per_frame_cold_background": 1000 * (gross_cpu - cold_background_cpu_per_s * wall) / n,
+        "speech_over_idle_cpu_ms_per_frame": 1000 * (gross_cpu - idle_cpu_per_s * wall) / n,
+        "first_frame_latency_ms": 1000 * (frames[0][1] - speech["t_send"]),
         "background_cpu_per_s_before_after": [sum(background_before.values()), sum(background_after.values())],
         "background_cpu_ms_per_s_by_process": {k: round(1000 * v, 1) for k, v in background.items() if v > 0.0005},
-        "cold_background_cpu_per_s": cold_background_cpu_per_s,
-        "cpu_ms_per_frame": 1000 * (gross_cpu - background_cpu_per_s * wall) / max(1, len(speech)),
-        "cpu_ms_per_frame_cold_background": 1000 * (gross_cpu - cold_background_cpu_per_s * wall) / max(1, len(speech)),
-        "cpu_ms_per_frame_by_process": by_process(before, after, background, wall, len(speech)),
+        "cpu_ms_per_frame_by_process": by_process(before, after, background, wall, n),
     }
 
 
@@ -220,9 +265,10 @@ def start_app(args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="speech sent through the graph")
-    parser.add_argument("--idle-seconds", type=float, default=15.0,
-                        help="each reading of Ray's background and of the session idling (the first at most 25 s)")
+    parser.add_argument("--seconds", type=float, default=40.0, help="speech sent through the graph in each round")
+    parser.add_argument("--rounds", type=int, default=3, help="sessions of speech, each between two background readings")
+    parser.add_argument("--idle-seconds", type=float, default=20.0,
+                        help="each reading of Ray's background and of the session idling (at most 25 s but the first)")
     parser.add_argument("--work-ms", type=float, default=8.0, help="stand-in render cost per frame")
     parser.add_argument("--chunk-frames", type=int, default=5)
     parser.add_argument("--max-chunks-per-call", type=int, default=None,
@@ -243,8 +289,9 @@ def main() -> None:
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.ingress == "haproxy" else "0"
     base = start_app(args)
     persona = create_persona(base, save=True, size=args.size)
-    local = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)
-    graph = asyncio.run(graph_session(base, persona, args.seconds, args.pacing, args.feed, args.idle_seconds))
+    local_before = in_process(args.seconds, args.work_ms, args.chunk_frames, args.size)
+    graph = asyncio.run(graph_rounds(base, persona, args))
+    local = in_process_mean(local_before, in_process(args.seconds, args.work_ms, args.chunk_frames, args.size))
     still = [asyncio.run(still_viewers(base, persona, int(n), args.still_seconds))
              for n in args.still_counts.split(",")]
     held = [s["sessions"] for s in still if s["max_late_ms"] <= 40 and not s["skipped_frames"]]
@@ -252,6 +299,7 @@ def main() -> None:
         "config": vars(args), "in_process": local, "graph": graph,
         "overhead_ratio": graph["cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
         "overhead_ratio_cold_background": graph["cpu_ms_per_frame_cold_background"] / local["cpu_ms_per_frame"],
+        "overhead_ratio_by_round": [r["cpu_ms_per_frame"] / local["cpu_ms_per_frame"] for r in graph["rounds"]],
         "speech_over_idle_ratio": graph["speech_over_idle_cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
         "first_frame_latency_ms": graph["first_frame_latency_ms"],
         "still_sessions": still, "max_still_sessions_at_25fps": max(held, default=0),
