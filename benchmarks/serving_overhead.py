@@ -141,8 +141,8 @@ async def graph_rounds(base: str, persona: str, args) -> dict:
 
     Ray's background (no session open, every replica of the path up) is ~5 ms of CPU a
     frame and drifts by 10-20 % within a minute, as much as the whole serving cost: each
-    round subtracts the mean of the readings just before and just after it, and the
-    rounds together give the figure (their spread shows how far one round can be trusted).
+    round subtracts the mean of the readings just before and just after it (main() takes
+    the median of the rounds' ratios; their spread shows how far one round can be trusted).
     """
     cold_background_cpu_per_s = await idling_cpu_per_s(args.idle_seconds)  # no backend replica yet
     await warm_up_backend(base, persona)
@@ -208,6 +208,7 @@ def round_figures(speech: dict, background_before: dict, background_after: dict,
                   for k in background_before.keys() | background_after.keys()}
     gross_cpu = sum(after.values()) - sum(before.values())
     idle_cpu_per_s = (speech["idle_cpu_per_s"] + next_idle_cpu_per_s) / 2  # the next round's session idling
+    net = net_by_process(before, after, background, wall, n)
     return {
         "frames": len(frames), "fps": len(frames) / (frames[-1][1] - frames[0][1]) * (len(frames) - 1) / len(frames),
         "cpu_ms_per_frame": 1000 * (gross_cpu - sum(background.values()) * wall) / n,
@@ -216,8 +217,8 @@ def round_figures(speech: dict, background_before: dict, background_after: dict,
         "first_frame_latency_ms": 1000 * (frames[0][1] - speech["t_send"]),
         "background_cpu_per_s_before_after": [sum(background_before.values()), sum(background_after.values())],
         "background_cpu_ms_per_s_by_process": {k: round(1000 * v, 1) for k, v in background.items() if v > 0.0005},
-        "cpu_ms_per_frame_by_process": by_process(before, after, background, wall, n),
-        "off_path_cpu_ms_per_frame": off_path(before, after, background, wall, n),
+        "cpu_ms_per_frame_by_process": by_process(net),
+        "off_path_cpu_ms_per_frame": off_path(net),
     }
 
 
@@ -230,17 +231,20 @@ async def send_speech(ws, pcm, feed: str, t_send: float) -> None:
     await ws.send(json.dumps({"type": "end_of_speech"}))
 
 
-def by_process(before: dict, after: dict, background: dict, wall: float, frames: int) -> dict[str, float]:
+def net_by_process(before: dict, after: dict, background: dict, wall: float, frames: int) -> dict[str, float]:
     """CPU ms per frame of each process over the speech, less its own background (Ray with no session)."""
-    ms = {k: 1000 * (after[k] - before.get(k, 0.0) - background.get(k, 0.0) * wall) / max(1, frames) for k in after}
-    return {k: round(v, 2) for k, v in sorted(ms.items(), key=lambda kv: -kv[1]) if abs(v) > 0.05}
+    return {k: 1000 * (after[k] - before.get(k, 0.0) - background.get(k, 0.0) * wall) / max(1, frames) for k in after}
 
 
-def off_path(before: dict, after: dict, background: dict, wall: float, frames: int) -> float:
+def by_process(net: dict[str, float]) -> dict[str, float]:
+    """The processes that cost something, most first."""
+    return {k: round(v, 2) for k, v in sorted(net.items(), key=lambda kv: -kv[1]) if abs(v) > 0.05}
+
+
+def off_path(net: dict[str, float]) -> float:
     """CPU ms a frame, beyond their background, of the processes no frame passes through:
     ~0 when the background held still over the round, large when it did not."""
-    return 1000 * sum(after[k] - before.get(k, 0.0) - background.get(k, 0.0) * wall
-                      for k in after if not any(p in k for p in FRAME_PATH)) / max(1, frames)
+    return sum(v for k, v in net.items() if not any(p in k for p in FRAME_PATH))
 
 
 async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict:
