@@ -146,11 +146,10 @@ class BackendDeployment:
     async def start(self, controls: Controls) -> Any:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
 
-    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
-        """Streams {"frames": N×H×W×3 uint8, or EncodedFrames in `fmt`} batches; the last
-        item also holds {"carry": ...}."""
+    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None) -> dict:
+        """{"frames": N×H×W×3 uint8, or EncodedFrames in `fmt`, "carry": ...}."""
         persona = await self._persona()
-        yield await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k, controls)
+        return await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k, controls)
 
     def _render_chunks(self, persona: Persona, carry: Any, audio16k: np.ndarray, controls: Controls):
         """pipeline.render over the call's audio (samples,), one chunk_frames chunk at a time."""
@@ -163,17 +162,17 @@ class BackendDeployment:
         drawn = [frames for frames in batches if len(frames)] or batches[:1]  # a lookahead may hold all of a chunk
         return (np.concatenate(drawn) if len(drawn) > 1 else drawn[0]), carry
 
-    async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
+    async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None) -> dict:
         persona = await self._persona()
-        yield await asyncio.to_thread(self._rendered, fmt, self.pipeline.flush, persona, carry, controls)
+        return await asyncio.to_thread(self._rendered, fmt, self.pipeline.flush, persona, carry, controls)
 
-    async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None):
+    async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None) -> dict:
         persona = await self._persona()
-        yield await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
+        return await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
 
     @staticmethod
     def _rendered(fmt: FrameFormat | None, step, *args) -> dict:
-        """One streamed item (each costs ~1.7 ms): the frames, encoded in `fmt` if given, and the carry."""
+        """A render call's result: the frames, encoded in `fmt` if given, and the carry."""
         frames, carry = step(*args)
         return {"frames": frames if fmt is None else EncodedFrames.of(frames, fmt), "carry": carry}
 
@@ -209,7 +208,7 @@ def cap_cuda_memory(fraction: float) -> float | None:
 
 
 class RemoteBackend:
-    """A session's client of a backend deployment: streaming handle calls, persona as multiplex id."""
+    """A session's client of a backend deployment: handle calls, persona as multiplex id."""
 
     def __init__(self, mode: str, handle):
         self.mode = mode
@@ -220,10 +219,12 @@ class RemoteBackend:
 
     def _render_call(self, persona_id: str, fmt: FrameFormat | None):
         """Frames come back as JPEGs alone: small, so over the direct channel. Raw frames
-        (a one-shot render's, or a WebRTC viewer's) are large: through Ray's object store."""
+        (a one-shot render's, or a WebRTC viewer's) are large: through Ray's object store.
+        Unary calls: a streaming call of one item costs ~0.4 ms of CPU more (caller and
+        replica together)."""
         if fmt is None or fmt.raw:
-            return self._for(persona_id, True)
-        return direct(self.handle, multiplexed_model_id=persona_id, stream=True)
+            return self._for(persona_id)
+        return direct(self.handle, multiplexed_model_id=persona_id)
 
     async def start(self, persona_id: str, controls: Controls) -> Any:
         return await call(self._for(persona_id).start, controls)
@@ -233,13 +234,13 @@ class RemoteBackend:
         return call(self._for(persona_id, True).hold)
 
     async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
-        return await self._collect(call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt))
+        return self._result(await call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt))
 
     async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
-        return await self._collect(call(self._render_call(persona_id, fmt).flush, carry, controls, fmt))
+        return self._result(await call(self._render_call(persona_id, fmt).flush, carry, controls, fmt))
 
     async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
-        return await self._collect(call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt))
+        return self._result(await call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt))
 
     async def interrupt(self, persona_id, carry, controls):
         return await call(direct(self.handle, multiplexed_model_id=persona_id).interrupt, carry, controls)
@@ -252,14 +253,5 @@ class RemoteBackend:
         return await call(self._for(persona_id).warnings)
 
     @staticmethod
-    async def _collect(stream) -> tuple[np.ndarray | EncodedFrames, Any]:
-        batches, carry = [], None
-        async for item in stream:
-            if "frames" in item:
-                batches.append(item["frames"])
-            if "carry" in item:
-                carry = item["carry"]
-        if isinstance(batches[0], EncodedFrames):
-            return EncodedFrames.concat(batches), carry
-        frames = np.concatenate(batches) if len(batches) > 1 else batches[0]
-        return frames, carry
+    def _result(item: dict) -> tuple[np.ndarray | EncodedFrames, Any]:
+        return item["frames"], item["carry"]
