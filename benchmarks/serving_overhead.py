@@ -15,8 +15,10 @@ Prints JSON:
   round's off_path_cpu_ms_per_frame (processes no frame passes through, beyond their
   background) shows whether the background held still over it: the median keeps a
   round where it did not (a burst of Ray's housekeeping) from deciding the figure.
-  Every frame's trip (backend -> host -> Router -> HAProxy -> WebSocket) counts:
-  this is what serving a frame costs. `--ingress serve-proxy` puts Serve's Python
+  overhead_ratio_mean and overhead_ratio_sem are the rounds' mean and its standard
+  error: with many rounds, the cost with one round's spread averaged out. Every
+  frame's trip (backend -> host -> Router -> HAProxy -> WebSocket) counts: this is
+  what serving a frame costs. `--ingress serve-proxy` puts Serve's Python
   HTTP proxy where HAProxy is (the README's server command uses HAProxy);
 - overhead_ratio_cold_background: the same, minus the background before the backend's
   replica was started: its idle cost (Ray's and Serve's housekeeping, ~8 ms of CPU a
@@ -320,6 +322,10 @@ def main() -> None:
         "config": vars(args), "in_process": local, "graph": graph,
         "overhead_ratio": statistics.median(by_round),
         "overhead_ratio_by_round": by_round,
+        # The rounds' mean and its standard error: with many rounds (--rounds 25, or several
+        # runs' rounds together), the figure with the spread of one round averaged out.
+        "overhead_ratio_mean": statistics.mean(by_round),
+        "overhead_ratio_sem": statistics.stdev(by_round) / len(by_round) ** 0.5 if len(by_round) > 1 else None,
         "overhead_ratio_pooled": graph["cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
         "overhead_ratio_cold_background": graph["cpu_ms_per_frame_cold_background"] / local["cpu_ms_per_frame"],
         "speech_over_idle_ratio": graph["speech_over_idle_cpu_ms_per_frame"] / local["cpu_ms_per_frame"],
