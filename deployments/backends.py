@@ -146,8 +146,8 @@ class BackendDeployment:
     async def start(self, controls: Controls) -> Any:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
 
-    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None) -> dict:
-        """{"frames": N×H×W×3 uint8, or EncodedFrames in `fmt`, "carry": ...}."""
+    async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
+        """(frames: N×H×W×3 uint8, or EncodedFrames in `fmt`; carry)."""
         persona = await self._persona()
         return await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k, controls)
 
@@ -162,19 +162,19 @@ class BackendDeployment:
         drawn = [frames for frames in batches if len(frames)] or batches[:1]  # a lookahead may hold all of a chunk
         return (np.concatenate(drawn) if len(drawn) > 1 else drawn[0]), carry
 
-    async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None) -> dict:
+    async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
         return await asyncio.to_thread(self._rendered, fmt, self.pipeline.flush, persona, carry, controls)
 
-    async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None) -> dict:
+    async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
         return await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
 
     @staticmethod
-    def _rendered(fmt: FrameFormat | None, step, *args) -> dict:
+    def _rendered(fmt: FrameFormat | None, step, *args) -> tuple[np.ndarray | EncodedFrames, Any]:
         """A render call's result: the frames, encoded in `fmt` if given, and the carry."""
         frames, carry = step(*args)
-        return {"frames": frames if fmt is None else EncodedFrames.of(frames, fmt), "carry": carry}
+        return (frames if fmt is None else EncodedFrames.of(frames, fmt)), carry
 
     async def interrupt(self, carry: Any, controls: Controls) -> Any:
         """The carry with what the lookahead held dropped (no frames: nothing is drawn)."""
@@ -220,8 +220,8 @@ class RemoteBackend:
     def _render_call(self, persona_id: str, fmt: FrameFormat | None):
         """Frames come back as JPEGs alone: small, so over the direct channel. Raw frames
         (a one-shot render's, or a WebRTC viewer's) are large: through Ray's object store.
-        Unary calls: a streaming call of one item costs ~0.4 ms of CPU more (caller and
-        replica together)."""
+        Unary calls: a streaming call of one item costs ~0.5 ms of CPU more, caller and
+        replica together (benchmarks/handle_calls.py)."""
         if fmt is None or fmt.raw:
             return self._for(persona_id)
         return direct(self.handle, multiplexed_model_id=persona_id)
@@ -234,13 +234,13 @@ class RemoteBackend:
         return call(self._for(persona_id, True).hold)
 
     async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
-        return self._result(await call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt))
+        return await call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt)
 
     async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
-        return self._result(await call(self._render_call(persona_id, fmt).flush, carry, controls, fmt))
+        return await call(self._render_call(persona_id, fmt).flush, carry, controls, fmt)
 
     async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
-        return self._result(await call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt))
+        return await call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt)
 
     async def interrupt(self, persona_id, carry, controls):
         return await call(direct(self.handle, multiplexed_model_id=persona_id).interrupt, carry, controls)
@@ -251,7 +251,3 @@ class RemoteBackend:
     async def warnings(self, persona_id: str) -> list[dict]:
         """The persona's preparation warnings ([{"code", "message"}]) from the backend."""
         return await call(self._for(persona_id).warnings)
-
-    @staticmethod
-    def _result(item: dict) -> tuple[np.ndarray | EncodedFrames, Any]:
-        return item["frames"], item["carry"]

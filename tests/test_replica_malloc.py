@@ -61,9 +61,8 @@ def _probe() -> None:
             if start == WARM_UP_FRAMES * SAMPLES_PER_FRAME:
                 faults_before = await asyncio.to_thread(thread_faults)  # the pool's one thread
             # What BackendDeployment.render runs: its chunks, joined and JPEG-encoded, in a worker thread.
-            item = await asyncio.to_thread(backend._rendered, FrameFormat(), backend._render_chunks,
-                                           persona, carry, audio[start:start + call], Controls())
-            carry = item["carry"]
+            _, carry = await asyncio.to_thread(backend._rendered, FrameFormat(), backend._render_chunks,
+                                               persona, carry, audio[start:start + call], Controls())
         print((await asyncio.to_thread(thread_faults) - faults_before) / MEASURED_FRAMES)
 
     asyncio.run(main())

@@ -176,8 +176,7 @@ class EncodingBackend(LocalBackend):
 
     async def _encoded(self, fmt, step, persona_id, *args):
         self.formats.append(fmt)
-        out = BackendDeployment._rendered(fmt, step, await self.personas.get(persona_id), *args)
-        return out["frames"], out["carry"]
+        return BackendDeployment._rendered(fmt, step, await self.personas.get(persona_id), *args)
 
 
 def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
