@@ -21,6 +21,7 @@ from tests.conftest import PROJECT_ROOT, deploy_app
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.graph,
+    pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"),
 ]
 CHROMIUM_FLAGS = [

@@ -92,6 +92,7 @@ def test_render_contract(pipeline, persona):
     assert len(frames) + len(more) == 5
 
 
+@pytest.mark.slow  # several seconds of CPU: outside the unit tier
 def test_frames_in_200ms_chunks_and_in_one_piece_are_the_same(pipeline, persona):
     """The whole contract path (render + flush), chunked or not: same frames, all 50."""
     audio, c = speech(2.0), Controls(head_pitch_deg=4)
@@ -123,6 +124,7 @@ def test_lookahead_declared_is_what_200ms_chunks_hold(pipeline, persona):
     assert out == [0, 0, 5, 5]
 
 
+@pytest.mark.slow  # several seconds of CPU: outside the unit tier
 def test_idle_between_utterances_gives_n_frames_and_leaves_speech_alone(pipeline, persona):
     """Idle calls while the lookahead fills do not change the speech frames; after flush
     a second utterance starts a new stream; idle owes exactly n frames."""
@@ -152,6 +154,7 @@ def test_idle_between_utterances_gives_n_frames_and_leaves_speech_alone(pipeline
     assert carry.motion is None and carry.frames_in == 0
 
 
+@pytest.mark.slow  # several seconds of CPU: outside the unit tier
 def test_interrupt_drops_the_held_frames_undrawn_and_the_next_utterance_starts_afresh(pipeline, persona):
     audio, c = speech(1.0), Controls()
     carry = pipeline.start(persona, c)
@@ -164,6 +167,7 @@ def test_interrupt_drops_the_held_frames_undrawn_and_the_next_utterance_starts_a
     assert len(again) == 25  # exactly the new utterance's frames: nothing of the dropped one
 
 
+@pytest.mark.slow  # several seconds of CPU: outside the unit tier
 def test_a_one_shot_render_draws_the_offline_motion_of_the_whole_clip(pipeline, persona):
     from models.ditto.audio import wav2feat
     from models.ditto.emotion import controls_to_ditto
@@ -196,6 +200,7 @@ def test_a_one_shot_render_draws_the_offline_motion_of_the_whole_clip(pipeline, 
     np.testing.assert_array_equal(frames, draw(30))
 
 
+@pytest.mark.slow  # several seconds of CPU: outside the unit tier
 def test_idle_lips_relax_to_rest_and_sway_eases(pipeline, persona):
     carry = pipeline.start(persona, Controls())
     frames, carry = pipeline.render(persona, carry, speech(1.0), Controls())

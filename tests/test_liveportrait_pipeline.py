@@ -14,6 +14,8 @@ from models.face.detection import FaceBox
 from models.liveportrait.config import LivePortraitConfig
 from models.liveportrait.loading import LivePortraitNetworks
 from models.liveportrait.pipeline import LivePortraitPipeline, LivePortraitPipelineConfig
+from models.face.crop import network_input_256
+from models.liveportrait import pipeline as lp_pipeline
 from models.liveportrait.template_driving import TemplateOptions
 from tests.resampled import assert_resampled_equal
 
@@ -216,9 +218,22 @@ def seeded_pipeline(oracle, tmp_path_factory):
             write_seeded(oracle, cache, network)
         write_seeded_stitching(oracle, cache)
         nets = LivePortraitNetworks.load(device="cpu")
-    pipeline = LivePortraitPipeline(networks=nets, face=FixedFace(fx["lmk106"], fx["lmk203"]))
-    persona = pipeline.prepare(PersonaMedia([fx["img_ori"]]), "fixture")
+        pipeline = LivePortraitPipeline(networks=nets, face=FixedFace(fx["lmk106"], fx["lmk203"]))
+        mp.setattr(lp_pipeline, "network_input_256", reference_input_256(fx["img_crop_256"]))
+        persona = pipeline.prepare(PersonaMedia([fx["img_ori"]]), "fixture")
     return pipeline, persona, fx
+
+
+def reference_input_256(reference: np.ndarray):
+    """network_input_256 that checks our crop against the reference's within the resampler
+    tolerance, then hands the networks the reference's own: what F and M compute from it is our
+    arithmetic and stays compared strictly, whichever OpenCV release made the crop."""
+
+    def crop_256(crop_512: np.ndarray) -> np.ndarray:
+        assert_resampled_equal(network_input_256(crop_512), reference, what="img_crop_256")
+        return reference
+
+    return crop_256
 
 
 def assert_close(ours, ref, atol, what):

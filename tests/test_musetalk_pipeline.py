@@ -94,6 +94,7 @@ def _utterance(pipe, persona, audio, chunk_frames):
 
 
 @pytest.mark.oracle
+@pytest.mark.slow  # several seconds of CPU: outside the unit tier
 def test_speech_fades_in_and_out_of_silence(setup):
     pipe, portrait, speech = setup
     persona = pipe.prepare(PersonaMedia([portrait]), "p")
