@@ -55,9 +55,6 @@ class PersonaCache:
             self._items.popitem(last=False)
         return persona
 
-    def drop(self, persona_id: str) -> None:
-        self._items.pop(persona_id, None)
-
 
 class LocalBackend:
     """A pipeline called in this process: in a worker thread, or inline when it is trivially cheap."""

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .encode import DEFAULT_JPEG_QUALITY
 from .vram.config import BackendSpec, NeighbourSpec, PolicyConfig, default_config
 
 
@@ -138,7 +139,7 @@ class AppArgs(BaseModel):
     router_replicas: int = Field(1, ge=1, description="min Router replicas (autoscaled up to max)")
     router_max_replicas: int = Field(2, ge=1)
     session_hosts: int = Field(1, ge=1, description="SessionHost replicas (fixed: sessions live there)")
-    jpeg_quality: int = Field(80, ge=10, le=100)
+    jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=10, le=100)
     enable_test_modes: bool = Field(False, description="adds the `pattern` mode (tests, benchmarks)")
     backends: dict[str, BackendArgs] = Field(default_factory=_default_backends)
     limits: Limits = Field(default_factory=Limits)

@@ -12,10 +12,14 @@ from PIL import Image
 from models.base import FPS, SAMPLE_RATE_HZ
 
 
+# The one default for every JPEG a session sends (config `jpeg_quality` overrides it).
+DEFAULT_JPEG_QUALITY = 80
+
+
 class JpegEncoder:
     """Encodes frames once; an unchanged frame (still mode, a held pose) reuses the last bytes."""
 
-    def __init__(self, quality: int = 80):
+    def __init__(self, quality: int = DEFAULT_JPEG_QUALITY):
         self.quality = quality
         self._last_frame: np.ndarray | None = None
         self._last_jpeg = b""
@@ -53,7 +57,7 @@ class FrameFormat:
     (the JPEGs cross Ray, a twentieth of the raw bytes), and the raw frames as well only
     while a viewer in the session's host needs them (a WebRTC peer encodes its own video)."""
 
-    jpeg_quality: int = 80
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     raw: bool = False
 
 

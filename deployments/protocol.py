@@ -10,7 +10,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from models.base import EMOTIONS
+from models.base import PersonaError, PipelineError, WeightsMissingError
+
 
 FRAME_MAGIC = b"BODF"
 FRAME_HEADER = struct.Struct("<4sQ")  # magic, frame index (pts): 12 bytes, then a JPEG
@@ -39,14 +40,43 @@ class ServiceError(Exception):
         return ServiceError, (self.status, self.code, self.reason, self.retry_after_s)
 
 
+# A pipeline's error (models.base.PipelineError) keeps its code end to end; its HTTP status
+# is chosen here, at the edge. The media of a persona a mode cannot use is unprocessable.
+PIPELINE_ERROR_STATUS = {PersonaError: 422, WeightsMissingError: 409, PipelineError: 422}
+# How deep to look through Ray's wrappers (a backend's error reaches the Router through the
+# SessionHost: RayTaskError(RayTaskError(PersonaError))).
+_MAX_WRAPPING = 6
+
+
+def pipeline_error(err: BaseException | None) -> PipelineError | None:
+    """The PipelineError inside `err`: itself, under Ray's `cause` or under a `raise ... from`."""
+    for _ in range(_MAX_WRAPPING):
+        if err is None:
+            return None
+        inner = getattr(err, "cause", None)  # Ray's task error: the original exception
+        if isinstance(inner, BaseException):
+            err = inner
+        elif isinstance(err, PipelineError):
+            return err
+        else:
+            err = err.__cause__
+    return None
+
+
+def pipeline_service_error(err: BaseException) -> ServiceError | None:
+    """A pipeline's error as the ServiceError the edge answers with, or None if there is none."""
+    found = pipeline_error(err)
+    if found is None:
+        return None
+    status = next(s for cls, s in PIPELINE_ERROR_STATUS.items() if isinstance(found, cls))
+    return ServiceError(status, found.code, str(found))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 # ---- client -> server control events (WebSocket text or POST /events) ----
-Emotion = Literal[EMOTIONS]  # type: ignore[valid-type]
-
-
 class EmotionEvent(Strict):
     type: Literal["emotion"]
     value: str

@@ -28,7 +28,7 @@ from .audio_in import decode_audio_body, decode_audio_file, resample_to_16k
 from .calls import DIRECT_MAX_BYTES, call, direct
 from .config import AppArgs
 from .personas import SESSION_ID, PersonaStore, check_persona_id
-from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict
+from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict, pipeline_service_error
 from .streams import MJPEG_BOUNDARY, ahead, mjpeg_part, paced, ws_frame
 from .ws_in import InputForwarder
 
@@ -45,9 +45,11 @@ api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head
 
 
 def unwrap(err: BaseException) -> BaseException:
-    """The ServiceError inside a Ray task error, if there is one."""
+    """The ServiceError inside a Ray task error, or a pipeline's error as one (e.g. 422 no_face)."""
     cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, ServiceError) else err
+    if isinstance(cause, ServiceError):
+        return cause
+    return pipeline_service_error(err) or err
 
 
 def error_response(err: ServiceError) -> JSONResponse:

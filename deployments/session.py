@@ -30,8 +30,8 @@ from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 
 from .audio_in import StreamResampler
 from .clock import SessionClock, SpeechBuffer
-from .encode import EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg
-from .protocol import ServiceError, SessionInfo, error_event, session_urls
+from .encode import DEFAULT_JPEG_QUALITY, EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg
+from .protocol import ServiceError, SessionInfo, error_event, pipeline_error, session_urls
 
 log = logging.getLogger("ray.serve")
 # A call of several chunks starts when the lead is down to _speech_lead_limit(chunks); it
@@ -56,6 +56,15 @@ class Backend(Protocol):
     async def interrupt(self, persona_id: str, carry: Any, controls: Controls) -> Any: ...
 
 
+def warm_up_error(mode: str, err: BaseException) -> dict:
+    """The `error` event of a backend that could not start a session: the pipeline's own code
+    (e.g. `no_face`) where it gave one, else `backend_unavailable`. The session stays in still mode."""
+    found = pipeline_error(err)
+    if found is not None:
+        return error_event(found.code, f"{mode}: {found}")
+    return error_event("backend_unavailable", f"{mode} backend unavailable: {str(err) or type(err).__name__}")
+
+
 @dataclass
 class SessionConfig:
     chunk_frames: int = 5
@@ -70,7 +79,7 @@ class SessionConfig:
     ready_timeout_s: float = 120.0
     max_viewers: int = 8
     viewer_queue_items: int = 256
-    jpeg_quality: int = 80
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
 
 
 @dataclass
@@ -481,8 +490,7 @@ class Session:
         try:
             carry = await asyncio.wait_for(backend.start(self.persona_id, self.controls), self.config.ready_timeout_s)
         except Exception as err:  # stay in still mode and say why
-            reason = f"{backend.mode} backend unavailable: {err or type(err).__name__}"
-            self._event(error_event("backend_unavailable", reason))
+            self._event(warm_up_error(backend.mode, err))
             return
         await self._tell_warnings(backend)
         if hasattr(backend, "hold"):

@@ -466,9 +466,6 @@ class VramControllerImpl:
     async def report_loaded(self, mode: str, ok: bool, pid: int, peak_bytes: int | None, error: str = "") -> None:
         await self._step([LoadReport(mode, ok, pid=pid, peak_bytes=peak_bytes, error=error)])
 
-    async def report_peak(self, mode: str, peak_bytes: int) -> None:
-        self._inbox.append(PeakReport(mode, peak_bytes))
-
     # ---------------- operators ----------------
     async def snapshot(self) -> dict:
         out = self.controller.snapshot()

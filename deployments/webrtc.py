@@ -425,9 +425,3 @@ class WebRtcHub:
     def peers(self, session_id: str) -> list[dict]:
         return [p.info() for p in self._peers.get(session_id, {}).values()]
 
-    async def close_all(self, reason: str) -> None:
-        peers = [p for by_id in self._peers.values() for p in by_id.values()]
-        await asyncio.gather(*(self._close(p, reason) for p in peers), return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
