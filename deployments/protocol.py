@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from models.base import PersonaError, PipelineError, WeightsMissingError
+from models.base import PipelineError, WeightsMissingError
 
 
 FRAME_MAGIC = b"BODF"
@@ -40,9 +40,9 @@ class ServiceError(Exception):
         return ServiceError, (self.status, self.code, self.reason, self.retry_after_s)
 
 
-# A pipeline's error (models.base.PipelineError) keeps its code end to end; its HTTP status
-# is chosen here, at the edge. The media of a persona a mode cannot use is unprocessable.
-PIPELINE_ERROR_STATUS = {PersonaError: 422, WeightsMissingError: 409, PipelineError: 422}
+# A pipeline's error (models.base.PipelineError) keeps its code end to end; its HTTP status is
+# chosen here, at the edge: missing weights are a conflict with the server's state (409); any
+# other (no_face, bad_media, ...) is media the mode cannot use, unprocessable (422).
 # How deep to look through Ray's wrappers (a backend's error reaches the Router through the
 # SessionHost: RayTaskError(RayTaskError(PersonaError))).
 _MAX_WRAPPING = 6
@@ -68,8 +68,7 @@ def pipeline_service_error(err: BaseException) -> ServiceError | None:
     found = pipeline_error(err)
     if found is None:
         return None
-    status = next(s for cls, s in PIPELINE_ERROR_STATUS.items() if isinstance(found, cls))
-    return ServiceError(status, found.code, str(found))
+    return ServiceError(409 if isinstance(found, WeightsMissingError) else 422, found.code, str(found))
 
 
 class Strict(BaseModel):

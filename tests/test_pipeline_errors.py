@@ -7,14 +7,12 @@ import asyncio
 import pytest
 from ray.exceptions import RayTaskError
 
-from deployments.backends import LocalBackend
 from deployments.protocol import ServiceError, pipeline_error, pipeline_service_error
 from deployments.router import unwrap
-from deployments.session import Session, SessionConfig, warm_up_error
-from models.base import Controls, PersonaError, WeightsMissingError
-from models.still import StillPipeline
+from deployments.session import warm_up_error
+from models.base import PersonaError, WeightsMissingError
 from models.testing import PatternPipeline
-from tests.test_session import has, store, watch  # noqa: F401 - store is a fixture
+from tests.test_session import has, open_session, store, watch  # noqa: F401 - store is a fixture
 
 NO_FACE = PersonaError("no face found in the portrait", code="no_face")
 
@@ -58,10 +56,7 @@ class FacelessPattern(PatternPipeline):
 
 def test_a_faceless_portrait_gives_a_no_face_event_and_still_frames(store):  # noqa: F811
     async def main():
-        session = Session("h.abcdefghijklmnopqrstuv", store.record.persona_id, "pattern", 16000, Controls(),
-                          LocalBackend(StillPipeline(), store), LocalBackend(FacelessPattern(), store),
-                          SessionConfig())
-        await session.start()
+        session = await open_session(store, pipeline=FacelessPattern())
         events, frames = await watch(session, lambda e, f: has(e, "error") and len(f) >= 25)
         await session.close()
         return session, events, frames

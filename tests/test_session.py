@@ -35,10 +35,12 @@ async def items(viewer):
             return
 
 
-async def open_session(store, lookahead=0, chunk_frames=5) -> Session:
+async def open_session(store, lookahead=0, chunk_frames=5, pipeline=None) -> Session:
+    """A started session of the pattern pipeline (or `pipeline`), still mode as its fallback."""
     session = Session(
         "h.abcdefghijklmnopqrstuv", store.record.persona_id, "pattern", 16000, Controls(),
-        LocalBackend(StillPipeline(), store), LocalBackend(PatternPipeline(lookahead_frames=lookahead), store),
+        LocalBackend(StillPipeline(), store),
+        LocalBackend(pipeline or PatternPipeline(lookahead_frames=lookahead), store),
         SessionConfig(chunk_frames=chunk_frames))
     await session.start()
     return session
