@@ -17,15 +17,13 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
-from deployments.backends import BackendDeployment
+from deployments.backend import BackendDeployment, LeasedBackendDeployment
 from deployments.config import AppArgs, BackendArgs
 from deployments.router import RouterImpl
 from deployments.session_host import SessionHostImpl
 from deployments.vram.autoscaling import follow_vram_controller
-from deployments.vram_controller import (
-    CONTROLLER_NAME, LeasedBackendDeployment, VramControllerImpl, backend_deployment_name, controlled_modes,
-    resolve_probe,
-)
+from deployments.vram.setup import controlled_modes, resolve_probe
+from deployments.vram_controller import CONTROLLER_NAME, VramControllerImpl, backend_deployment_name
 
 # Scale-down must not wait Serve's default 600 s; scale-up reacts within seconds.
 DOWNSCALE_DELAY_S = 30.0

@@ -27,7 +27,7 @@ from ray import serve
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments.calls import call, direct  # noqa: E402
+from deployments.ray_private import call, direct  # noqa: E402
 from graph import REPLICA_ENV  # noqa: E402
 
 OPTIONS = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": dict(REPLICA_ENV)}}}

@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments.encode import JpegEncoder  # noqa: E402
+from deployments.transports.encode import JpegEncoder  # noqa: E402
 from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia  # noqa: E402
 from models.testing import PatternPipeline  # noqa: E402
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws  # noqa: E402

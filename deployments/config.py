@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .encode import DEFAULT_JPEG_QUALITY
+from .transports.encode import DEFAULT_JPEG_QUALITY
 from .vram.config import BackendSpec, NeighbourSpec, PolicyConfig, default_config
 
 

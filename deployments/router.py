@@ -24,13 +24,14 @@ from models.base import Controls
 from models.emotion import normalize_emotion
 from models.modes import MODES, mode_status
 
-from .audio_in import decode_audio_body, decode_audio_file, resample_to_16k
-from .calls import DIRECT_MAX_BYTES, call, direct
+from .api.errors import ServiceError, pipeline_service_error
+from .api.protocol import CONTROL_EVENT, CreateSession, Strict
 from .config import AppArgs
-from .personas import SESSION_ID, PersonaStore, check_persona_id
-from .protocol import CONTROL_EVENT, CreateSession, ServiceError, Strict, pipeline_service_error
-from .streams import MJPEG_BOUNDARY, ahead, mjpeg_part, paced, ws_frame
-from .ws_in import InputForwarder
+from .inputs.audio_in import decode_audio_body, decode_audio_file, resample_to_16k
+from .inputs.personas import SESSION_ID, PersonaStore, check_persona_id
+from .inputs.ws_in import InputForwarder
+from .ray_private import DIRECT_MAX_BYTES, call, direct
+from .transports.streams import MJPEG_BOUNDARY, ahead, mjpeg_part, paced, ws_frame
 
 log = logging.getLogger("ray.serve")
 MODES_CACHE_S = 5.0

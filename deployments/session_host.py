@@ -19,13 +19,15 @@ from ray import serve
 from models.base import SAMPLES_PER_FRAME, Controls
 from models.modes import build_pipeline
 
-from .backends import LocalBackend, RemoteBackend
+from .api.errors import ServiceError, error_event
 from .config import AppArgs
-from .encode import Mp4Writer
-from .personas import PersonaStore
-from .protocol import ServiceError, error_event
-from .session import Session, SessionConfig
-from .vram_controller import HEARTBEAT_PERIOD_S, VramGate
+from .inputs.personas import PersonaStore
+from .rendering.local import LocalBackend
+from .rendering.remote import RemoteBackend
+from .session.engine import Session, SessionConfig
+from .transports.encode import Mp4Writer
+from .vram.gate import VramGate
+from .vram_controller import HEARTBEAT_PERIOD_S
 
 log = logging.getLogger("ray.serve")
 SWEEP_PERIOD_S = 1.0
@@ -137,13 +139,13 @@ class SessionHostImpl:
 
     # ---------------- input ----------------
     async def push_pcm16(self, session_id: str, data: bytes) -> None:
-        from .audio_in import pcm16_to_float
+        from .inputs.audio_in import pcm16_to_float
 
         self._get(session_id).push_audio(pcm16_to_float(data))
 
     async def push_audio(self, session_id: str, samples: np.ndarray, rate_hz: int) -> None:
         """An HTTP upload: resampled here from its own rate (the pause rule or end_of_speech ends it)."""
-        from .audio_in import resample_to_16k
+        from .inputs.audio_in import resample_to_16k
 
         session = self._get(session_id)
         session.push_audio_16k(await asyncio.to_thread(resample_to_16k, samples, rate_hz))
@@ -192,7 +194,7 @@ class SessionHostImpl:
         hub = getattr(self, "_webrtc", None)
         if hub is None:
             try:
-                from .webrtc import WebRtcHub
+                from .transports.webrtc import WebRtcHub
             except ImportError as err:
                 raise ServiceError(501, "webrtc_unavailable",
                                    f"WebRTC needs aiortc: pip install 'lockn-bod[webrtc]' ({err})") from None

@@ -34,35 +34,44 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
-import os
 import time
-from pathlib import Path
-from typing import Any
 
 from ray import serve
 
-from .backends import MEMORY_FRACTION_OPTION, BackendDeployment, RemoteBackend
-from .calls import call
-from .config import AppArgs, VramArgs
-from .protocol import ServiceError
+from .api.errors import ServiceError
+from .config import AppArgs
+from .ray_private import call
 from .vram import (
-    STILL_MODE, Action, Code, Controller, ControllerConfig, Decision, LoadReport, NeighbourScript,
-    NvmlProbe, PeakReport, SessionEnded, SessionRequest, SimulatedDevice, default_config,
+    STILL_MODE,
+    Action,
+    Code,
+    Controller,
+    Decision,
+    LoadReport,
+    NvmlProbe,
+    PeakReport,
+    SessionEnded,
+    SessionRequest,
+    SimulatedDevice,
 )
 from .vram import checkpoint as vram_checkpoint
 from .vram.autoscaling import publish_desired
 from .vram.data import SHED_CODES
+from .vram.metrics import VramMetrics
 from .vram.policy import Phase
+from .vram.setup import (
+    controller_config,
+    decision_json,
+    pid_alive,
+    resolve_probe,
+    simulated_device,
+)
 
 log = logging.getLogger("ray.serve")
 CONTROLLER_NAME = "VramController"
 SESSION_HOST_NAME = "SessionHost"
-# Scripted neighbours' PIDs start above Linux's pid_max (2**22): never a real process's.
-SIMULATED_FIRST_PID = 10_000_000
 # Decisions kept per session for `place` (a session sees a handful in its life).
 _PER_SESSION_DECISIONS = 20
-_TIME_TO_FREE_BOUNDARIES_S = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
 HEARTBEAT_PERIOD_S = 2.0  # how often each SessionHost lists its placed sessions
 HOST_TIMEOUT_S = 15.0  # a host silent this long is gone, and so are its sessions
 # A session placed this recently may be missing from a host list that was in flight.
@@ -79,140 +88,6 @@ def backend_deployment_name(mode: str) -> str:
     return f"Backend-{mode}"
 
 
-# ==================================================================== configuration
-
-
-def resolve_probe(vram: VramArgs) -> str:
-    """'auto' becomes 'nvml' where NVML sees a GPU, else 'off'."""
-    if vram.probe != "auto":
-        return vram.probe
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return "nvml" if pynvml.nvmlDeviceGetCount() > 0 else "off"
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no library, no driver, no device: nothing to protect here
-        return "off"
-
-
-def _specs(args: AppArgs) -> dict:
-    return {b.mode: b for b in (args.vram.backends if args.vram.backends is not None
-                                else default_config().backends)}
-
-
-def controlled_modes(args: AppArgs) -> list[str]:
-    """Backend modes the controller drives: those with a spec (vram.backends, or the
-    shipped defaults for the neural modes). Others (the CPU `pattern` test mode without
-    a spec) keep Serve's request-driven autoscaling and need no placement."""
-    if args.vram.probe == "off":
-        return []
-    specs = _specs(args)
-    return [m for m in args.backends if m in specs]
-
-
-def controller_config(args: AppArgs) -> ControllerConfig:
-    """The policy's config for the controlled backends (substitutes limited to those)."""
-    modes = controlled_modes(args)
-    specs = _specs(args)
-    backends = tuple(specs[m].model_copy(update={"substitutes": tuple(s for s in specs[m].substitutes if s in modes)})
-                     for m in modes)
-    profile_path = args.data_dir / args.vram.profile_file if args.vram.profile_file else None
-    return ControllerConfig(policy=args.vram.policy, neighbours=tuple(args.vram.neighbours),
-                            backends=backends, profile_path=profile_path)
-
-
-def simulated_device(vram: VramArgs) -> SimulatedDevice:
-    sim = vram.simulated
-    scripts = [NeighbourScript(n.name, tuple((float(t), int(b)) for t, b in n.steps),
-                               (n.port,) if n.port is not None else ()) for n in sim.neighbours]
-    return SimulatedDevice(sim.total_bytes, scripts, gpu_index=vram.policy.gpu_index,
-                           per_process_available=sim.per_process_available, first_pid=SIMULATED_FIRST_PID)
-
-
-def pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie (its memory would be freed already)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def decision_json(d: Decision) -> dict:
-    out = {"action": d.action.value, "code": d.code.value, "reason": d.reason, "at_s": round(d.at_s, 3)}
-    for name in ("mode", "session_id", "resolution_px", "fps", "cap_bytes", "eta_s", "retry_after_s"):
-        value = getattr(d, name)
-        if value is not None:
-            out[name] = value
-    if d.extra:
-        out["extra"] = dict(d.extra)
-    return out
-
-
-# ==================================================================== metrics
-
-
-class VramMetrics:
-    """Prometheus metrics through Ray (ray.serve.metrics adds deployment and replica tags)."""
-
-    GAUGES = ("budget_bytes", "ledger_bytes", "pending_free_bytes", "free_bytes",
-              "neighbour_reserved_bytes", "emergency", "queued_sessions")
-
-    def __init__(self):
-        from ray.serve import metrics
-
-        self.gauges = {name: metrics.Gauge(f"lockn_vram_{name}", description=f"VRAM controller: {name}")
-                       for name in self.GAUGES}
-        self.backend_bytes = metrics.Gauge("lockn_vram_backend_bytes", tag_keys=("backend",),
-                                           description="bytes reserved for each backend (0: not resident)")
-        self.decisions = metrics.Counter("lockn_vram_decisions_total", tag_keys=("action", "code"),
-                                         description="every policy decision, by action and reason code")
-        self.admissions = metrics.Counter("lockn_vram_admissions_total", tag_keys=("kind",),
-                                          description="loads admitted (kind=load) and sessions placed on a backend")
-        self.denials = metrics.Counter("lockn_vram_denials_total", tag_keys=("code",),
-                                       description="sessions refused, queued or sent to still mode for lack of room")
-        self.evictions = metrics.Counter("lockn_vram_evictions_total", tag_keys=("backend", "code"),
-                                         description="backends scaled to zero, by reason")
-        self.time_to_free = metrics.Histogram("lockn_vram_time_to_free_seconds",
-                                              boundaries=_TIME_TO_FREE_BOUNDARIES_S,
-                                              description="unload decision to memory seen free by the probe")
-        # The same counts, for GET /v1/gpu.
-        self.counts = {"admissions": 0, "denials": 0, "evictions": 0}
-        self.times_to_free_s: list[float] = []
-
-    def gauge(self, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            if name.startswith("backend_bytes:"):
-                self.backend_bytes.set(value, tags={"backend": name.split(":", 1)[1]})
-            elif name in self.gauges:
-                self.gauges[name].set(value)
-
-    def count(self, d: Decision) -> None:
-        self.decisions.inc(tags={"action": d.action.value, "code": d.code.value})
-        if d.action == Action.LOAD or (d.action == Action.ASSIGN and d.mode != STILL_MODE):
-            self.admissions.inc(tags={"kind": "load" if d.action == Action.LOAD else "session"})
-            self.counts["admissions"] += 1
-        elif d.action in (Action.REFUSE, Action.QUEUE) or d.code == Code.STILL_NO_ROOM:
-            self.denials.inc(tags={"code": d.code.value})
-            self.counts["denials"] += 1
-        elif d.action == Action.UNLOAD:
-            self.evictions.inc(tags={"backend": d.mode or "", "code": d.code.value})
-            self.counts["evictions"] += 1
-        if "time_to_free_s" in d.extra:
-            self.time_to_free.observe(d.extra["time_to_free_s"])
-            self.times_to_free_s = (self.times_to_free_s + [round(d.extra["time_to_free_s"], 3)])[-50:]
-
-
-# ==================================================================== the deployment
 
 
 class VramControllerImpl:
@@ -508,208 +383,3 @@ class VramControllerImpl:
             except Exception:
                 pass
             self.probe_kind = "closed"
-
-
-# ==================================================================== backends under leases
-
-
-def measure_peak_bytes(pid: int) -> int | None:
-    """What this backend holds on the GPU after loading: NVML's number for its PID
-    (CUDA context + allocator + non-torch memory), else torch's reserved peak."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if p.pid == pid and p.usedGpuMemory:
-                        return int(p.usedGpuMemory)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return int(torch.cuda.max_memory_reserved())
-    except ImportError:
-        pass
-    return None
-
-
-class LeasedBackendDeployment(BackendDeployment):
-    """A backend replica that loads only under a lease from the VramController.
-
-    Lease first (no GPU memory before it), cap this process at the lease on CUDA,
-    load in a worker thread, then report the measured peak. On failure the report
-    says why and the constructor raises (Serve retries or gives up).
-    """
-
-    async def __init__(self, mode: str, persona_dir: str, options: dict | None = None,
-                       chunk_frames: int | None = None, vram: Any = None):
-        self.vram_handle, self.pid = vram, os.getpid()
-        lease = await call(vram.lease, mode, self.pid)
-        if not lease["granted"]:
-            raise RuntimeError(f"{mode}: {lease['reason']}")
-        self.lease = lease
-        options = dict(options or {})
-        if "simulated_bytes" not in lease and lease["total_bytes"]:
-            options.setdefault(MEMORY_FRACTION_OPTION, min(1.0, lease["cap_bytes"] / lease["total_bytes"]))
-        try:
-            await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames)
-        except Exception as err:
-            await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
-            raise
-        peak = lease.get("simulated_bytes") or await asyncio.to_thread(measure_peak_bytes, self.pid)
-        await call(vram.report_loaded, mode, True, self.pid, peak, "")
-
-
-class GatedBackend:
-    """A session's backend, called only once the controller has the session on a
-    resident backend, and no more once the controller takes it away.
-
-    Until `start` returns the session renders still frames (its warm-up awaits it), so
-    no request waits on a zero-replica deployment and Serve's cold-start path never
-    loads a backend the controller has not admitted. The mode is the controller's: the
-    requested one, a substitute, or the one a still session is upgraded to. `revoke`
-    (a shed, or the backend lost) cancels the calls in flight and makes every later call
-    fail at once with the controller's reason, so the session falls back to still mode
-    (its `error` and `mode_changed` events say why) before the replica is gone, instead
-    of waiting on a deployment at zero replicas."""
-
-    def __init__(self, session_id: str, requested_mode: str, remotes: dict[str, RemoteBackend],
-                 vram: Any, ready_timeout_s: float):
-        self.session_id, self.mode, self.remotes = session_id, requested_mode, remotes
-        self.requested_mode = requested_mode
-        self.vram, self.ready_timeout_s = vram, ready_timeout_s
-        self.remote: RemoteBackend | None = None
-        self.revoked: BackendRevoked | None = None
-        self._in_flight: set[asyncio.Future] = set()
-
-    def revoke(self, code: str, reason: str) -> None:
-        """Calls in flight are cancelled too: one waiting on a replica that crashed (or is
-        going) would otherwise hold the session's frames until its timeout."""
-        self.revoked = BackendRevoked(code, reason)
-        for task in list(self._in_flight):
-            task.cancel()
-
-    def _backend(self) -> RemoteBackend:
-        if self.revoked is not None:
-            raise self.revoked
-        return self.remote
-
-    async def _call(self, method: str, *args):
-        task = asyncio.ensure_future(getattr(self._backend(), method)(*args))
-        self._in_flight.add(task)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if self.revoked is not None and task.cancelled():
-                raise self.revoked from None  # cancelled by `revoke`, not by the session
-            raise
-        finally:
-            self._in_flight.discard(task)
-
-    async def start(self, persona_id, controls):
-        state = await call(self.vram.wait_session, self.session_id, self.ready_timeout_s)
-        if not state["ok"] or state["mode"] not in self.remotes:
-            await call(self.vram.demote, self.session_id)
-            raise RuntimeError(f"no backend was loaded for this session within {self.ready_timeout_s:.0f}s "
-                               f"(controller: {state['mode'] or 'session unknown'})")
-        self.mode, self.remote = state["mode"], self.remotes[state["mode"]]
-        return await self._call("start", persona_id, controls)
-
-    async def render(self, persona_id, carry, audio16k, controls, fmt=None):
-        return await self._call("render", persona_id, carry, audio16k, controls, fmt)
-
-    async def flush(self, persona_id, carry, controls, fmt=None):
-        return await self._call("flush", persona_id, carry, controls, fmt)
-
-    async def idle(self, persona_id, carry, n, controls, fmt=None):
-        return await self._call("idle", persona_id, carry, n, controls, fmt)
-
-    async def interrupt(self, persona_id, carry, controls):
-        return await self._call("interrupt", persona_id, carry, controls)
-
-    async def plan(self, persona_id, carry, audio16k, controls):
-        return await self._call("plan", persona_id, carry, audio16k, controls)
-
-    async def warnings(self, persona_id):
-        return await self._call("warnings", persona_id)
-
-
-class BackendRevoked(RuntimeError):
-    """The VRAM controller moved this session off its backend. `code` is the decision's
-    (e.g. `shed_over_budget`); the session's `error` event carries it instead of
-    `backend_error`, and the message is the controller's reason."""
-
-    def __init__(self, code: str, reason: str):
-        super().__init__(f"{reason} ({code})")
-        self.code = code
-
-
-class VramGate:
-    """The SessionHost's side: placement on create, SessionEnded on close."""
-
-    def __init__(self, handle: Any, args: AppArgs):
-        self.handle, self.ready_timeout_s = handle, args.timeouts.backend_ready_timeout_s
-        self.modes = frozenset(controlled_modes(args))
-        self.gates: dict[str, GatedBackend] = {}
-        self.placed: set[str] = set()  # placed and not yet ended: the heartbeat's list
-
-    def controls(self, mode: str) -> bool:
-        return mode in self.modes
-
-    async def place(self, session_id: str, mode: str, *, allow_still: bool = True,
-                    max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
-        """The placement, or ServiceError 503 with Retry-After and the policy's reason."""
-        request = {"session_id": session_id, "mode": mode, "allow_still": allow_still,
-                   "max_wait_s": max_wait_s, "resolution_px": resolution_px}
-        self.placed.add(session_id)
-        try:
-            placement = await call(self.handle.place, request, max_wait_s + 1.0)
-        except Exception:
-            self.placed.discard(session_id)
-            raise
-        if placement["action"] == "queue":  # still queued after its wait: give up its place
-            await self.ended(session_id)
-        if placement["action"] in ("refuse", "queue"):
-            self.placed.discard(session_id)  # refused: the controller holds nothing for it
-            retry_s = placement.get("retry_after_s") or placement.get("eta_s") or 30.0
-            raise ServiceError(503, placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
-        return placement
-
-    def backend(self, session_id: str, mode: str, remotes: dict[str, RemoteBackend]) -> GatedBackend:
-        """What the session renders with once the controller has its backend resident:
-        at once, after a load, or (still for lack of room) when room appears."""
-        gate = GatedBackend(session_id, mode, remotes, self.handle, self.ready_timeout_s)
-        self.gates[session_id] = gate
-        return gate
-
-    def notice(self, session_id: str, decision: dict) -> bool:
-        """A decision the controller pushed for a live session: a shed, or its backend lost.
-        Revokes its gate; True when the session may wait for a backend again (after a shed:
-        the controller upgrades it when room appears), False when it stays still for good
-        (its backend crashed: no reload for it, or a crash could loop)."""
-        gate = self.gates.pop(session_id, None)
-        if gate is not None:
-            gate.revoke(decision["code"], decision["reason"])
-        return decision["code"] != Code.BACKEND_LOST.value
-
-    def demote(self, session_id: str) -> None:
-        """The session stays in still mode for good: it holds no seat at the controller."""
-        call(self.handle.demote, session_id)
-
-    async def heartbeat(self, host_id: str) -> None:
-        await asyncio.wait_for(call(self.handle.host_sessions, host_id, sorted(self.placed)), 10.0)
-
-    async def ended(self, session_id: str) -> None:
-        self.gates.pop(session_id, None)
-        self.placed.discard(session_id)
-        try:
-            await asyncio.wait_for(call(self.handle.ended, session_id), 10.0)
-        except Exception as err:  # the controller also forgets nothing: log and go on
-            log.warning("vram: could not report session %s ended: %s", session_id, err)

@@ -11,7 +11,7 @@ import numpy as np
 import websockets
 from PIL import Image
 
-from deployments.protocol import FRAME_HEADER, FRAME_MAGIC
+from deployments.api.protocol import FRAME_HEADER, FRAME_MAGIC
 
 
 def portrait_png(size: int = 64, seed: int = 0) -> bytes:

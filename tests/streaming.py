@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.encode import decode_jpeg
+from deployments.transports.encode import decode_jpeg
 from models.base import SAMPLES_PER_FRAME
 from models.testing import decode_pattern
 

@@ -5,11 +5,11 @@ import wave
 import numpy as np
 import pytest
 
-from deployments.audio_in import (
+from deployments.inputs.audio_in import (
     StreamResampler, check_wav_complete, decode_audio_body, decode_audio_file, parse_content_type, pcm16_to_float,
     resample_to_16k,
 )
-from deployments.protocol import ServiceError
+from deployments.api.errors import ServiceError
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from deployments.clock import SessionClock, SpeechBuffer
+from deployments.session.clock import SessionClock, SpeechBuffer
 from models.base import SAMPLES_PER_FRAME
 
 

@@ -4,7 +4,7 @@ import io
 import av
 import numpy as np
 
-from deployments.encode import EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg, encode_mp4
+from deployments.transports.encode import EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg, encode_mp4
 
 
 def test_jpeg_is_reused_only_for_identical_frames():

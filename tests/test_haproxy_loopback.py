@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments import haproxy_loopback as hl
+from deployments.transports import haproxy_loopback as hl
 
 # The shape of the lines Ray 2.60's template writes (haproxy_templates.py).
 RAY_CONFIG = """\

@@ -123,7 +123,7 @@ def test_cli_fetch_downloads_exactly_the_files_with_allow_patterns(hf_cache, mon
 
 def test_pipeline_from_json_options_loads_from_the_given_cache(hf_cache, tmp_path):
     """As the backend deployment builds it: JSON options, weights from a cache that is not the standard one."""
-    from deployments.backends import BackendDeployment
+    from deployments.backend import BackendDeployment
 
     cache = write_liveportrait_cache(tmp_path / "other-cache", LivePortraitConfig.tiny())
     options = {"config": {"networks": "tiny", "idle": {"pitch": [], "yaw": [], "roll": []}},
@@ -163,7 +163,7 @@ def test_bad_options_are_clear_errors():
 
 
 def test_memory_cap_is_set_on_the_current_cuda_device(monkeypatch):
-    from deployments.backends import cap_cuda_memory
+    from deployments.backend import cap_cuda_memory
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from deployments.encode import decode_jpeg
+from deployments.transports.encode import decode_jpeg
 from tests.conftest import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from deployments.config import Limits
-from deployments.personas import PersonaStore
-from deployments.protocol import ServiceError
+from deployments.inputs.personas import PersonaStore
+from deployments.api.errors import ServiceError
 
 
 def image_bytes(w=128, h=96, fmt="PNG") -> bytes:

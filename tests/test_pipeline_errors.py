@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from ray.exceptions import RayTaskError
 
-from deployments.protocol import ServiceError, pipeline_error, pipeline_service_error
+from deployments.api.errors import ServiceError, pipeline_error, pipeline_service_error
 from deployments.router import unwrap
-from deployments.session import warm_up_error
+from deployments.session.engine import warm_up_error
 from models.base import PersonaError, WeightsMissingError
 from models.testing import PatternPipeline
 from tests.test_session import has, open_session, store, watch  # noqa: F401 - store is a fixture

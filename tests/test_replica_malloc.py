@@ -39,8 +39,8 @@ def test_a_render_call_reuses_the_last_calls_memory_instead_of_faulting_it_in():
 def _probe() -> None:
     import tempfile
 
-    from deployments.backends import BackendDeployment
-    from deployments.encode import FrameFormat
+    from deployments.backend import BackendDeployment
+    from deployments.transports.encode import FrameFormat
     from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia
 
     backend = BackendDeployment("pattern", tempfile.mkdtemp(), {"size": 256}, chunk_frames=5)

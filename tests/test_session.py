@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.audio_in import pcm16_to_float
-from deployments.backends import BackendDeployment, LocalBackend
-from deployments.encode import decode_jpeg
-from deployments.personas import PersonaStore
-from deployments.session import Session, SessionConfig
-from deployments.streams import paced
+from deployments.inputs.audio_in import pcm16_to_float
+from deployments.backend import BackendDeployment
+from deployments.rendering.local import LocalBackend
+from deployments.transports.encode import decode_jpeg
+from deployments.inputs.personas import PersonaStore
+from deployments.session.engine import Session, SessionConfig
+from deployments.transports.streams import paced
 from models.base import SAMPLES_PER_FRAME, Controls
 from models.still import StillPipeline
 from models.testing import FAIL_CODE, PatternPipeline

@@ -12,7 +12,7 @@ import pytest
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from deployments.calls import call
+from deployments.ray_private import call
 from deployments.session_router import host_of
 
 pytestmark = pytest.mark.graph

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from deployments import streams
-from deployments.streams import DUE_SLACK_S, paced
+from deployments.transports import streams
+from deployments.transports.streams import DUE_SLACK_S, paced
 from models.base import FPS
 
 

@@ -23,7 +23,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from deployments.config import WebRtcArgs
-from deployments.webrtc import restrict_host_candidates, rtc_configuration
+from deployments.transports.webrtc import restrict_host_candidates, rtc_configuration
 from models.base import FPS, SAMPLES_PER_FRAME
 from models.testing import decode_pattern
 from tests.conftest import deploy_app
@@ -385,7 +385,7 @@ def test_bad_offers_and_the_peer_limit(app):
 
 # ---------------- in-process pieces (no cluster) ----------------
 def test_upsampler_keeps_every_frame_on_its_own_48k_samples():
-    from deployments.webrtc import Upsampler48k
+    from deployments.transports.webrtc import Upsampler48k
 
     up, out = Upsampler48k(), []
     for k in range(10):  # a step up at frame 5
@@ -399,7 +399,7 @@ def test_upsampler_keeps_every_frame_on_its_own_48k_samples():
 
 
 def test_host_addresses_that_are_not_here_are_refused():
-    from deployments.protocol import ServiceError
+    from deployments.api.errors import ServiceError
 
     async def main():
         pc = RTCPeerConnection(rtc_configuration(WebRtcArgs()))

@@ -3,8 +3,8 @@ import asyncio
 
 import pytest
 
-from deployments.protocol import ServiceError
-from deployments.ws_in import InputForwarder
+from deployments.api.errors import ServiceError
+from deployments.inputs.ws_in import InputForwarder
 
 
 class FakeHost:

@@ -64,12 +64,27 @@ allow_lower_quality, allow_still, max_wait_s) when one is created, SessionEnded 
 closes, and PeakReport(mode, peak_bytes) when a backend sees a new live peak.
 """
 from .config import (
-    GIB, MIB, STILL_MODE, BackendSpec, ControllerConfig, NeighbourSpec, PolicyConfig,
-    VariantSpec, default_config,
+    GIB,
+    MIB,
+    STILL_MODE,
+    BackendSpec,
+    ControllerConfig,
+    NeighbourSpec,
+    PolicyConfig,
+    VariantSpec,
+    default_config,
 )
 from .data import (
-    Action, Code, Decision, DeviceReading, LoadReport, PeakReport, ProcessReading, Request,
-    SessionEnded, SessionRequest,
+    Action,
+    Code,
+    Decision,
+    DeviceReading,
+    LoadReport,
+    PeakReport,
+    ProcessReading,
+    Request,
+    SessionEnded,
+    SessionRequest,
 )
 from .policy import Controller
 from .probes import NvmlProbe, Probe

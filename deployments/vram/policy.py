@@ -25,8 +25,15 @@ from enum import StrEnum
 
 from .config import STILL_MODE, BackendSpec, ControllerConfig, VariantSpec
 from .data import (
-    Action, Code, Decision, DeviceReading, LoadReport, PeakReport, Request,
-    SessionEnded, SessionRequest,
+    Action,
+    Code,
+    Decision,
+    DeviceReading,
+    LoadReport,
+    PeakReport,
+    Request,
+    SessionEnded,
+    SessionRequest,
 )
 from .eviction import EvictionCandidate, cheapest_set, eviction_cost_s
 from .neighbours import NeighbourTracker, matches

@@ -19,8 +19,16 @@ from typing import Callable, Protocol
 
 from .config import STILL_MODE, ControllerConfig, VariantSpec
 from .data import (
-    SHED_CODES, Action, Code, Decision, DeviceReading, LoadReport, ProcessReading, Request,
-    SessionEnded, SessionRequest,
+    SHED_CODES,
+    Action,
+    Code,
+    Decision,
+    DeviceReading,
+    LoadReport,
+    ProcessReading,
+    Request,
+    SessionEnded,
+    SessionRequest,
 )
 from .neighbours import NeighbourTracker
 

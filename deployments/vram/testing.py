@@ -5,9 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deployments.vram.config import (
-    GIB, BackendSpec, ControllerConfig, NeighbourSpec, PolicyConfig, VariantSpec,
+    GIB,
+    BackendSpec,
+    ControllerConfig,
+    NeighbourSpec,
+    PolicyConfig,
+    VariantSpec,
 )
-from deployments.vram.data import Action, Code, Decision, DeviceReading, LoadReport, ProcessReading
+from deployments.vram.data import (
+    Action,
+    Code,
+    Decision,
+    DeviceReading,
+    LoadReport,
+    ProcessReading,
+)
 from deployments.vram.policy import Controller
 
 LLM_PORT = 11439

@@ -22,38 +22,30 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 
-from .audio_in import StreamResampler
+from ..api.errors import ServiceError, error_event, pipeline_error
+from ..api.protocol import SessionInfo, session_urls
+from ..inputs.audio_in import StreamResampler
+from ..rendering.interface import Backend
+from ..transports.encode import (
+    DEFAULT_JPEG_QUALITY,
+    EncodedFrames,
+    FrameFormat,
+    JpegEncoder,
+    decode_jpeg,
+)
 from .clock import SessionClock, SpeechBuffer
-from .encode import DEFAULT_JPEG_QUALITY, EncodedFrames, FrameFormat, JpegEncoder, decode_jpeg
-from .protocol import ServiceError, SessionInfo, error_event, pipeline_error, session_urls
 
 log = logging.getLogger("ray.serve")
 # A call of several chunks starts when the lead is down to _speech_lead_limit(chunks); it
 # may take at most this share of that lead to render, so that jitter never starves the video.
 BATCH_RENDER_SHARE = 0.5
 RENDER_SPEED_SMOOTHING = 0.3  # weight of the newest call in the smoothed render speed
-
-
-class Backend(Protocol):
-    """What a session calls to render: a local pipeline or a Ray backend deployment."""
-
-    mode: str
-
-    async def start(self, persona_id: str, controls: Controls) -> Any: ...
-    # Frames: N×H×W×3 uint8, or (a remote backend, given a format) already EncodedFrames.
-    async def render(self, persona_id: str, carry: Any, audio16k: np.ndarray, controls: Controls,
-                     fmt: FrameFormat | None = None) -> tuple[np.ndarray | EncodedFrames, Any]: ...
-    async def flush(self, persona_id: str, carry: Any, controls: Controls,
-                    fmt: FrameFormat | None = None) -> tuple[np.ndarray | EncodedFrames, Any]: ...
-    async def idle(self, persona_id: str, carry: Any, n: int, controls: Controls,
-                   fmt: FrameFormat | None = None) -> tuple[np.ndarray | EncodedFrames, Any]: ...
-    async def interrupt(self, persona_id: str, carry: Any, controls: Controls) -> Any: ...
 
 
 def warm_up_error(mode: str, err: BaseException) -> dict:

@@ -40,16 +40,20 @@ from fractions import Fraction
 import av
 import numpy as np
 from aiortc import (
-    MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription,
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
 
 from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
-from .clock import SessionClock
-from .config import WebRtcArgs
-from .protocol import ServiceError
-from .session import Session, Viewer
+from ..api.errors import ServiceError
+from ..config import WebRtcArgs
+from ..session.clock import SessionClock
+from ..session.engine import Session, Viewer
 
 log = logging.getLogger("ray.serve")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.base import SAMPLE_RATE_HZ
 
-from .protocol import ServiceError
+from ..api.errors import ServiceError
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 PCM_LE_TYPES = {"audio/pcm", "audio/x-pcm", "audio/pcm16", "application/octet-stream"}

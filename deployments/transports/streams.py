@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from models.base import FPS
 
-from .protocol import FRAME_HEADER, FRAME_MAGIC
+from ..api.protocol import FRAME_HEADER, FRAME_MAGIC
 
 MJPEG_BOUNDARY = "lockn-bod-frame"
 # An item counts as due this much before its time. uvloop (Serve's event loop) keeps

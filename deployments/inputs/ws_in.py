@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from ..api.errors import ServiceError
 from .audio_in import check_pcm16
-from .protocol import ServiceError
 
 INBOX_MESSAGES = 64  # read ahead of the host this far; beyond it the socket waits (back-pressure)
 

@@ -11,7 +11,6 @@ from PIL import Image
 
 from models.base import FPS, SAMPLE_RATE_HZ
 
-
 # The one default for every JPEG a session sends (config `jpeg_quality` overrides it).
 DEFAULT_JPEG_QUALITY = 80
 

@@ -27,8 +27,8 @@ from pydantic import BaseModel
 
 from models.base import PersonaMedia
 
-from .config import Limits
-from .protocol import ServiceError
+from ..api.errors import ServiceError
+from ..config import Limits
 
 PERSONA_ID = re.compile(r"^p_[0-9a-f]{24}$")
 SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,32}\.[A-Za-z0-9_-]{16,32}$")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+import os
 from typing import Any
 
 import numpy as np
@@ -28,74 +28,14 @@ from ray import serve
 from models.base import SAMPLES_PER_FRAME, Controls, Persona, plan_clip
 from models.modes import build_pipeline
 
-from .calls import call, direct
-from .encode import EncodedFrames, FrameFormat
-from .personas import PersonaStore
+from .inputs.personas import PersonaStore
+from .ray_private import call
+from .rendering.local import persona_warnings
+from .transports.encode import EncodedFrames, FrameFormat
 
 log = logging.getLogger("ray.serve")
 # Deployment options that are not the pipeline's: the deployment applies them.
 MEMORY_FRACTION_OPTION = "cuda_memory_fraction"
-
-
-class PersonaCache:
-    """Prepared personas for one pipeline, least recently used evicted first."""
-
-    def __init__(self, pipeline, store: PersonaStore, capacity: int = 16):
-        self.pipeline, self.store, self.capacity = pipeline, store, capacity
-        self._items: OrderedDict[str, Persona] = OrderedDict()
-
-    async def get(self, persona_id: str) -> Persona:
-        if persona_id in self._items:
-            self._items.move_to_end(persona_id)
-            return self._items[persona_id]
-        media = await asyncio.to_thread(self.store.load_media, persona_id)
-        persona = await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
-        self._items[persona_id] = persona
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return persona
-
-
-class LocalBackend:
-    """A pipeline called in this process: in a worker thread, or inline when it is trivially cheap."""
-
-    def __init__(self, pipeline, store: PersonaStore, inline: bool = False):
-        self.mode = pipeline.mode
-        self.pipeline = pipeline
-        self.personas = PersonaCache(pipeline, store)
-        # Still mode returns views of the portrait: a thread hop would cost more than the call.
-        self._run = _run_inline if inline else asyncio.to_thread
-
-    async def start(self, persona_id: str, controls: Controls) -> Any:
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.start, persona, controls)
-
-    async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.render, persona, carry, audio16k, controls)
-
-    async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.flush, persona, carry, controls)
-
-    async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.idle, persona, carry, n, controls)
-
-    async def interrupt(self, persona_id, carry, controls):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.interrupt, persona, carry, controls)
-
-    async def plan(self, persona_id, carry, audio16k, controls):
-        persona = await self.personas.get(persona_id)
-        return await self._run(plan_clip, self.pipeline, persona, carry, audio16k, controls)
-
-    async def warnings(self, persona_id: str) -> list[dict]:
-        return persona_warnings(await self.personas.get(persona_id))
-
-
-async def _run_inline(fn, *args):
-    return fn(*args)
 
 
 class BackendDeployment:
@@ -182,11 +122,6 @@ class BackendDeployment:
         return await asyncio.to_thread(plan_clip, self.pipeline, await self._persona(), carry, audio16k, controls)
 
 
-def persona_warnings(persona: Persona) -> list[dict]:
-    """A prepared persona's warnings ([{"code", "message"}]; pipelines put them in features["warnings"])."""
-    return list(persona.features.get("warnings", []))
-
-
 def cap_cuda_memory(fraction: float) -> float | None:
     """Cap this process's CUDA allocations at `fraction` of the device (DESIGN section 1).
 
@@ -204,47 +139,55 @@ def cap_cuda_memory(fraction: float) -> float | None:
     return fraction
 
 
-class RemoteBackend:
-    """A session's client of a backend deployment: handle calls, persona as multiplex id."""
+def measure_peak_bytes(pid: int) -> int | None:
+    """What this backend holds on the GPU after loading: NVML's number for its PID
+    (CUDA context + allocator + non-torch memory), else torch's reserved peak."""
+    try:
+        import pynvml
 
-    def __init__(self, mode: str, handle):
-        self.mode = mode
-        self.handle = handle
+        pynvml.nvmlInit()
+        try:
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if p.pid == pid and p.usedGpuMemory:
+                        return int(p.usedGpuMemory)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    try:
+        import torch
 
-    def _for(self, persona_id: str, stream: bool = False):
-        return self.handle.options(multiplexed_model_id=persona_id, stream=stream)
+        if torch.cuda.is_available():
+            return int(torch.cuda.max_memory_reserved())
+    except ImportError:
+        pass
+    return None
 
-    def _render_call(self, persona_id: str, fmt: FrameFormat | None):
-        """Frames come back as JPEGs alone: small, so over the direct channel. Raw frames
-        (a one-shot render's, or a WebRTC viewer's) are large: through Ray's object store.
-        Unary calls: a streaming call of one item costs ~0.5 ms of CPU more, caller and
-        replica together (benchmarks/handle_calls.py)."""
-        if fmt is None or fmt.raw:
-            return self._for(persona_id)
-        return direct(self.handle, multiplexed_model_id=persona_id)
 
-    async def start(self, persona_id: str, controls: Controls) -> Any:
-        return await call(self._for(persona_id).start, controls)
+class LeasedBackendDeployment(BackendDeployment):
+    """A backend replica that loads only under a lease from the VramController.
 
-    def hold(self, persona_id: str):
-        """An open streaming call that keeps the deployment scaled up while the session lives."""
-        return call(self._for(persona_id, True).hold)
+    Lease first (no GPU memory before it), cap this process at the lease on CUDA,
+    load in a worker thread, then report the measured peak. On failure the report
+    says why and the constructor raises (Serve retries or gives up).
+    """
 
-    async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
-        return await call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt)
-
-    async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
-        return await call(self._render_call(persona_id, fmt).flush, carry, controls, fmt)
-
-    async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
-        return await call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt)
-
-    async def interrupt(self, persona_id, carry, controls):
-        return await call(direct(self.handle, multiplexed_model_id=persona_id).interrupt, carry, controls)
-
-    async def plan(self, persona_id, carry, audio16k, controls):
-        return await call(self._for(persona_id).plan, carry, audio16k, controls)
-
-    async def warnings(self, persona_id: str) -> list[dict]:
-        """The persona's preparation warnings ([{"code", "message"}]) from the backend."""
-        return await call(self._for(persona_id).warnings)
+    async def __init__(self, mode: str, persona_dir: str, options: dict | None = None,
+                       chunk_frames: int | None = None, vram: Any = None):
+        self.vram_handle, self.pid = vram, os.getpid()
+        lease = await call(vram.lease, mode, self.pid)
+        if not lease["granted"]:
+            raise RuntimeError(f"{mode}: {lease['reason']}")
+        self.lease = lease
+        options = dict(options or {})
+        if "simulated_bytes" not in lease and lease["total_bytes"]:
+            options.setdefault(MEMORY_FRACTION_OPTION, min(1.0, lease["cap_bytes"] / lease["total_bytes"]))
+        try:
+            await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames)
+        except Exception as err:
+            await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
+            raise
+        peak = lease.get("simulated_bytes") or await asyncio.to_thread(measure_peak_bytes, self.pid)
+        await call(vram.report_loaded, mode, True, self.pid, peak, "")
