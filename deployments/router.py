@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field, ValidationError
 from ray import serve
@@ -24,7 +23,8 @@ from models.base import Controls
 from models.emotion import normalize_emotion
 from models.modes import MODES, mode_status
 
-from .api.errors import ServiceError, pipeline_service_error
+from .api.edge import first_error, install_error_handlers, unwrap, ws_close_code
+from .api.errors import ServiceError
 from .api.protocol import CONTROL_EVENT, CreateSession, Strict
 from .config import AppArgs
 from .inputs.audio_in import decode_audio_body, decode_audio_file, resample_to_16k
@@ -45,46 +45,12 @@ BY_REFERENCE = {"push_audio", "render_offline"}
 api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head avatar server")
 
 
-def unwrap(err: BaseException) -> BaseException:
-    """The ServiceError inside a Ray task error, or a pipeline's error as one (e.g. 422 no_face)."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, ServiceError):
-        return cause
-    return pipeline_service_error(err) or err
-
-
-def error_response(err: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(int(err.retry_after_s))} if err.retry_after_s else None
-    return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
-
-
-@api.exception_handler(ServiceError)
-async def _service_error(request: Request, err: ServiceError):
-    return error_response(err)
-
-
-@api.exception_handler(RequestValidationError)
-async def _request_validation_error(request: Request, err: RequestValidationError):
-    e = err.errors()[0]
-    where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-    return JSONResponse({"error": f"{where}: {e['msg']}" if where else e["msg"], "code": "invalid_request"},
-                        status_code=422)
-
-
-@api.exception_handler(ValidationError)
-async def _validation_error(request: Request, err: ValidationError):
-    return JSONResponse({"error": _first_error(err), "code": "invalid_request"}, status_code=422)
-
-
-def _first_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    where = ".".join(str(p) for p in e.get("loc", ()))
-    return f"{where}: {e['msg']}" if where else e["msg"]
+install_error_handlers(api)
 
 
 def check_session_id(session_id: str) -> str:
     if not SESSION_ID.match(session_id):
-        raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
+        raise ServiceError("unknown_session", f"no session {session_id!r}")
     return session_id
 
 
@@ -92,14 +58,14 @@ def _emotion(tag: str) -> str:
     try:
         return normalize_emotion(tag)
     except ValueError as err:
-        raise ServiceError(422, "unknown_emotion", str(err)) from None
+        raise ServiceError("unknown_emotion", str(err)) from None
 
 
 def _parse_event(data: bytes) -> dict:
     try:
         event = CONTROL_EVENT.validate_json(data)
     except ValidationError as err:
-        raise ServiceError(422, "invalid_event", _first_error(err)) from None
+        raise ServiceError("invalid_event", first_error(err)) from None
     event = event.model_dump()
     if event["type"] == "emotion":
         event["value"] = _emotion(event["value"])
@@ -114,16 +80,16 @@ def _form_bool(form, name: str, default: bool) -> bool:
         return True
     if str(value).lower() in ("0", "false", "no", "off"):
         return False
-    raise ServiceError(422, "invalid_request", f"{name} must be true or false, got {value!r}")
+    raise ServiceError("invalid_request", f"{name} must be true or false, got {value!r}")
 
 
 def _form_float(form, name: str, default: float) -> float:
     try:
         value = float(form.get(name, default))
     except ValueError:
-        raise ServiceError(422, "invalid_request", f"{name} must be a number") from None
+        raise ServiceError("invalid_request", f"{name} must be a number") from None
     if not 0.0 <= value <= 1.0:
-        raise ServiceError(422, "invalid_request", f"{name} must be in [0, 1]")
+        raise ServiceError("invalid_request", f"{name} must be in [0, 1]")
     return value
 
 
@@ -154,7 +120,7 @@ def static_file(name: str) -> FileResponse:
     """A file of deployments/static by bare name; nothing a client sends becomes a path."""
     files = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES}
     if name not in files:
-        raise ServiceError(404, "not_found", f"no static file {name!r}")
+        raise ServiceError("not_found", f"no static file {name!r}")
     path = files[name]
     return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
                         headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
@@ -178,7 +144,7 @@ class RouterImpl:
         try:
             return await asyncio.wait_for(call(getattr(hosts, method), **kwargs), timeout_s)
         except asyncio.TimeoutError:
-            raise ServiceError(504, "timeout", f"session host did not answer {method} within {timeout_s:.0f} s") from None
+            raise ServiceError("timeout", f"session host did not answer {method} within {timeout_s:.0f} s") from None
         except Exception as err:
             raise unwrap(err) from None
 
@@ -205,9 +171,9 @@ class RouterImpl:
     async def _check_mode(self, mode: str) -> None:
         status = {m["name"]: m for m in await self._mode_list()}
         if mode not in status:
-            raise ServiceError(422, "unknown_mode", f"unknown mode {mode!r}; served: {', '.join(status)}")
+            raise ServiceError("unknown_mode", f"unknown mode {mode!r}; served: {', '.join(status)}")
         if not status[mode]["available"]:
-            raise ServiceError(409, "mode_unavailable", f"mode {mode!r} is unavailable: {status[mode]['reason']}")
+            raise ServiceError("mode_unavailable", f"mode {mode!r} is unavailable: {status[mode]['reason']}")
 
     # ---------------- personas ----------------
     @api.post("/v1/personas", status_code=201)
@@ -215,7 +181,7 @@ class RouterImpl:
         form = await self._form(request, self.args.limits.max_upload_bytes)
         image = form.get("image")
         if not isinstance(image, UploadFile):
-            raise ServiceError(422, "missing_image", "multipart field 'image' (a JPEG, PNG or WebP file) is required")
+            raise ServiceError("missing_image", "multipart field 'image' (a JPEG, PNG or WebP file) is required")
         data = await image.read()
         record = await asyncio.to_thread(
             self.store.create, data, _form_bool(form, "real_person", True), form.get("consent"),
@@ -237,15 +203,15 @@ class RouterImpl:
         """Parse a multipart body, refusing it before reading if it is too large."""
         length = request.headers.get("content-length")
         if length is None:
-            raise ServiceError(411, "length_required", "uploads need a Content-Length header")
+            raise ServiceError("length_required", "uploads need a Content-Length header")
         if int(length) > limit + 64 * 1024:
-            raise ServiceError(413, "too_large", f"upload is {length} bytes; the limit is {limit}")
+            raise ServiceError("too_large", f"upload is {length} bytes; the limit is {limit}")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ServiceError(415, "unsupported_media_type", "send multipart/form-data")
+            raise ServiceError("unsupported_media_type", "send multipart/form-data")
         try:
             return await request.form(max_files=2, max_fields=10)
         except (MultiPartException, ValueError) as err:
-            raise ServiceError(400, "bad_multipart", f"cannot parse the upload: {err}") from None
+            raise ServiceError("bad_multipart", f"cannot parse the upload: {err}") from None
 
     # ---------------- sessions ----------------
     @api.post("/v1/sessions", status_code=201)
@@ -267,7 +233,7 @@ class RouterImpl:
         try:
             snapshot = await asyncio.wait_for(call(self.vram.snapshot), 10.0)
         except asyncio.TimeoutError:
-            raise ServiceError(504, "timeout", "the VRAM controller did not answer within 10 s") from None
+            raise ServiceError("timeout", "the VRAM controller did not answer within 10 s") from None
         return {"enabled": True} | snapshot
 
     @api.get("/v1/sessions")
@@ -305,12 +271,12 @@ class RouterImpl:
     async def _body(self, request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
         if length is not None and int(length) > limit:
-            raise ServiceError(413, "too_large", f"body is {length} bytes; the limit is {limit}")
+            raise ServiceError("too_large", f"body is {length} bytes; the limit is {limit}")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ServiceError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+                raise ServiceError("too_large", f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -340,10 +306,10 @@ class RouterImpl:
         try:
             await self._host("get_session", session_id=check_session_id(session_id))
             if pacing not in PACINGS:
-                raise ServiceError(400, "bad_pacing", f"pacing must be one of {sorted(PACINGS)}, not {pacing!r}")
+                raise ServiceError("bad_pacing", f"pacing must be one of {sorted(PACINGS)}, not {pacing!r}")
         except ServiceError as err:
             await ws.send_text(json.dumps(err.to_event()))
-            await ws.close(code=4404 if err.status == 404 else 4400)
+            await ws.close(code=ws_close_code(err.code))
             return
         lock = asyncio.Lock()
         stream = self._subscribe(session_id)
@@ -434,7 +400,7 @@ class RouterImpl:
         form = await self._form(request, self.args.limits.max_audio_upload_bytes)
         audio = form.get("audio")
         if not isinstance(audio, UploadFile):
-            raise ServiceError(422, "missing_audio", "multipart field 'audio' (an audio file) is required")
+            raise ServiceError("missing_audio", "multipart field 'audio' (an audio file) is required")
         persona_id = check_persona_id(str(form.get("persona_id", "")))
         self.store.get(persona_id)
         mode = str(form.get("mode", "still"))
@@ -443,7 +409,7 @@ class RouterImpl:
                             intensity=_form_float(form, "intensity", 1.0))
         samples, rate = await asyncio.to_thread(decode_audio_file, await audio.read())
         if len(samples) / rate > self.args.limits.max_render_audio_s:
-            raise ServiceError(413, "too_long", f"audio is {len(samples) / rate:.0f} s; the limit is "
+            raise ServiceError("too_long", f"audio is {len(samples) / rate:.0f} s; the limit is "
                                                 f"{self.args.limits.max_render_audio_s:.0f} s")
         audio16k = await asyncio.to_thread(resample_to_16k, samples, rate)
         mp4 = await self._host("render_offline", timeout_s=600.0, persona_id=persona_id, mode=mode,

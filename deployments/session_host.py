@@ -54,7 +54,7 @@ class SessionHostImpl:
     async def create_session(self, persona_id: str, mode: str, sample_rate_hz: int, controls: Controls,
                              allow_still: bool = True, max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
         if len(self.sessions) >= self.args.max_sessions_per_host():
-            raise ServiceError(503, "too_many_sessions",
+            raise ServiceError("too_many_sessions",
                                f"{len(self.sessions)} sessions are live; the limit is {self.args.limits.max_sessions}",
                                retry_after_s=30)
         session_id = f"{self.host_id}.{secrets.token_urlsafe(16)}"
@@ -87,7 +87,7 @@ class SessionHostImpl:
             return self.remote[mode]
         if mode in self.local_test_modes:
             return self.local_test_modes[mode]
-        raise ServiceError(422, "unknown_mode", f"mode {mode!r} is not served here")
+        raise ServiceError("unknown_mode", f"mode {mode!r} is not served here")
 
     def _session_config(self, mode: str) -> SessionConfig:
         a = self.args
@@ -106,7 +106,7 @@ class SessionHostImpl:
     def _get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
         if session is None:
-            raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
+            raise ServiceError("unknown_session", f"no session {session_id!r}")
         return session
 
     async def get_session(self, session_id: str) -> dict:
@@ -115,7 +115,7 @@ class SessionHostImpl:
     async def close_session(self, session_id: str, reason: str = "closed by client") -> None:
         session = self.sessions.pop(session_id, None)
         if session is None:
-            raise ServiceError(404, "unknown_session", f"no session {session_id!r}")
+            raise ServiceError("unknown_session", f"no session {session_id!r}")
         await session.close(reason)
         self.store.release(session.persona_id, session_id)
         if self.vram is not None and self.vram.controls(session.requested_mode):
@@ -196,7 +196,7 @@ class SessionHostImpl:
             try:
                 from .transports.webrtc import WebRtcHub
             except ImportError as err:
-                raise ServiceError(501, "webrtc_unavailable",
+                raise ServiceError("webrtc_unavailable",
                                    f"WebRTC needs aiortc: pip install 'lockn-bod[webrtc]' ({err})") from None
             hub = self._webrtc = WebRtcHub(self.args.webrtc)
         return hub

@@ -361,7 +361,7 @@ class VramControllerImpl:
     async def set_neighbour(self, name: str, wanted_bytes: int) -> dict:
         """Simulated device only: a scripted neighbour wants `wanted_bytes` from now on."""
         if self.device is None:
-            raise ServiceError(409, "not_simulated", "neighbours can only be scripted on the simulated device")
+            raise ServiceError("not_simulated", "neighbours can only be scripted on the simulated device")
         async with self._lock:
             self.device.advance(self.now_s())
             self.device.want(name, wanted_bytes)

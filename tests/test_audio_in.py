@@ -5,11 +5,17 @@ import wave
 import numpy as np
 import pytest
 
+from deployments.api.edge import http_status
+from deployments.api.errors import ServiceError
 from deployments.inputs.audio_in import (
-    StreamResampler, check_wav_complete, decode_audio_body, decode_audio_file, parse_content_type, pcm16_to_float,
+    StreamResampler,
+    check_wav_complete,
+    decode_audio_body,
+    decode_audio_file,
+    parse_content_type,
+    pcm16_to_float,
     resample_to_16k,
 )
-from deployments.api.errors import ServiceError
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
@@ -65,7 +71,7 @@ def test_wav_decoding_and_truncation():
     assert rate == 24000 and len(samples) == 4800 and np.abs(samples - x).max() < 1e-3
     with pytest.raises(ServiceError) as err:
         check_wav_complete(data[:-1000])
-    assert err.value.code == "truncated_audio" and err.value.status == 422
+    assert err.value.code == "truncated_audio" and http_status(err.value.code) == 422
     with pytest.raises(ServiceError):
         decode_audio_file(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(ServiceError):
@@ -80,7 +86,7 @@ def test_content_types():
     assert decode_audio_body(pcm, "audio/pcm", 22050)[1] == 22050  # the session's rate by default
     with pytest.raises(ServiceError) as err:
         decode_audio_body(pcm, "text/plain", 16000)
-    assert err.value.status == 415
+    assert http_status(err.value.code) == 415
     with pytest.raises(ServiceError):
         decode_audio_body(pcm, "audio/pcm;rate=abc", 16000)
     with pytest.raises(ServiceError):

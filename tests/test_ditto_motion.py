@@ -13,7 +13,6 @@ import random
 import numpy as np
 import pytest
 
-
 from models.ditto import motion as M
 from models.ditto.emotion import class_vector
 from models.ditto.stream import fuse_windows, mirror_index, smooth, window_condition

@@ -205,7 +205,7 @@ def test_idle_lips_relax_to_rest_and_sway_eases(pipeline, persona):
     carry = pipeline.start(persona, Controls())
     frames, carry = pipeline.render(persona, carry, speech(1.0), Controls())
     frames, carry = pipeline.flush(persona, carry, Controls())
-    from models.ditto.pipeline import LIP_COLS, EXP_START
+    from models.ditto.pipeline import EXP_START, LIP_COLS
 
     rest = carry.stitch.d0["exp"].reshape(-1)[LIP_COLS - EXP_START]
     before = np.abs(carry.last[LIP_COLS] - rest).max()

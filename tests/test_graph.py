@@ -21,7 +21,13 @@ from models.base import SAMPLES_PER_FRAME
 from models.testing import FAIL_CODE, decode_pattern
 from tests.conftest import deploy_app
 from tests.graph_client import (
-    WsViewer, create_persona, create_session, mjpeg_frames, open_ws, portrait_png, stop_task,
+    WsViewer,
+    create_persona,
+    create_session,
+    mjpeg_frames,
+    open_ws,
+    portrait_png,
+    stop_task,
 )
 from tests.streaming import assert_speech_frames_match_audio, coded_pcm16, frame_info
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import SAMPLES_PER_FRAME, Controls, Pipeline, PersonaMedia
+from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia, Pipeline
 from models.face.analysis import AnalysedFace
+from models.face.crop import network_input_256
 from models.face.detection import FaceBox
+from models.liveportrait import pipeline as lp_pipeline
 from models.liveportrait.config import LivePortraitConfig
 from models.liveportrait.loading import LivePortraitNetworks
 from models.liveportrait.pipeline import LivePortraitPipeline, LivePortraitPipelineConfig
-from models.face.crop import network_input_256
-from models.liveportrait import pipeline as lp_pipeline
 from models.liveportrait.template_driving import TemplateOptions
 from tests.resampled import assert_resampled_equal
 

@@ -12,7 +12,6 @@ from models.musetalk.weights import UNET_CONFIG, UNET_WEIGHTS, VAE_CONFIG, folde
 from models.weights import resolve
 from tests.test_musetalk_seeded import load_seeded, oracle_json, write_unet, write_vae
 
-
 MASKED_ATOL = 1e-2  # scaled latents (range about ±1.6), measured max 2.7e-3 at 2 threads; see check_glue
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.base import SAMPLES_PER_FRAME, Controls, Pipeline, PersonaError, PersonaMedia
+from models.base import SAMPLES_PER_FRAME, Controls, PersonaError, PersonaMedia, Pipeline
 from models.musetalk.audio import AudioConfig
-from models.musetalk.pipeline import MuseTalkCarry, MuseTalkConfig, MuseTalkPipeline, cycle_frame
 from models.musetalk.face_parsing import BiSeNet
+from models.musetalk.pipeline import MuseTalkCarry, MuseTalkConfig, MuseTalkPipeline, cycle_frame
 from models.musetalk.weights import FACE_PARSER
 from tests.hf_layout import write_torch
 from tests.test_musetalk_seeded import load_seeded, small_whisper_config, write_unet, write_vae, write_whisper

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deployments.api.edge import http_status
+from deployments.api.errors import ServiceError
 from deployments.config import Limits
 from deployments.inputs.personas import PersonaStore
-from deployments.api.errors import ServiceError
 
 
 def image_bytes(w=128, h=96, fmt="PNG") -> bytes:
@@ -30,7 +31,7 @@ def test_create_load_delete(store):
     store.delete(record.persona_id)
     with pytest.raises(ServiceError) as err:
         store.get(record.persona_id)
-    assert err.value.status == 404
+    assert http_status(err.value.code) == 404
 
 
 def test_real_person_needs_consent(store):
@@ -48,28 +49,28 @@ def test_real_person_needs_consent(store):
 def test_bad_uploads(store, data, status):
     with pytest.raises(ServiceError) as err:
         store.create(data, real_person=False, consent=None, save=False)
-    assert err.value.status == status
+    assert http_status(err.value.code) == status
 
 
 def test_size_limits(store):
     with pytest.raises(ServiceError) as err:
         store.create(b"x" * 300_000, real_person=False, consent=None, save=False)
-    assert err.value.status == 413
+    assert http_status(err.value.code) == 413
     with pytest.raises(ServiceError) as err:
         store.create(image_bytes(20, 20), real_person=False, consent=None, save=False)
-    assert err.value.status == 422
+    assert http_status(err.value.code) == 422
     gif = io.BytesIO()
     Image.new("RGB", (80, 80)).save(gif, "GIF")
     with pytest.raises(ServiceError) as err:
         store.create(gif.getvalue(), real_person=False, consent=None, save=False)
-    assert err.value.status == 415
+    assert http_status(err.value.code) == 415
 
 
 def test_client_ids_never_become_paths(store):
     for bad in ["../etc", "p_../../x", "p_" + "0" * 23 + "/", ""]:
         with pytest.raises(ServiceError) as err:
             store.get(bad)
-        assert err.value.status == 404
+        assert http_status(err.value.code) == 404
 
 
 def test_ephemeral_persona_dies_with_its_last_session(store):
@@ -79,7 +80,7 @@ def test_ephemeral_persona_dies_with_its_last_session(store):
     store.acquire(pid, "host1.bbbbbbbbbbbbbbbbbbbb")
     with pytest.raises(ServiceError) as err:
         store.delete(pid)
-    assert err.value.status == 409
+    assert http_status(err.value.code) == 409
     assert store.release(pid, "host1.aaaaaaaaaaaaaaaaaaaa") is False
     assert store.release(pid, "host1.bbbbbbbbbbbbbbbbbbbb") is True
     assert not (store.root / pid).exists()

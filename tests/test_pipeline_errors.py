@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from ray.exceptions import RayTaskError
 
-from deployments.api.errors import ServiceError, pipeline_error, pipeline_service_error
-from deployments.router import unwrap
+from deployments.api.edge import http_status, unwrap
+from deployments.api.errors import ServiceError, pipeline_error, service_error
 from deployments.session.engine import warm_up_error
 from models.base import PersonaError, WeightsMissingError
 from models.testing import PatternPipeline
@@ -28,12 +28,12 @@ def ray_wrapped(err: BaseException, times: int = 1) -> BaseException:
 def test_no_face_is_a_422_with_its_code_however_deep_ray_wrapped_it(times):
     err = unwrap(ray_wrapped(NO_FACE, times))
     assert isinstance(err, ServiceError)
-    assert (err.status, err.code, err.reason) == (422, "no_face", "no face found in the portrait")
+    assert (http_status(err.code), err.code, err.reason) == (422, "no_face", "no face found in the portrait")
 
 
 def test_missing_weights_are_a_409_and_other_errors_stay_what_they_are():
-    err = pipeline_service_error(ray_wrapped(WeightsMissingError("missing file; run `lockn-bod weights fetch ditto`")))
-    assert (err.status, err.code) == (409, "weights_missing")
+    err = service_error(ray_wrapped(WeightsMissingError("missing file; run `lockn-bod weights fetch ditto`")))
+    assert (http_status(err.code), err.code) == (409, "weights_missing")
     crash = ray_wrapped(RuntimeError("CUDA error"))
     assert pipeline_error(crash) is None and unwrap(crash) is crash
     chained = RuntimeError("while preparing")

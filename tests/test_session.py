@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.inputs.audio_in import pcm16_to_float
 from deployments.backend import BackendDeployment
-from deployments.rendering.local import LocalBackend
-from deployments.transports.encode import decode_jpeg
+from deployments.inputs.audio_in import pcm16_to_float
 from deployments.inputs.personas import PersonaStore
+from deployments.rendering.local import LocalBackend
 from deployments.session.engine import Session, SessionConfig
+from deployments.transports.encode import decode_jpeg
 from deployments.transports.streams import paced
 from models.base import SAMPLES_PER_FRAME, Controls
 from models.still import StillPipeline

@@ -5,7 +5,13 @@ import pytest
 
 from deployments.vram.config import GIB, NeighbourSpec, PolicyConfig
 from deployments.vram.data import (
-    Action, Code, DeviceReading, LoadReport, PeakReport, ProcessReading, SessionEnded,
+    Action,
+    Code,
+    DeviceReading,
+    LoadReport,
+    PeakReport,
+    ProcessReading,
+    SessionEnded,
     SessionRequest,
 )
 from deployments.vram.eviction import EvictionCandidate, cheapest_set

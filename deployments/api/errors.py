@@ -1,7 +1,13 @@
-"""Errors as values: a machine code, a reason, an optional retry hint; statuses at the edge."""
+"""Errors as values: inside the graph an error is a machine code, a reason and an optional
+retry hint. Which HTTP status or WebSocket close code a code becomes is decided once, at
+the edge (api/edge.py)."""
 from __future__ import annotations
 
-from models.base import PipelineError, WeightsMissingError
+from models.base import PipelineError
+
+# How deep to look through Ray's wrappers (a backend's error reaches the Router through the
+# SessionHost: RayTaskError(RayTaskError(PersonaError))).
+_MAX_WRAPPING = 6
 
 
 def error_event(code: str, reason: str) -> dict:
@@ -11,11 +17,11 @@ def error_event(code: str, reason: str) -> dict:
 
 
 class ServiceError(Exception):
-    """An error a client can act on; `status` is the HTTP status at the edge."""
+    """An error a client can act on: `code` (machine), `reason` (prose), `retry_after_s`."""
 
-    def __init__(self, status: int, code: str, reason: str, retry_after_s: float | None = None):
+    def __init__(self, code: str, reason: str, retry_after_s: float | None = None):
         super().__init__(reason)
-        self.status, self.code, self.reason, self.retry_after_s = status, code, reason, retry_after_s
+        self.code, self.reason, self.retry_after_s = code, reason, retry_after_s
 
     def to_json(self) -> dict:
         return {"error": self.reason, "code": self.code}
@@ -24,15 +30,7 @@ class ServiceError(Exception):
         return error_event(self.code, self.reason)
 
     def __reduce__(self):  # picklable across Ray processes
-        return ServiceError, (self.status, self.code, self.reason, self.retry_after_s)
-
-
-# A pipeline's error (models.base.PipelineError) keeps its code end to end; its HTTP status is
-# chosen here, at the edge: missing weights are a conflict with the server's state (409); any
-# other (no_face, bad_media, ...) is media the mode cannot use, unprocessable (422).
-# How deep to look through Ray's wrappers (a backend's error reaches the Router through the
-# SessionHost: RayTaskError(RayTaskError(PersonaError))).
-_MAX_WRAPPING = 6
+        return ServiceError, (self.code, self.reason, self.retry_after_s)
 
 
 def pipeline_error(err: BaseException | None) -> PipelineError | None:
@@ -50,9 +48,13 @@ def pipeline_error(err: BaseException | None) -> PipelineError | None:
     return None
 
 
-def pipeline_service_error(err: BaseException) -> ServiceError | None:
-    """A pipeline's error as the ServiceError the edge answers with, or None if there is none."""
+def service_error(err: BaseException) -> ServiceError | None:
+    """The error a client is told of: a ServiceError, or a pipeline's error (its own code,
+    e.g. `no_face`), found inside Ray's wrappers; None for anything else (a fault)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(err, ServiceError):
+        return err
+    if isinstance(cause, ServiceError):
+        return cause
     found = pipeline_error(err)
-    if found is None:
-        return None
-    return ServiceError(409 if isinstance(found, WeightsMissingError) else 422, found.code, str(found))
+    return ServiceError(found.code, str(found)) if found is not None else None

@@ -1,8 +1,4 @@
-"""The typed wire protocol: REST bodies, WebSocket events, errors as values.
-
-Errors travel inside the graph as `ServiceError` (code, reason, HTTP status)
-and are mapped to an HTTP status or an `error` event only at the edge.
-"""
+"""The typed wire protocol: REST bodies and WebSocket messages."""
 from __future__ import annotations
 
 import struct

@@ -61,7 +61,7 @@ def resample_to_16k(samples: np.ndarray, rate_hz: int) -> np.ndarray:
 
 def check_pcm16(data: bytes) -> None:
     if len(data) % 2:
-        raise ServiceError(400, "bad_audio", f"PCM16 needs an even number of bytes, got {len(data)}")
+        raise ServiceError("bad_audio", f"PCM16 needs an even number of bytes, got {len(data)}")
 
 
 def pcm16_to_float(data: bytes, big_endian: bool = False) -> np.ndarray:
@@ -84,17 +84,16 @@ def parse_content_type(content_type: str) -> tuple[str, dict[str, str]]:
 def decode_audio_body(data: bytes, content_type: str, default_rate_hz: int) -> tuple[np.ndarray, int]:
     """An HTTP audio body -> (float32 mono samples, their rate)."""
     if not data:
-        raise ServiceError(400, "bad_audio", "empty audio body")
+        raise ServiceError("bad_audio", "empty audio body")
     kind, params = parse_content_type(content_type)
     if kind in WAV_TYPES:
         return decode_audio_file(data, expect_wav=True)
     if kind in PCM_LE_TYPES or kind in PCM_BE_TYPES:
         rate = _rate_param(params, default_rate_hz)
         if params.get("channels", "1") != "1":
-            raise ServiceError(415, "bad_audio", "raw PCM must be mono (channels=1)")
+            raise ServiceError("unsupported_audio", "raw PCM must be mono (channels=1)")
         return pcm16_to_float(data, big_endian=kind in PCM_BE_TYPES), rate
-    raise ServiceError(
-        415, "unsupported_media_type",
+    raise ServiceError("unsupported_media_type",
         f"audio content type {kind or '(none)'!r} not supported; send audio/wav or audio/pcm;rate=<Hz> (PCM16LE mono)",
     )
 
@@ -103,9 +102,9 @@ def _rate_param(params: dict[str, str], default: int) -> int:
     try:
         rate = int(params.get("rate", default))
     except ValueError:
-        raise ServiceError(415, "bad_audio", f"rate={params.get('rate')!r} is not an integer") from None
+        raise ServiceError("unsupported_audio", f"rate={params.get('rate')!r} is not an integer") from None
     if not 8000 <= rate <= 192000:
-        raise ServiceError(415, "bad_audio", f"sample rate {rate} Hz out of range 8000..192000")
+        raise ServiceError("unsupported_audio", f"sample rate {rate} Hz out of range 8000..192000")
     return rate
 
 
@@ -116,7 +115,7 @@ def decode_audio_file(data: bytes, expect_wav: bool = False) -> tuple[np.ndarray
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
-                raise ServiceError(422, "bad_audio", "the file has no audio stream")
+                raise ServiceError("undecodable_audio", "the file has no audio stream")
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate or stream.rate
             to_mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
@@ -125,16 +124,16 @@ def decode_audio_file(data: bytes, expect_wav: bool = False) -> tuple[np.ndarray
     except ServiceError:
         raise
     except (av.error.FFmpegError, ValueError, IndexError) as err:
-        raise ServiceError(422, "bad_audio", f"cannot decode audio: {err}") from None
+        raise ServiceError("undecodable_audio", f"cannot decode audio: {err}") from None
     if not chunks:
-        raise ServiceError(422, "bad_audio", "the audio stream holds no samples")
+        raise ServiceError("undecodable_audio", "the audio stream holds no samples")
     return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
 
 
 def check_wav_complete(data: bytes) -> None:
     """Refuse a RIFF/WAVE whose header promises more data than it holds (truncated upload)."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ServiceError(422, "bad_audio", "not a RIFF/WAVE file")
+        raise ServiceError("undecodable_audio", "not a RIFF/WAVE file")
     pos = 12
     while pos + 8 <= len(data):
         chunk_id, size = struct.unpack_from("<4sI", data, pos)
@@ -142,10 +141,9 @@ def check_wav_complete(data: bytes) -> None:
             if size == 0xFFFFFFFF or size == 0:  # streaming writers leave it unknown
                 return
             if pos + 8 + size > len(data):
-                raise ServiceError(
-                    422, "truncated_audio",
+                raise ServiceError("truncated_audio",
                     f"WAV data chunk declares {size} bytes but only {len(data) - pos - 8} are present",
                 )
             return
         pos += 8 + size + (size & 1)
-    raise ServiceError(422, "bad_audio", "WAV file has no data chunk")
+    raise ServiceError("undecodable_audio", "WAV file has no data chunk")

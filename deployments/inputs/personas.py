@@ -50,29 +50,29 @@ class PersonaRecord(BaseModel):
 
 def check_persona_id(persona_id: str) -> str:
     if not PERSONA_ID.match(persona_id or ""):
-        raise ServiceError(404, "unknown_persona", f"no persona {persona_id!r}")
+        raise ServiceError("unknown_persona", f"no persona {persona_id!r}")
     return persona_id
 
 
 def decode_portrait(data: bytes, limits: Limits) -> tuple[Image.Image, str]:
     """Validate an uploaded image and return it as RGB, upright, within the size limits."""
     if len(data) > limits.max_upload_bytes:
-        raise ServiceError(413, "too_large", f"image is {len(data)} bytes; the limit is {limits.max_upload_bytes}")
+        raise ServiceError("too_large", f"image is {len(data)} bytes; the limit is {limits.max_upload_bytes}")
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format or ""
         if fmt not in ALLOWED_FORMATS:
-            raise ServiceError(415, "unsupported_media_type", f"image format {fmt or 'unknown'}; send JPEG, PNG or WebP")
+            raise ServiceError("unsupported_media_type", f"image format {fmt or 'unknown'}; send JPEG, PNG or WebP")
         w, h = img.size  # read from the header: no pixels decoded yet (decompression bombs)
         if max(w, h) > limits.max_image_side_px:
-            raise ServiceError(413, "too_large", f"image is {w}×{h}; the limit is {limits.max_image_side_px} px a side")
+            raise ServiceError("too_large", f"image is {w}×{h}; the limit is {limits.max_image_side_px} px a side")
         if min(w, h) < limits.min_image_side_px:
-            raise ServiceError(422, "too_small", f"image is {w}×{h}; at least {limits.min_image_side_px} px a side")
+            raise ServiceError("too_small", f"image is {w}×{h}; at least {limits.min_image_side_px} px a side")
         img = ImageOps.exif_transpose(img).convert("RGB")
     except ServiceError:
         raise
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ServiceError(415, "not_an_image", f"cannot read the upload as an image: {err}") from None
+        raise ServiceError("not_an_image", f"cannot read the upload as an image: {err}") from None
     img.thumbnail((limits.portrait_max_side_px, limits.portrait_max_side_px), Image.Resampling.LANCZOS)
     return img, fmt
 
@@ -87,8 +87,7 @@ class PersonaStore:
     def create(self, data: bytes, real_person: bool, consent: str | None, save: bool) -> PersonaRecord:
         consent = (consent or "").strip() or None
         if real_person and (consent is None or len(consent) < MIN_CONSENT_CHARS):
-            raise ServiceError(
-                422, "consent_required",
+            raise ServiceError("consent_required",
                 "this portrait is of a real person: a consent statement (at least "
                 f"{MIN_CONSENT_CHARS} characters) from that person is required, or set real_person=false",
             )
@@ -111,7 +110,7 @@ class PersonaStore:
         try:
             return PersonaRecord.model_validate_json(path.read_text())
         except FileNotFoundError:
-            raise ServiceError(404, "unknown_persona", f"no persona {persona_id!r}") from None
+            raise ServiceError("unknown_persona", f"no persona {persona_id!r}") from None
 
     def sessions_of(self, persona_id: str) -> list[str]:
         d = self._dir(check_persona_id(persona_id)) / "sessions"
@@ -123,7 +122,7 @@ class PersonaStore:
             with Image.open(path) as img:
                 frame = np.asarray(img.convert("RGB"))  # H×W×3 uint8 RGB
         except FileNotFoundError:
-            raise ServiceError(404, "unknown_persona", f"no persona {persona_id!r}") from None
+            raise ServiceError("unknown_persona", f"no persona {persona_id!r}") from None
         return PersonaMedia(frames=[frame])
 
     def delete(self, persona_id: str, force: bool = False) -> None:
@@ -131,7 +130,7 @@ class PersonaStore:
             self.get(persona_id)
             users = self.sessions_of(persona_id)
             if users and not force:
-                raise ServiceError(409, "persona_in_use", f"persona is used by {len(users)} live session(s); close them first")
+                raise ServiceError("persona_in_use", f"persona is used by {len(users)} live session(s); close them first")
             shutil.rmtree(self._dir(persona_id), ignore_errors=True)
 
     # ---- session references ----

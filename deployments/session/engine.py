@@ -192,7 +192,7 @@ class Session:
         try:
             self._speech.push(self._resampler.push(samples))
         except OverflowError as err:
-            raise ServiceError(429, "audio_buffer_full", str(err)) from None
+            raise ServiceError("audio_buffer_full", str(err)) from None
         self._eos = False
         self._wake.set()
 
@@ -202,7 +202,7 @@ class Session:
         try:
             self._speech.push(samples16k)
         except OverflowError as err:
-            raise ServiceError(429, "audio_buffer_full", str(err)) from None
+            raise ServiceError("audio_buffer_full", str(err)) from None
         self._eos = False
         self._wake.set()
 
@@ -242,7 +242,7 @@ class Session:
     # ---------------- viewers ----------------
     def subscribe(self, want_audio: bool = False, want_raw: bool = False) -> Viewer:
         if len(self._viewers) >= self.config.max_viewers:
-            raise ServiceError(429, "too_many_viewers", f"session already has {self.config.max_viewers} viewers")
+            raise ServiceError("too_many_viewers", f"session already has {self.config.max_viewers} viewers")
         viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items), want_raw)
         self._put(viewer, {"type": "event", "pts": None, "t0": self.clock.t0, "event": self._ready_event()})
         self._viewers.add(viewer)

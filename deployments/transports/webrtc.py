@@ -291,7 +291,7 @@ async def restrict_host_candidates(pc: RTCPeerConnection, addresses: list[str]) 
                 component=component, addresses=addresses)
         connection._local_candidates_end = True
         if not connection._local_candidates:
-            raise ServiceError(500, "no_ice_candidates",
+            raise ServiceError("no_ice_candidates",
                                f"cannot listen on any of webrtc.host_addresses {addresses} (not on this machine?)")
 
 
@@ -354,7 +354,7 @@ class WebRtcHub:
         """Offer in, answer out (candidates included: no trickle ICE)."""
         peers = self._peers.setdefault(session.session_id, {})
         if len(peers) >= self.args.max_peers_per_session:
-            raise ServiceError(429, "too_many_peers",
+            raise ServiceError("too_many_peers",
                                f"session already has {len(peers)} WebRTC peers (limit {self.args.max_peers_per_session})")
         viewer = session.subscribe(want_audio=True, want_raw=True)
         peer = Peer(f"w_{secrets.token_hex(8)}", session, RTCPeerConnection(rtc_configuration(self.args)), viewer)
@@ -363,7 +363,7 @@ class WebRtcHub:
             answer = await asyncio.wait_for(self._negotiate(peer, sdp, type), self.args.gather_timeout_s)
         except asyncio.TimeoutError:
             await self._close(peer, "negotiation timed out")
-            raise ServiceError(504, "ice_gathering_timeout",
+            raise ServiceError("ice_gathering_timeout",
                                f"ICE gathering took longer than {self.args.gather_timeout_s:.0f} s") from None
         except BaseException:
             await self._close(peer, "negotiation failed")
@@ -376,10 +376,10 @@ class WebRtcHub:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type))
         except (ValueError, TypeError, KeyError, IndexError) as err:
-            raise ServiceError(400, "bad_sdp", f"cannot parse the offer: {err}") from None
+            raise ServiceError("bad_sdp", f"cannot parse the offer: {err}") from None
         kinds = {t.kind for t in pc.getTransceivers()}
         if not kinds & {"audio", "video"}:
-            raise ServiceError(400, "no_media", "the offer asks for neither audio nor video")
+            raise ServiceError("no_media", "the offer asks for neither audio nor video")
         # Tracks go to the offered transceivers; the answer keeps the client's codec order.
         for track in (peer.video, peer.audio):
             if track.kind in kinds:

@@ -45,7 +45,7 @@ class VramGate:
         if placement["action"] in ("refuse", "queue"):
             self.placed.discard(session_id)  # refused: the controller holds nothing for it
             retry_s = placement.get("retry_after_s") or placement.get("eta_s") or 30.0
-            raise ServiceError(503, placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
+            raise ServiceError(placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
         return placement
 
     def backend(self, session_id: str, mode: str, remotes: dict[str, RemoteBackend]) -> GatedBackend:
