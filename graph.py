@@ -24,6 +24,7 @@ from deployments.session_host import SessionHostImpl
 from deployments.vram.autoscaling import follow_vram_controller
 from deployments.vram.setup import controlled_modes, resolve_probe
 from deployments.vram_controller import CONTROLLER_NAME, VramControllerImpl, backend_deployment_name
+from models.modes import build_pipeline
 
 # Scale-down must not wait Serve's default 600 s; scale-up reacts within seconds.
 DOWNSCALE_DELAY_S = 30.0
@@ -71,6 +72,12 @@ def actor_options(num_cpus: float, num_gpus: float = 0.0) -> dict:
     return {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": dict(REPLICA_ENV)}}
 
 
+def backend_kwargs(b: BackendArgs) -> dict:
+    """What every backend deployment is built with besides its mode's options: the real
+    pipeline factory (tests construct the deployment with their own) and its persona cache."""
+    return {"pipeline_factory": build_pipeline, "max_personas": b.max_personas_per_replica}
+
+
 def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
     deployment = serve.deployment(
         BackendDeployment,
@@ -85,7 +92,7 @@ def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
         health_check_period_s=10,
         logging_config=INTERNAL_LOGGING,
     )
-    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames)
+    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, **backend_kwargs(b))
 
 
 def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: Application) -> Application:
@@ -105,7 +112,7 @@ def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: App
         graceful_shutdown_wait_loop_s=VRAM_SHUTDOWN_WAIT_LOOP_S,
         graceful_shutdown_timeout_s=5.0,
     )
-    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, controller)
+    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, vram=controller, **backend_kwargs(b))
 
 
 def vram_controller_app(args: AppArgs) -> Application:

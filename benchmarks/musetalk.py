@@ -51,7 +51,7 @@ def build_nets(full: bool, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
     from models.musetalk.inference import MuseTalkNets
-    from models.musetalk.testing import FULL_UNET, FULL_VAE, SMALL_UNET, SMALL_VAE
+    from models.musetalk.config import FULL_UNET, FULL_VAE, SMALL_UNET, SMALL_VAE
     from models.musetalk.unet import PositionalEncoding, build_unet
 
     unet = build_unet(FULL_UNET if full else SMALL_UNET).eval()
@@ -80,7 +80,7 @@ def whisper_encoder(device: str, dtype: torch.dtype):
             model.load_state_dict(seeded.seeded_state_dict(model.state_dict()))
             source = "oracle-seeded"
         else:
-            from models.musetalk.testing import TINY_WHISPER
+            from models.musetalk.config import TINY_WHISPER
 
             model = WhisperModel(WhisperConfig(**TINY_WHISPER))
             source = "random"

@@ -20,7 +20,7 @@ Subpackages:
 
 - api/         the wire: typed messages (protocol.py), errors as values (errors.py)
 - inputs/      what comes in: audio decoding, the WebSocket input forwarder, portraits
-- session/     one session's clock, speech buffer, scheduler and render loop
+- session/     one session's clock, speech buffer, scheduler and render loop; a host's sessions
 - rendering/   what a session renders with: the Backend interface, local/remote/gated
 - transports/  frames out: JPEG/MP4 encoding, paced WebSocket/MJPEG relays, WebRTC, HAProxy
 - vram/        the VRAM policy (pure), its probes, and the host-side gate

@@ -2,11 +2,13 @@
 
 - `LocalBackend` runs a pipeline inside the session host (still mode: no GPU).
 - `BackendDeployment` is the Serve deployment of a neural mode (one per mode,
-  fractional num_gpus, min_replicas 0). It loads weights at construction,
-  caches prepared personas with `@serve.multiplexed`, and is stateless per
-  call: a session's state travels in each call as `carry`. Its options are
-  the pipeline's keyword options, plus `cuda_memory_fraction` (this process's
-  cap on the GPU, DESIGN section 1), which the deployment applies itself.
+  fractional num_gpus, min_replicas 0). It builds its pipeline at construction
+  with the factory it is given (graph.py binds models.modes.build_pipeline; tests
+  give their own), caches up to `max_personas` prepared personas with Serve's
+  multiplexing, and is stateless per call: a session's state travels in each
+  call as `carry`. Its options are the pipeline's keyword options, plus
+  `cuda_memory_fraction` (this process's cap on the GPU, DESIGN section 1),
+  which the deployment applies itself.
 - `RemoteBackend` is what a session holds to call that deployment.
 
 Render calls (`render`, `flush`, `idle`) take an optional `FrameFormat`: a remote
@@ -20,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from models.base import SAMPLES_PER_FRAME, Controls, Persona, plan_clip
-from models.modes import build_pipeline
 
 from .inputs.personas import PersonaStore
 from .ray_private import call
@@ -36,12 +39,17 @@ from .transports.encode import EncodedFrames, FrameFormat
 log = logging.getLogger("ray.serve")
 # Deployment options that are not the pipeline's: the deployment applies them.
 MEMORY_FRACTION_OPTION = "cuda_memory_fraction"
+# Prepared personas a replica keeps (BackendArgs.max_personas_per_replica's default).
+DEFAULT_MAX_PERSONAS = 4
+# (mode, **options) -> a models.base.Pipeline; models.modes.build_pipeline in the graph.
+PipelineFactory = Callable[..., Any]
 
 
 class BackendDeployment:
     """Serve deployment body for one neural mode; see module docstring."""
 
-    def __init__(self, mode: str, persona_dir: str, options: dict | None = None, chunk_frames: int | None = None):
+    def __init__(self, mode: str, persona_dir: str, options: dict | None = None, chunk_frames: int | None = None,
+                 *, pipeline_factory: PipelineFactory, max_personas: int = DEFAULT_MAX_PERSONAS):
         self.mode = mode
         # A render call may carry several chunks (Session batches them when well ahead):
         # the pipeline still gets one chunk a call, so its batch size and memory peak
@@ -51,11 +59,13 @@ class BackendDeployment:
         fraction = options.pop(MEMORY_FRACTION_OPTION, None)
         # Before any weight is loaded; None when not asked or without CUDA.
         self.memory_fraction = cap_cuda_memory(float(fraction)) if fraction is not None else None
-        self.pipeline = build_pipeline(mode, **options)
+        self.pipeline = pipeline_factory(mode, **options)
         self.store = PersonaStore(persona_dir)
+        self.max_personas = max_personas
+        self.get_persona = multiplexed(self._prepare_persona, max_personas)
 
-    @serve.multiplexed(max_num_models_per_replica=4)
-    async def get_persona(self, persona_id: str) -> Persona:
+    async def _prepare_persona(self, persona_id: str) -> Persona:
+        """A persona (multiplex id) prepared for this pipeline; Serve's LRU keeps it (`get_persona`)."""
         media = await asyncio.to_thread(self.store.load_media, persona_id)
         persona = await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
         for warning in persona_warnings(persona):
@@ -122,6 +132,21 @@ class BackendDeployment:
         return await asyncio.to_thread(plan_clip, self.pipeline, await self._persona(), carry, audio16k, controls)
 
 
+def multiplexed(load: Callable[[str], Any], capacity: int) -> Callable[[str], Any]:
+    """`load(model_id)` behind Serve's multiplexing: an LRU of `capacity` models in this
+    replica, whose ids the replica reports so that calls for one reach a replica holding it.
+
+    Applied per instance, not as a method decorator: the decorator takes its capacity when
+    it is applied, and the capacity is a deployment argument (max_personas_per_replica).
+    Routing is as with a decorated method: the wrapper itself reports the ids it holds
+    (Ray 2.60's build-time look for a decorated method, `uses_multiplexing`, decides nothing).
+    """
+    async def load_model(model_id: str) -> Any:
+        return await load(model_id)
+
+    return serve.multiplexed(max_num_models_per_replica=capacity)(load_model)
+
+
 def cap_cuda_memory(fraction: float) -> float | None:
     """Cap this process's CUDA allocations at `fraction` of the device (DESIGN section 1).
 
@@ -175,19 +200,21 @@ class LeasedBackendDeployment(BackendDeployment):
     """
 
     async def __init__(self, mode: str, persona_dir: str, options: dict | None = None,
-                       chunk_frames: int | None = None, vram: Any = None):
+                       chunk_frames: int | None = None, *, pipeline_factory: PipelineFactory,
+                       max_personas: int = DEFAULT_MAX_PERSONAS, vram: Any = None):
         self.vram_handle, self.pid = vram, os.getpid()
         lease = await call(vram.lease, mode, self.pid)
-        if not lease["granted"]:
-            raise RuntimeError(f"{mode}: {lease['reason']}")
+        if not lease.granted:
+            raise RuntimeError(f"{mode}: {lease.reason}")
         self.lease = lease
         options = dict(options or {})
-        if "simulated_bytes" not in lease and lease["total_bytes"]:
-            options.setdefault(MEMORY_FRACTION_OPTION, min(1.0, lease["cap_bytes"] / lease["total_bytes"]))
+        if lease.memory_fraction() is not None:
+            options.setdefault(MEMORY_FRACTION_OPTION, lease.memory_fraction())
         try:
-            await asyncio.to_thread(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames)
+            await asyncio.to_thread(partial(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames,
+                                            pipeline_factory=pipeline_factory, max_personas=max_personas))
         except Exception as err:
             await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
             raise
-        peak = lease.get("simulated_bytes") or await asyncio.to_thread(measure_peak_bytes, self.pid)
+        peak = lease.simulated_bytes or await asyncio.to_thread(measure_peak_bytes, self.pid)
         await call(vram.report_loaded, mode, True, self.pid, peak, "")

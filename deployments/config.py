@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .transports.encode import DEFAULT_JPEG_QUALITY
 from .vram.config import BackendSpec, NeighbourSpec, PolicyConfig, default_config
@@ -48,7 +48,9 @@ class BackendArgs(BaseModel):
         4, ge=1, description="most buffered chunks sent in one backend call once the video is well ahead, "
                              "as many as the backend renders within half the lead (the backend renders "
                              "them one by one; fewer calls cost less CPU)")
-    max_personas_per_replica: int = Field(4, ge=1)
+    max_personas_per_replica: int = Field(
+        4, ge=1, description="prepared personas a replica keeps (Serve's multiplexing, least recently used "
+                             "dropped); calls for a persona go to a replica that holds it")
     options: dict = Field(default_factory=dict, description="keyword options of the pipeline")
 
 
@@ -76,6 +78,49 @@ class WebRtcArgs(BaseModel):
     max_peers_per_session: int = Field(2, ge=1)
     gather_timeout_s: float = Field(10.0, gt=0, description="ICE gathering before the answer is sent")
     connect_timeout_s: float = Field(30.0, gt=0, description="a peer not connected by then is closed")
+
+
+class EdgeArgs(BaseModel):
+    """The HTTP edge (deployments/api/guard.py): which Host names and browser origins are
+    served, the API token, and the body size of small requests. docs/security.md#the-http-edge."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen_host: str = Field(
+        "127.0.0.1", description="the address http_options.host binds (set both together); beyond loopback "
+                                 "(e.g. 0.0.0.0) the server refuses to start without api_token")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names (any port) served besides localhost, 127.0.0.1 and "
+                                          "[::1], e.g. the LAN address clients type; '*': any (no DNS-rebinding "
+                                          "defence). A name beyond loopback needs api_token")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="browser origins (scheme://host[:port]) besides the server's own "
+                                          "that may POST, DELETE or open a WebSocket")
+    api_token: str | None = Field(
+        None, min_length=16, description="clients send `Authorization: Bearer <token>` (or ?access_token= for "
+                                         "a WebSocket or <img>); the page takes it from /#token=<token>")
+    max_json_bytes: int = Field(128 * 1024, ge=4096, description="bodies of routes that take JSON or text")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        from .api.guard import normalize_origin
+
+        bad = [o for o in origins if normalize_origin(o) is None]
+        if bad:
+            raise ValueError(f"origins are http(s)://host[:port]; not {', '.join(bad)}")
+        return origins
+
+    @model_validator(mode="after")
+    def _beyond_loopback_needs_a_token(self) -> EdgeArgs:
+        """Refuse to start: the Host check stops browsers, not a client on the network that
+        sends `Host: localhost`."""
+        from .api.guard import is_loopback_host
+
+        exposed = [h for h in (self.listen_host, *self.allowed_hosts) if not is_loopback_host(h)]
+        if exposed and not self.api_token:
+            raise ValueError(f"edge.api_token is required to serve beyond loopback ({', '.join(exposed)})")
+        return self
 
 
 class SimulatedNeighbourArgs(BaseModel):
@@ -146,6 +191,7 @@ class AppArgs(BaseModel):
     timeouts: SessionTimeouts = Field(default_factory=SessionTimeouts)
     webrtc: WebRtcArgs = Field(default_factory=WebRtcArgs)
     vram: VramArgs = Field(default_factory=VramArgs)
+    edge: EdgeArgs = Field(default_factory=EdgeArgs)
 
     @property
     def persona_dir(self) -> Path:

@@ -6,7 +6,6 @@ request for any session and the Router can autoscale.
 """
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,17 +16,16 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import Field, ValidationError
 from ray import serve
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
 from models.base import Controls
 from models.emotion import normalize_emotion
 from models.modes import MODES, mode_status
 
 from .api.edge import first_error, install_error_handlers, unwrap, ws_close_code
+from .api.guard import MULTIPART_OVERHEAD_BYTES, install_guard
 from .api.errors import ServiceError
-from .api.protocol import CONTROL_EVENT, CreateSession, Strict
+from .api.protocol import CONTROL_EVENT, ControlEvent, CreateSession, EmotionEvent, Strict, protocol_schema
 from .config import AppArgs
-from .inputs.audio_in import decode_audio_body, decode_audio_file, resample_to_16k
 from .inputs.personas import SESSION_ID, PersonaStore, check_persona_id
 from .inputs.ws_in import InputForwarder
 from .ray_private import DIRECT_MAX_BYTES, call, direct
@@ -40,12 +38,13 @@ MODES_CACHE_S = 5.0
 PACINGS = {"server": paced, "client": ahead}
 # SessionHost methods whose arguments or results can be large arrays: through Ray's
 # object store. Every other host call is small and goes direct (deployments/calls.py).
-BY_REFERENCE = {"push_audio", "render_offline"}
+BY_REFERENCE = {"render_upload"}  # and any call whose `data` exceeds DIRECT_MAX_BYTES
 
 api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head avatar server")
 
 
 install_error_handlers(api)
+install_guard(api, lambda: serve.get_replica_context().servable_object.args)  # Host, Origin, token, body size
 
 
 def check_session_id(session_id: str) -> str:
@@ -61,14 +60,14 @@ def _emotion(tag: str) -> str:
         raise ServiceError("unknown_emotion", str(err)) from None
 
 
-def _parse_event(data: bytes) -> dict:
+def _parse_event(data: bytes) -> ControlEvent:
+    """A client's control event, as its model; an emotion's tag normalised (`joy` is `happy`)."""
     try:
         event = CONTROL_EVENT.validate_json(data)
     except ValidationError as err:
         raise ServiceError("invalid_event", first_error(err)) from None
-    event = event.model_dump()
-    if event["type"] == "emotion":
-        event["value"] = _emotion(event["value"])
+    if isinstance(event, EmotionEvent):
+        event = event.model_copy(update={"value": _emotion(event.value)})
     return event
 
 
@@ -95,9 +94,14 @@ def _form_float(form, name: str, default: float) -> float:
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
-# The page talks only to this server; media comes as blob:/MediaStream URLs.
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-            "connect-src 'self' ws: wss:; script-src 'self'; style-src 'self'; worker-src 'self' blob:")
+# The page talks only to this server (CSP3: 'self' also matches ws:/wss: to the same host
+# and port); media comes as blob:/MediaStream URLs; no other site may frame it.
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; "
+            "script-src 'self'; style-src 'self'; worker-src 'self' blob:; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_HEADERS = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff",
+                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                "Cross-Origin-Resource-Policy": "same-origin"}
 WEBRTC_SIGNALLING_MARGIN_S = 10.0
 
 
@@ -122,9 +126,7 @@ def static_file(name: str) -> FileResponse:
     if name not in files:
         raise ServiceError("not_found", f"no static file {name!r}")
     path = files[name]
-    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
-                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
-                                 "X-Content-Type-Options": "nosniff"})
+    return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers=PAGE_HEADERS)
 
 
 @serve.ingress(api)
@@ -152,6 +154,11 @@ class RouterImpl:
     @api.get("/healthz")
     async def healthz(self):
         return {"status": "ok", "router": self.replica}
+
+    @api.get("/v1/protocol.json")
+    async def protocol(self):
+        """The JSON Schema of the WebSocket's messages, both ways (docs/api.md#websocket)."""
+        return protocol_schema()
 
     @api.get("/v1/modes")
     async def modes(self):
@@ -200,18 +207,21 @@ class RouterImpl:
         return Response(status_code=204)
 
     async def _form(self, request: Request, limit: int):
-        """Parse a multipart body, refusing it before reading if it is too large."""
+        """Parse a multipart body, refusing it before reading if it is too large. Every failure
+        to parse is the client's (Starlette raises HTTPException at its limits, the parser
+        ValueErrors): each answers bad_multipart."""
         length = request.headers.get("content-length")
         if length is None:
             raise ServiceError("length_required", "uploads need a Content-Length header")
-        if int(length) > limit + 64 * 1024:
+        if int(length) > limit + MULTIPART_OVERHEAD_BYTES:
             raise ServiceError("too_large", f"upload is {length} bytes; the limit is {limit}")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ServiceError("unsupported_media_type", "send multipart/form-data")
         try:
             return await request.form(max_files=2, max_fields=10)
-        except (MultiPartException, ValueError) as err:
-            raise ServiceError("bad_multipart", f"cannot parse the upload: {err}") from None
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            detail = getattr(err, "detail", None) or str(err) or type(err).__name__
+            raise ServiceError("bad_multipart", f"cannot parse the upload: {str(detail)[:200]}") from None
 
     # ---------------- sessions ----------------
     @api.post("/v1/sessions", status_code=201)
@@ -252,21 +262,19 @@ class RouterImpl:
 
     @api.post("/v1/sessions/{session_id}/audio", status_code=202)
     async def post_audio(self, session_id: str, request: Request):
+        # One call: the host decodes and resamples, knowing its session's rate (raw PCM's default).
         check_session_id(session_id)
-        info = await self._host("get_session", session_id=session_id)
         data = await self._body(request, self.args.limits.max_audio_upload_bytes)
-        samples, rate = await asyncio.to_thread(
-            decode_audio_body, data, request.headers.get("content-type", ""), info["sample_rate_hz"])
-        await self._host("push_audio", session_id=session_id, samples=samples, rate_hz=rate)
-        return JSONResponse({"accepted_s": round(len(samples) / rate, 3)}, status_code=202,
-                            headers={"X-LocknBod-Router": self.replica})
+        accepted_s = await self._host("push_audio", session_id=session_id, data=data,
+                                      content_type=request.headers.get("content-type", ""))
+        return JSONResponse({"accepted_s": accepted_s}, status_code=202, headers={"X-LocknBod-Router": self.replica})
 
     @api.post("/v1/sessions/{session_id}/events", status_code=202)
     async def post_event(self, session_id: str, request: Request):
         check_session_id(session_id)
         event = _parse_event(await self._body(request, 64 * 1024))
         await self._host("control", session_id=session_id, event=event)
-        return JSONResponse({"accepted": event["type"]}, status_code=202, headers={"X-LocknBod-Router": self.replica})
+        return JSONResponse({"accepted": event.type}, status_code=202, headers={"X-LocknBod-Router": self.replica})
 
     async def _body(self, request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
@@ -308,7 +316,7 @@ class RouterImpl:
             if pacing not in PACINGS:
                 raise ServiceError("bad_pacing", f"pacing must be one of {sorted(PACINGS)}, not {pacing!r}")
         except ServiceError as err:
-            await ws.send_text(json.dumps(err.to_event()))
+            await ws.send_text(err.to_event().wire_text())
             await ws.close(code=ws_close_code(err.code))
             return
         lock = asyncio.Lock()
@@ -332,15 +340,15 @@ class RouterImpl:
             async with lock:
                 if out.kind == "frame":
                     await ws.send_bytes(ws_frame(out.pts, out.jpeg))
-                else:
-                    await ws.send_text(json.dumps(out.event | ({"pts": out.pts} if out.pts is not None else {})))
+                else:  # the event's JSON, its `pts` included where it applies at a frame
+                    await ws.send_text(out.event.wire_text())
 
     async def _ws_in(self, ws: WebSocket, session_id: str, lock: asyncio.Lock) -> None:
         """Binary: PCM16LE at the session's rate. Text: JSON control events. Forwarded in
         order by an InputForwarder; returns when the client or the session goes."""
         async def report(err: ServiceError) -> None:
             async with lock:
-                await ws.send_text(json.dumps(err.to_event()))
+                await ws.send_text(err.to_event().wire_text())
 
         forwarder = InputForwarder(
             push=lambda data: self._host("push_pcm16", session_id=session_id, data=data),
@@ -407,11 +415,6 @@ class RouterImpl:
         await self._check_mode(mode)
         controls = Controls(emotion=_emotion(str(form.get("emotion", "neutral"))),
                             intensity=_form_float(form, "intensity", 1.0))
-        samples, rate = await asyncio.to_thread(decode_audio_file, await audio.read())
-        if len(samples) / rate > self.args.limits.max_render_audio_s:
-            raise ServiceError("too_long", f"audio is {len(samples) / rate:.0f} s; the limit is "
-                                                f"{self.args.limits.max_render_audio_s:.0f} s")
-        audio16k = await asyncio.to_thread(resample_to_16k, samples, rate)
-        mp4 = await self._host("render_offline", timeout_s=600.0, persona_id=persona_id, mode=mode,
-                               audio16k=audio16k, controls=controls)
+        mp4 = await self._host("render_upload", timeout_s=600.0, persona_id=persona_id, mode=mode,
+                               data=await audio.read(), controls=controls)
         return Response(mp4, media_type="video/mp4", headers={"Content-Disposition": 'attachment; filename="render.mp4"'})

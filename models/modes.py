@@ -18,7 +18,9 @@ class ModeSpec:
     name: str
     description: str
     needs_gpu: bool
-    pipeline: str  # "module:callable" -> Pipeline, called with keyword options
+    # "module:callable" -> Pipeline, called with the keyword options of serve_config.yaml,
+    # the same for every mode: config="official" | "tiny" | {...}, device=, seed=.
+    pipeline: str
     weight_files: str | None = None  # "module:callable" -> list[WeightFile]
     test_only: bool = False
 
@@ -32,8 +34,8 @@ MODES: dict[str, ModeSpec] = {
                  "models.liveportrait.pipeline:LivePortraitPipeline",
                  "models.liveportrait.loading:weight_files"),
         ModeSpec("musetalk", "lip sync on a portrait or short video (MuseTalk 1.5)", True,
-                 "models.musetalk.pipeline:from_options",
-                 "models.musetalk.pipeline:weight_files"),
+                 "models.musetalk.pipeline:MuseTalkPipeline",
+                 "models.musetalk.config:weight_files"),
         ModeSpec("ditto", "audio-driven head motion with emotion control (Ditto)", True,
                  "models.ditto.pipeline:DittoPipeline",
                  "models.ditto.config:weight_files"),
@@ -89,4 +91,5 @@ def mode_status(spec: ModeSpec, options: dict | None = None) -> ModeStatus:
 
 
 def build_pipeline(mode: str, **options):
+    """The mode's pipeline from its options: the factory graph.py gives backend deployments."""
     return load_ref(MODES[mode].pipeline)(**options)

@@ -44,3 +44,26 @@ def _field_value(current: Any, new: Any, path: str) -> Any:
 def as_tuples(value: Any) -> Any:
     """JSON lists (nested) -> tuples, as the frozen configs hold them."""
     return tuple(as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def preset_name(config: Any, default: str = "official") -> str:
+    """The preset a pipeline's JSON `config` option names: the string itself, or a dict's
+    "preset" field; None (and a dict without one) names `default`."""
+    if isinstance(config, dict):
+        config = config.get("preset")
+    return config if isinstance(config, str) else default
+
+
+def resolve_device(device: Any):
+    """The `device` option as a torch.device: "auto"/None -> CUDA when available, else CPU;
+    "cuda" without a GPU is a clear error (PipelineError, code "no_gpu")."""
+    import torch  # here: the rest of this module is read by code without torch (mode listing)
+
+    from .base import PipelineError
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device {device!r} asked for, but torch sees no CUDA device", code="no_gpu")
+    return target

@@ -124,6 +124,7 @@ def test_cli_fetch_downloads_exactly_the_files_with_allow_patterns(hf_cache, mon
 def test_pipeline_from_json_options_loads_from_the_given_cache(hf_cache, tmp_path):
     """As the backend deployment builds it: JSON options, weights from a cache that is not the standard one."""
     from deployments.backend import BackendDeployment
+    from models.modes import build_pipeline
 
     cache = write_liveportrait_cache(tmp_path / "other-cache", LivePortraitConfig.tiny())
     options = {"config": {"networks": "tiny", "idle": {"pitch": [], "yaw": [], "roll": []}},
@@ -133,7 +134,7 @@ def test_pipeline_from_json_options_loads_from_the_given_cache(hf_cache, tmp_pat
     # The mode's files hook, given the backend's options, looks where the backend loads from.
     assert missing(lp.weight_files(**options)) == []
     assert [f.filename for f in lp.weight_files(**options)] == OFFICIAL_NAMES
-    backend = BackendDeployment("liveportrait", str(tmp_path / "personas"), options)
+    backend = BackendDeployment("liveportrait", str(tmp_path / "personas"), options, pipeline_factory=build_pipeline)
     pipeline = backend.pipeline
     assert backend.memory_fraction is None  # no CUDA here: nothing to cap
     assert pipeline.networks.device.type == "cpu" and pipeline.config.idle.yaw == ()

@@ -25,7 +25,7 @@ def app(ray_serve, tmp_path_factory):
     base = deploy_app(ray_serve, {
         "data_dir": str(tmp_path_factory.mktemp("data")),
         "backends": {"musetalk": {"num_gpus": 0.3, "num_cpus": 0.25, "chunk_frames": 8,
-                                  "options": {"seeded_tiny": True}}},
+                                  "options": {"config": "tiny"}}},
     })
     return {"base": base, "persona": create_persona(base, save=True, size=128)}
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from models.base import SAMPLES_PER_FRAME, Controls, PersonaError, PersonaMedia, Pipeline
@@ -150,9 +151,9 @@ def test_idle_frames_and_no_face(setup):
 
 def test_detector_box_is_the_fallback():
     """Landmarks that fail the v1.5 rule (x1 < 0) fall back to the detector box when one is given."""
-    from models.musetalk.testing import ellipse_landmarks, tiny_pipeline
+    from models.musetalk.testing import ellipse_landmarks
 
-    pipe = tiny_pipeline()
+    pipe = MuseTalkPipeline("tiny")
     frame = np.zeros((120, 100, 3), np.uint8)
     landmarks, _ = ellipse_landmarks(frame)
     landmarks[0, 0] = -3.0
@@ -170,9 +171,7 @@ def test_video_frames_cycle_forward_then_back():
 
 def test_tiny_pipeline_streams_200ms_chunks():
     """The file-free tiny pipeline (for graph tests): 1 s of audio in 200 ms chunks -> 25 frames."""
-    from models.musetalk.testing import tiny_pipeline
-
-    pipe = tiny_pipeline()
+    pipe = MuseTalkPipeline("tiny")
     portrait = np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)
     persona = pipe.prepare(PersonaMedia([portrait, portrait[::-1].copy()]), "tiny")
     carry = pipe.start(persona, Controls())
@@ -186,6 +185,25 @@ def test_tiny_pipeline_streams_200ms_chunks():
     frames = np.concatenate(out)
     assert frames.shape == (25, 96, 80, 3)
     assert carry.cycle_index == 25 % 4
+
+
+def test_options_spell_the_preset_as_every_mode_does():
+    """serve_config.yaml's options, as for liveportrait and ditto: config, device, seed."""
+    from models.modes import MODES, build_pipeline, mode_status
+    from models.musetalk.config import pipeline_config, weight_files
+
+    assert weight_files(config="tiny") == [] and weight_files(config={"preset": "tiny", "batch_size": 5}) == []
+    assert len(weight_files(config={"batch_size": 5})) == len(weight_files())
+    assert mode_status(MODES["musetalk"], {"config": "tiny"}).available
+    pipe = build_pipeline("musetalk", config={"preset": "tiny", "batch_size": 5, "audio": {"context_s": 1.0}}, seed=1)
+    assert isinstance(pipe, MuseTalkPipeline) and pipe.config.batch_size == 5 and pipe.config.audio.context_s == 1.0
+    assert pipe.config.device == "cpu" and pipe.nets.dtype == torch.float32  # tiny: on the CPU unless told
+    same = MuseTalkPipeline("tiny", seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(pipe.nets.unet.parameters(), same.nets.unet.parameters()))
+    with pytest.raises(ValueError, match="unknown musetalk preset 'huge'"):
+        pipeline_config("huge")
+    with pytest.raises(ValueError, match="unknown config field.*batch_size"):
+        pipeline_config({"batch_sise": 4})
 
 
 @pytest.mark.oracle
@@ -210,7 +228,7 @@ def test_render_clip_uses_cycle_and_injected_noise(setup):
 
 def test_missing_weights_name_the_fetch_command(hf_cache):
     from models.base import WeightsMissingError
-    from models.musetalk.pipeline import weight_files
+    from models.musetalk.config import weight_files
 
     with pytest.raises(WeightsMissingError, match="lockn-bod weights fetch musetalk"):
         MuseTalkPipeline.from_pretrained(MuseTalkConfig(device="cpu"))
@@ -223,13 +241,11 @@ def test_tiny_pipeline_fp16_on_cuda_matches_fp32():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    from models.musetalk.testing import tiny_pipeline
-
     portrait = np.random.default_rng(0).integers(0, 256, (128, 112, 3), dtype=np.uint8)
     audio = (0.1 * np.random.default_rng(1).standard_normal(640 * 10)).astype(np.float32)
     outputs = []
     for device in ("cpu", "cuda"):
-        pipe = tiny_pipeline().to(device)
+        pipe = MuseTalkPipeline("tiny").to(device)
         persona = pipe.prepare(PersonaMedia([portrait]), "gpu")
         outputs.append(pipe.render_clip(persona, audio))
     assert pipe.nets.dtype == torch.float16

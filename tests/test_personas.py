@@ -1,5 +1,7 @@
-"""Persona store: validation, consent, limits, ids, ephemeral lifetime."""
+"""Persona store: validation, consent, limits, ids, ephemeral lifetime, orphans of crashed hosts."""
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from PIL import Image
 from deployments.api.edge import http_status
 from deployments.api.errors import ServiceError
 from deployments.config import Limits
-from deployments.inputs.personas import PersonaStore
+from deployments.inputs.personas import PersonaStore, decode_portrait
 
 
 def image_bytes(w=128, h=96, fmt="PNG") -> bytes:
@@ -94,3 +96,172 @@ def test_saved_persona_outlives_sessions_and_unused_are_swept(store):
     assert store.sweep_unused(ttl_s=60, now=unused.created_at + 30) == []
     assert store.sweep_unused(ttl_s=60, now=unused.created_at + 61) == [unused.persona_id]
     assert store.get(saved.persona_id)
+
+
+# ---------------- orphans: markers of sessions whose host is gone ----------------
+class FakeClock:
+    """Seconds since the epoch, moved by the test."""
+
+    def __init__(self, now_s: float = 1_700_000_000.0):
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def timed_store(tmp_path, clock):
+    return PersonaStore(tmp_path / "personas", Limits(portrait_max_side_px=100), clock=clock, host_ttl_s=10.0)
+
+
+def persona(store, save=False) -> str:
+    return store.create(image_bytes(), real_person=False, consent=None, save=save).persona_id
+
+
+def test_the_sessions_of_a_host_that_stops_heartbeating_stop_counting(timed_store, clock):
+    kept, saved = persona(timed_store), persona(timed_store, save=True)
+    timed_store.acquire(kept, "hostA.aaaaaaaaaaaaaaaaaaaa")
+    timed_store.acquire(saved, "hostB.cccccccccccccccccccc")
+    assert timed_store.live_hosts() == {"hostA", "hostB"}
+    for _ in range(3):  # hostA keeps heartbeating; hostB has crashed
+        clock.now_s += 5
+        timed_store.heartbeat("hostA")
+    assert timed_store.live_hosts() == {"hostA"}
+    assert timed_store.sessions_of(kept) == ["hostA.aaaaaaaaaaaaaaaaaaaa"]
+    assert timed_store.sessions_of(saved) == []  # the crashed session no longer counts
+
+
+def test_sweep_deletes_an_unsaved_persona_once_its_sessions_host_is_gone(timed_store, clock):
+    kept, lost, saved = persona(timed_store), persona(timed_store), persona(timed_store, save=True)
+    timed_store.acquire(kept, "hostA.aaaaaaaaaaaaaaaaaaaa")
+    timed_store.acquire(lost, "hostB.bbbbbbbbbbbbbbbbbbbb")
+    timed_store.acquire(saved, "hostB.cccccccccccccccccccc")
+    clock.now_s += 8
+    timed_store.heartbeat("hostA")
+    assert timed_store.sweep_unused(ttl_s=600) == []  # hostB is 8 s quiet: within its 10 s
+    clock.now_s += 8
+    timed_store.heartbeat("hostA")
+    assert timed_store.sweep_unused(ttl_s=600) == [lost]  # at once, long before the unused TTL
+    assert sorted(p.name for p in timed_store.root.glob("p_*")) == sorted([kept, saved])
+    assert not (timed_store.root / saved / "sessions" / "hostB.cccccccccccccccccccc").exists()
+    assert not (timed_store.root / ".hosts" / "hostB").exists()  # a gone host's heartbeat is forgotten
+    timed_store.delete(saved)  # no 409: nothing live uses it
+
+
+def test_delete_ignores_a_crashed_hosts_marker_without_a_sweep(timed_store, clock):
+    pid = persona(timed_store, save=True)
+    timed_store.acquire(pid, "hostB.bbbbbbbbbbbbbbbbbbbb")
+    with pytest.raises(ServiceError) as err:
+        timed_store.delete(pid)
+    assert err.value.code == "persona_in_use"
+    clock.now_s += 11
+    timed_store.delete(pid)
+    assert not (timed_store.root / pid).exists()
+
+
+def test_a_marker_from_a_host_that_never_heartbeat_is_an_orphan(timed_store):
+    """As a marker left by an earlier server run: its host id never heartbeat in this directory."""
+    unsaved, saved = persona(timed_store), persona(timed_store, save=True)
+    for pid in (unsaved, saved):
+        (timed_store.root / pid / "sessions" / "oldrun.dddddddddddddddddddd").touch()
+    assert timed_store.sessions_of(saved) == []
+    timed_store.delete(saved)
+    assert timed_store.sweep_unused(ttl_s=600) == [unsaved]
+
+
+def test_a_session_is_live_from_its_acquire_before_its_hosts_first_sweep(timed_store, clock):
+    pid = persona(timed_store)
+    timed_store.acquire(pid, "fresh.eeeeeeeeeeeeeeeeeeee")  # no heartbeat() call yet
+    assert timed_store.sweep_unused(ttl_s=600) == []
+    assert timed_store.sessions_of(pid) == ["fresh.eeeeeeeeeeeeeeeeeeee"]
+
+
+def test_release_deletes_an_unsaved_persona_when_only_orphans_remain(timed_store, clock):
+    pid = persona(timed_store)
+    timed_store.acquire(pid, "hostB.bbbbbbbbbbbbbbbbbbbb")
+    clock.now_s += 11
+    timed_store.acquire(pid, "hostA.aaaaaaaaaaaaaaaaaaaa")
+    assert timed_store.release(pid, "hostA.aaaaaaaaaaaaaaaaaaaa") is True
+
+
+def test_heartbeats_share_one_clock_through_the_directory(tmp_path, clock):
+    """Two stores on one directory (two processes): one's heartbeat is seen by the other."""
+    host = PersonaStore(tmp_path / "p", clock=clock, host_ttl_s=10.0)
+    router = PersonaStore(tmp_path / "p", clock=clock, host_ttl_s=10.0)
+    host.heartbeat("hostA")
+    assert router.live_hosts() == {"hostA"}
+    clock.now_s += 11
+    assert router.live_hosts() == set()
+    with pytest.raises(ValueError):
+        host.heartbeat("../x")
+
+
+# ---------------- consent text ----------------
+@pytest.mark.parametrize("consent", [
+    "I, Ada, agree\x00 to this use.",
+    "I, Ada, agree to \x1b[2Jthis use.",
+    "I, Ada, agree to this use.\x7f",
+    "I, Ada, agree to \u202ethis use.",  # right-to-left override: the record would read reversed
+    "I, Ada, agree to \u2066this\u2069 use.",
+    "I, Ada, agree to this use.\ud800",  # a lone surrogate cannot even be stored as UTF-8
+    "I, Ada, agree to this use. " * 200,
+])
+def test_consent_with_control_characters_is_refused(store, consent):
+    with pytest.raises(ServiceError) as err:
+        store.create(image_bytes(), real_person=True, consent=consent, save=False)
+    assert err.value.code == "invalid_consent" and http_status("invalid_consent") == 422
+
+
+def test_consent_keeps_line_breaks_and_any_script(store):
+    text = "I, Ada Lovelace,\r\nconsent\tto this — 我同意 — أوافق"
+    assert store.create(image_bytes(), real_person=True, consent=text, save=False).consent == text
+
+
+def test_consent_that_is_not_text_is_refused(store):
+    with pytest.raises(ServiceError) as err:
+        store.create(image_bytes(), real_person=True, consent=io.BytesIO(b"a file"), save=False)
+    assert err.value.code == "invalid_consent"
+
+
+# ---------------- images that once answered 500 or the wrong status ----------------
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_with(extra: bytes, before_idat: bool = True) -> bytes:
+    """A valid PNG with `extra` chunks after IHDR (read at open) or before IEND (read at load)."""
+    png = image_bytes()
+    ihdr_end, iend = 8 + 25, len(png) - 12
+    return png[:ihdr_end] + extra + png[ihdr_end:] if before_idat else png[:iend] + extra + png[iend:]
+
+
+@pytest.mark.parametrize("chunk", [
+    png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * 20_000_000, 9)),
+    png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(b"\x00" * 68_000_000, 9)),
+    png_chunk(b"iTXt", b"Comment\x00\x01\x00\x00\x00" + zlib.compress(b"\x00" * 20_000_000, 9)),
+])
+@pytest.mark.parametrize("before_idat", [True, False])
+def test_png_metadata_that_inflates_past_pillows_limit_is_too_large(store, chunk, before_idat):
+    with pytest.raises(ServiceError) as err:
+        decode_portrait(png_with(chunk, before_idat), Limits())
+    assert err.value.code == "too_large" and http_status("too_large") == 413
+
+
+def test_a_60000_pixel_square_is_413_as_documented(store):
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", zlib.compress(b"")) + png_chunk(b"IEND", b"")
+    with pytest.raises(ServiceError) as err:
+        store.create(png, real_person=False, consent=None, save=False)
+    assert err.value.code == "too_large" and http_status(err.value.code) == 413
+
+
+def test_a_phone_cameras_multi_picture_jpeg_is_a_jpeg(store):
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), "red").save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 80))])
+    record = store.create(buf.getvalue(), real_person=False, consent=None, save=False)
+    assert record.source_format == "MPO" and store.load_media(record.persona_id).frames[0][0, 0, 0] > 200

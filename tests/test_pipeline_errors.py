@@ -42,9 +42,9 @@ def test_missing_weights_are_a_409_and_other_errors_stay_what_they_are():
 
 
 def test_a_session_warm_up_error_names_the_pipelines_code():
-    assert warm_up_error("liveportrait", ray_wrapped(NO_FACE))["code"] == "no_face"
+    assert warm_up_error("liveportrait", ray_wrapped(NO_FACE)).code == "no_face"
     timeout = warm_up_error("liveportrait", asyncio.TimeoutError())
-    assert timeout["code"] == "backend_unavailable" and "TimeoutError" in timeout["reason"]
+    assert timeout.code == "backend_unavailable" and "TimeoutError" in timeout.reason
 
 
 class FacelessPattern(PatternPipeline):

@@ -42,8 +42,10 @@ def _probe() -> None:
     from deployments.backend import BackendDeployment
     from deployments.transports.encode import FrameFormat
     from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia
+    from models.modes import build_pipeline
 
-    backend = BackendDeployment("pattern", tempfile.mkdtemp(), {"size": 256}, chunk_frames=5)
+    backend = BackendDeployment("pattern", tempfile.mkdtemp(), {"size": 256}, chunk_frames=5,
+                                pipeline_factory=build_pipeline)
     persona = backend.pipeline.prepare(PersonaMedia([np.zeros((256, 256, 3), np.uint8)]))
     call = 10 * SAMPLES_PER_FRAME  # two chunks a call
     audio = np.zeros((WARM_UP_FRAMES + MEASURED_FRAMES) * SAMPLES_PER_FRAME, np.float32)  # (samples,)

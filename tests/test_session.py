@@ -10,10 +10,12 @@ from deployments.backend import BackendDeployment
 from deployments.inputs.audio_in import pcm16_to_float
 from deployments.inputs.personas import PersonaStore
 from deployments.rendering.local import LocalBackend
+from deployments.api.protocol import EndItem, FramesItem
 from deployments.session.engine import Session, SessionConfig
 from deployments.transports.encode import decode_jpeg
 from deployments.transports.streams import paced
 from models.base import SAMPLES_PER_FRAME, Controls
+from models.modes import build_pipeline
 from models.still import StillPipeline
 from models.testing import FAIL_CODE, PatternPipeline
 from tests.streaming import assert_speech_frames_match_audio, coded_pcm16, frame_info
@@ -32,7 +34,7 @@ async def items(viewer):
     while True:
         item = await viewer.queue.get()
         yield item
-        if item["type"] == "end":
+        if isinstance(item, EndItem):
             return
 
 
@@ -55,7 +57,7 @@ async def watch(session, until, want_audio=False, timeout_s=15.0):
     async def run():
         async for out in paced(items(viewer)):
             if out.kind == "event":
-                events.append(out.event | {"pts": out.pts})
+                events.append(out.event.wire() | {"pts": out.pts})
             else:
                 frames.append((out.pts, *frame_info(out.jpeg), out.audio))
             if until(events, frames):
@@ -196,9 +198,9 @@ def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
         formats_before_raw = len(backend.formats)
         raw_viewer = session.subscribe(want_raw=True)  # as a WebRTC peer does
         raw_items = []
-        while sum(len(i["pts"]) for i in raw_items) < 10:
+        while sum(len(i.pts) for i in raw_items) < 10:
             item = await asyncio.wait_for(raw_viewer.queue.get(), 5)
-            raw_items += [item] if item["type"] == "frames" else []
+            raw_items += [item] if isinstance(item, FramesItem) else []
         await session.close()
         return events, frames, formats_before_raw, raw_items
 
@@ -209,8 +211,8 @@ def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
     assert not any(f.raw for f in asked[:before_raw - 1]), "JPEGs alone while no viewer wants raw frames"
     assert asked[-1].raw, "raw frames asked for once a viewer in the host wants them"
     for item in raw_items:  # raw from the backend, or (rendered before the viewer came) decoded from the JPEGs
-        assert item["frames"].shape == (len(item["pts"]), 64, 64, 3) and item["frames"].dtype == np.uint8
-        for frame, jpeg in zip(item["frames"], item["jpegs"]):
+        assert item.frames.shape == (len(item.pts), 64, 64, 3) and item.frames.dtype == np.uint8
+        for frame, jpeg in zip(item.frames, item.jpegs):
             assert np.abs(frame.astype(int) - decode_jpeg(jpeg)).mean() < 2.0
 
 
@@ -285,7 +287,7 @@ def test_a_backend_call_of_several_chunks_renders_them_one_by_one(tmp_path):
             self.chunks.append(len(audio16k) // SAMPLES_PER_FRAME)
             return super().render(persona, carry, audio16k, controls)
 
-    backend = BackendDeployment("pattern", str(tmp_path), {"size": 16}, chunk_frames=5)
+    backend = BackendDeployment("pattern", str(tmp_path), {"size": 16}, chunk_frames=5, pipeline_factory=build_pipeline)
     backend.pipeline = pipeline = ChunkRecording()
     persona = pipeline.prepare(None)
     audio = pcm16_to_float(coded_pcm16(12).tobytes())

@@ -429,7 +429,7 @@ def test_a_session_its_host_no_longer_lists_is_ended_by_the_controller(app):
     host = wait_for(lambda: gpu(app)["session_hosts"], 10, "a host heartbeat", 0.25)[0]
     ghost = f"{host}.ghost-session-000000"
     placement = app["controller"].place.remote({"session_id": ghost, "mode": "still"}, 1.0).result(timeout_s=10)
-    assert placement["action"] == "assign" and ghost in gpu(app)["sessions"]
+    assert placement.action == "assign" and ghost in gpu(app)["sessions"]  # a typed Placement
     wait_for(lambda: ghost not in gpu(app)["sessions"], 15, "the unlisted session ended", 0.25)
 
 

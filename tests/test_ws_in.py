@@ -5,7 +5,7 @@ import pytest
 
 from deployments.api.edge import http_status
 from deployments.api.errors import ServiceError
-from deployments.inputs.ws_in import InputForwarder
+from deployments.inputs.ws_in import InputForwarder, describe_dropped
 
 
 class FakeHost:
@@ -100,3 +100,67 @@ def test_a_refused_push_is_reported_and_forwarding_goes_on_until_the_session_is_
     host = asyncio.run(main())
     assert host.reported == ["audio_buffer_full", "unknown_session"]
     assert host.calls == [("audio", b"a1"), ("event", "interrupt"), ("audio", b"a2")]
+
+
+class BoundedHost(FakeHost):
+    """A host whose speech buffer holds `capacity_bytes`: a push that would overflow it is refused whole."""
+
+    def __init__(self, capacity_bytes: int):
+        super().__init__()
+        self.capacity_bytes, self.buffered_bytes, self.reasons = capacity_bytes, 0, []
+
+    async def push(self, data: bytes):
+        self.calls.append(("audio", data))
+        await self.release.wait()
+        if self.buffered_bytes + len(data) > self.capacity_bytes:
+            raise ServiceError("audio_buffer_full", "speech buffer full")
+        self.buffered_bytes += len(data)
+
+    async def report(self, err: ServiceError):
+        self.reported.append(err.code)
+        self.reasons.append(err.reason)
+
+
+def test_an_overflowing_joined_push_drops_only_the_messages_that_do_not_fit():
+    async def main():
+        host = BoundedHost(capacity_bytes=12)
+        f = host.forwarder()
+        run = asyncio.create_task(f.run())
+        host.release.clear()
+        await f.put_audio(b"00")
+        await asyncio.sleep(0.01)  # in flight; the rest is joined behind it
+        for m in (b"1111", b"2222", b"3333", b"44"):
+            await f.put_audio(m)
+        host.release.set()
+        await f.drained(timeout_s=5)
+        run.cancel()
+        return host
+
+    host = asyncio.run(main())
+    pushed = [data for _, data in host.calls]
+    assert pushed == [b"00", b"11112222333344", b"1111", b"2222", b"3333", b"44"]
+    assert host.buffered_bytes == 12  # 00, 1111, 2222 and 44 went in; only 3333 was dropped
+    assert host.reported == ["audio_buffer_full"]  # one event for the joined push
+    assert "dropped 2 samples: 5..7 of this connection's audio" in host.reasons[0]
+
+
+def test_a_refused_single_message_names_its_samples_in_the_stream():
+    async def main():
+        host = BoundedHost(capacity_bytes=4)
+        f = host.forwarder()
+        run = asyncio.create_task(f.run())
+        for m in (b"aaaa", b"bbbbbb"):
+            await f.put_audio(m)
+            await f.drained(timeout_s=5)
+        run.cancel()
+        return host
+
+    host = asyncio.run(main())
+    assert host.reported == ["audio_buffer_full"]
+    assert host.reasons[0] == "speech buffer full; dropped 3 samples: 2..5 of this connection's audio"
+
+
+def test_dropped_ranges_are_reported_compactly():
+    assert describe_dropped([(0, 4), (8, 12)]) == "dropped 4 samples: 0..2, 4..6 of this connection's audio"
+    many = describe_dropped([(i * 10, i * 10 + 2) for i in range(6)])
+    assert many.endswith("and 2 more ranges of this connection's audio") and many.startswith("dropped 6 samples")

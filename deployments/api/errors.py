@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from models.base import PipelineError
 
+from .protocol import ErrorEvent
+
 # How deep to look through Ray's wrappers (a backend's error reaches the Router through the
 # SessionHost: RayTaskError(RayTaskError(PersonaError))).
 _MAX_WRAPPING = 6
 
 
-def error_event(code: str, reason: str) -> dict:
+def error_event(code: str, reason: str) -> ErrorEvent:
     """An `error` event for a stream: the reason under `error` (as in HTTP error bodies)
     and under `reason` (as in every other event)."""
-    return {"type": "error", "code": code, "error": reason, "reason": reason}
+    return ErrorEvent(code=code, error=reason, reason=reason)
 
 
 class ServiceError(Exception):
@@ -26,7 +28,7 @@ class ServiceError(Exception):
     def to_json(self) -> dict:
         return {"error": self.reason, "code": self.code}
 
-    def to_event(self) -> dict:
+    def to_event(self) -> ErrorEvent:
         return error_event(self.code, self.reason)
 
     def __reduce__(self):  # picklable across Ray processes

@@ -1,36 +1,222 @@
-"""The typed wire protocol: REST bodies and WebSocket messages."""
+"""The typed wire protocol: REST bodies, the WebSocket's messages both ways, and the items a
+SessionHost streams to a Router.
+
+Every WebSocket message has a model here: a client's JSON text is a `ControlEvent`, the
+server's is a `ServerEvent`, and binary messages are described by CLIENT_BINARY and
+SERVER_BINARY. `GET /v1/protocol.json` serves their JSON Schema (`protocol_schema`), and
+docs/api.md lists every `type` (tests/test_protocol.py checks that the three agree).
+"""
 from __future__ import annotations
 
+import json
 import struct
-from typing import Annotated, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 FRAME_MAGIC = b"BODF"
 FRAME_HEADER = struct.Struct("<4sQ")  # magic, frame index (pts): 12 bytes, then a JPEG
+CLIENT_BINARY = ("PCM16LE mono audio at the session's `sample_rate_hz` (set when the session is created), "
+                 "in messages of any size (whole samples)")
+SERVER_BINARY = (f"one video frame: a {FRAME_HEADER.size}-byte little-endian header, struct format "
+                 f"`{FRAME_HEADER.format}` (the magic `{FRAME_MAGIC.decode()}`, then the frame index `pts` "
+                 "as a uint64), then a JPEG")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# ---- client -> server control events (WebSocket text or POST /events) ----
-class EmotionEvent(Strict):
-    type: Literal["emotion"]
-    value: str
+def _type_first_and_required(schema: dict[str, Any]) -> None:
+    """`type` has a default, so code can write `SpeechStarted(pts=3)`; every message still
+    carries it, so the schema says it is required."""
+    schema["required"] = ["type", *(name for name in schema.get("required", []) if name != "type")]
+
+
+class Message(Strict):
+    """A WebSocket JSON message: its `type` says which."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_first_and_required)
+
+
+# ---- client -> server: WebSocket text, or the body of POST /v1/sessions/{id}/events ----
+class EmotionEvent(Message):
+    """Change the emotion from now on."""
+
+    type: Literal["emotion"] = "emotion"
+    value: str = Field(description="an emotion tag or a common synonym (docs/api.md#emotions)")
     intensity: float = Field(1.0, ge=0.0, le=1.0)
 
 
-class InterruptEvent(Strict):
-    type: Literal["interrupt"]
+class InterruptEvent(Message):
+    """Drop buffered audio and take back the frames not yet shown."""
+
+    type: Literal["interrupt"] = "interrupt"
 
 
-class EndOfSpeechEvent(Strict):
-    type: Literal["end_of_speech"]
+class EndOfSpeechEvent(Message):
+    """The utterance is over: render what the backend's lookahead holds."""
+
+    type: Literal["end_of_speech"] = "end_of_speech"
 
 
 ControlEvent = Annotated[Union[EmotionEvent, InterruptEvent, EndOfSpeechEvent], Field(discriminator="type")]
 CONTROL_EVENT = TypeAdapter(ControlEvent)
+
+
+# ---- server -> client: WebSocket text ----
+class ServerEvent(Message):
+    """A JSON text message to a client. Fields that are None are left out of it."""
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object sent: None fields (a `pts` or `reason` not given) left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def wire_text(self) -> str:
+        return json.dumps(self.wire())
+
+
+class SessionReady(ServerEvent):
+    """First on every stream: what the session streams now."""
+
+    type: Literal["session_ready"] = "session_ready"
+    session_id: str
+    mode: str = Field(description="the mode streaming now (still while a neural backend loads)")
+    requested_mode: str
+    fps: int
+    sample_rate_hz: int = Field(description="the rate of the PCM the client sends")
+    placement: dict[str, Any] | None = Field(None, description="where the VRAM controller placed the session")
+
+
+class ClockEvent(ServerEvent):
+    """Client pacing only, first: frame `pts` is due at `t0 + pts / fps` (server wall clock, s)."""
+
+    type: Literal["clock"] = "clock"
+    t0: float
+    fps: int
+
+
+class ModeChanged(ServerEvent):
+    """The mode streaming changes: its backend is ready, or the session falls back to still."""
+
+    type: Literal["mode_changed"] = "mode_changed"
+    mode: str
+    reason: str
+    pts: int | None = Field(None, description="the first frame in the new mode")
+
+
+class SpeechStarted(ServerEvent):
+    """Speech starts at frame `pts` (server pacing: sent when that frame is due)."""
+
+    type: Literal["speech_started"] = "speech_started"
+    pts: int | None = Field(None, description="the first frame of speech")
+
+
+class SpeechEnded(ServerEvent):
+    """Speech ends: the pause rule, `end_of_speech`, or an interrupt."""
+
+    type: Literal["speech_ended"] = "speech_ended"
+    reason: str | None = Field(None, description="`interrupted` when an interrupt ended it")
+    pts: int | None = Field(None, description="the first frame after speech")
+
+
+class RetractEvent(ServerEvent):
+    """Client pacing only: frames from `from_pts` on are taken back; new ones with those pts follow."""
+
+    type: Literal["retract"] = "retract"
+    from_pts: int
+
+
+class ErrorEvent(ServerEvent):
+    """A message was refused, or the session failed or was shed (it goes on in still mode)."""
+
+    type: Literal["error"] = "error"
+    code: str = Field(description="the machine code, as in HTTP error bodies")
+    error: str = Field(description="the reason, under the key HTTP error bodies use")
+    reason: str = Field(description="the reason, under the key every other event uses")
+
+
+class WarningEvent(ServerEvent):
+    """Advice about the persona, e.g. several faces (the largest used)."""
+
+    type: Literal["warning"] = "warning"
+    code: str
+    reason: str
+
+
+class SessionClosed(ServerEvent):
+    """The last message: the session ended."""
+
+    type: Literal["session_closed"] = "session_closed"
+    reason: str
+
+
+ServerMessage = Annotated[
+    Union[SessionReady, ClockEvent, ModeChanged, SpeechStarted, SpeechEnded, RetractEvent, ErrorEvent,
+          WarningEvent, SessionClosed],
+    Field(discriminator="type")]
+SERVER_EVENT = TypeAdapter(ServerMessage)
+
+
+def protocol_schema() -> dict[str, Any]:
+    """The JSON Schema of the WebSocket protocol, both ways (GET /v1/protocol.json)."""
+    client = CONTROL_EVENT.json_schema()
+    server = SERVER_EVENT.json_schema(mode="serialization")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "LockN Bod WebSocket protocol: /v1/sessions/{id}/ws",
+        "description": "Text messages are JSON objects; `type` says which. Binary messages are media. "
+                       "The server relays frames when due (`?pacing=server`, the default) or as rendered "
+                       "(`?pacing=client`: a `clock` event first, `retract` events, every event with its `pts`).",
+        "$defs": client.pop("$defs") | server.pop("$defs"),
+        "client_to_server": {"text": client, "binary": {"description": CLIENT_BINARY}},
+        "server_to_client": {"text": server, "binary": {"description": SERVER_BINARY,
+                                                       "x-struct": FRAME_HEADER.format,
+                                                       "x-magic": FRAME_MAGIC.decode()}},
+    }
+
+
+# ---- SessionHost -> Router: what a viewer's stream carries (pickled across Ray) ----
+@dataclass
+class FramesItem:
+    """Frames rendered ahead: frame `pts[i]` is due at `t0 + pts[i] / FPS`."""
+
+    t0: float
+    pts: list[int]
+    jpegs: list[bytes]
+    audio: np.ndarray | None = None  # N×640 float32 output audio, for viewers that asked for it
+    frames: np.ndarray | None = None  # N×H×W×3 uint8 RGB, only for viewers in the host's process
+
+
+@dataclass
+class EventItem:
+    """An event for the client, sent just before the frame it applies at (its `pts`), or at once."""
+
+    event: ServerEvent
+    t0: float | None = None  # the session clock's origin; None where the sender does not know it
+
+    @property
+    def pts(self) -> int | None:
+        return getattr(self.event, "pts", None)
+
+
+@dataclass
+class RetractItem:
+    """An interrupt (or speech starting) took back the frames from `from_pts` on."""
+
+    from_pts: int
+
+
+@dataclass
+class EndItem:
+    """The session closed: the stream's last item."""
+
+    reason: str = "closed"
+
+
+HostItem = Union[FramesItem, EventItem, RetractItem, EndItem]
 
 
 # ---- REST bodies ----

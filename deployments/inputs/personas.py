@@ -5,20 +5,30 @@ Layout (nothing a client sends becomes a path):
     <persona_dir>/<persona_id>/portrait.png   RGB, downscaled to portrait_max_side_px
     <persona_dir>/<persona_id>/meta.json      PersonaRecord
     <persona_dir>/<persona_id>/sessions/<id>  one marker per live session using it
+    <persona_dir>/.hosts/<host id>            a SessionHost's heartbeat (its mtime)
 
 Every replica on the machine shares the directory; reference changes take an
 flock so that the last session to leave deletes an ephemeral persona once.
 A multi-node cluster needs the directory on shared storage.
+
+A marker outlives a host that crashes, so a marker counts only while its host
+(the session id's prefix) has heartbeat within `host_ttl_s`: otherwise it is an
+orphan, ignored by `delete` and removed by the sweep, which then deletes the
+unsaved persona it held (face data is not kept past its sessions, crashed or not).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import io
+import os
 import re
+import struct
 import secrets
 import shutil
 import time
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +42,19 @@ from ..config import Limits
 
 PERSONA_ID = re.compile(r"^p_[0-9a-f]{24}$")
 SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,32}\.[A-Za-z0-9_-]{16,32}$")
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP"}
+HOST_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
+HOSTS_DIR = ".hosts"
+# A host silent this long is gone: many sweep periods (1 s), so a busy host is not taken for dead.
+HOST_TTL_S = 30.0
+ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}  # MPO: a phone camera's JPEG with a preview after it
 MIN_CONSENT_CHARS = 10
+MAX_CONSENT_CHARS = 2000
+CONSENT_CONTROLS_ALLOWED = {"\t", "\n", "\r"}  # a statement typed in a text area
+# Bidirectional controls: they make a stored statement read differently from what was sent.
+BIDI_CONTROLS = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+# What Pillow's plugins raise on crafted files besides OSError: a bad upload each, not a fault.
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError,
+                EOFError, ZeroDivisionError, OverflowError, struct.error)
 
 
 class PersonaRecord(BaseModel):
@@ -54,6 +75,29 @@ def check_persona_id(persona_id: str) -> str:
     return persona_id
 
 
+def check_consent(consent: object) -> str | None:
+    """The consent statement as stored: stripped, or None when empty. Refused when it holds
+    control or bidirectional-override characters (a record must read as it was given) or is
+    not text at all (a file sent in the `consent` field)."""
+    if consent is None:
+        return None
+    if not isinstance(consent, str):
+        raise ServiceError("invalid_consent", "consent must be text, not a file")
+    consent = consent.strip()
+    if len(consent) > MAX_CONSENT_CHARS:
+        raise ServiceError("invalid_consent", f"consent is {len(consent)} characters; at most {MAX_CONSENT_CHARS}")
+    bad = next((c for c in consent if _refused_in_consent(c)), None)
+    if bad is not None:
+        raise ServiceError("invalid_consent", f"consent holds the control character U+{ord(bad):04X}")
+    return consent or None
+
+
+def _refused_in_consent(char: str) -> bool:
+    category = unicodedata.category(char)
+    control = category == "Cc" and char not in CONSENT_CONTROLS_ALLOWED
+    return control or category == "Cs" or char in BIDI_CONTROLS
+
+
 def decode_portrait(data: bytes, limits: Limits) -> tuple[Image.Image, str]:
     """Validate an uploaded image and return it as RGB, upright, within the size limits."""
     if len(data) > limits.max_upload_bytes:
@@ -71,28 +115,44 @@ def decode_portrait(data: bytes, limits: Limits) -> tuple[Image.Image, str]:
         img = ImageOps.exif_transpose(img).convert("RGB")
     except ServiceError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ServiceError("not_an_image", f"cannot read the upload as an image: {err}") from None
+    except Image.DecompressionBombError as err:  # Pillow's own pixel limit, from the header
+        raise ServiceError("too_large", f"image is too large: {err}") from None
+    except IMAGE_ERRORS as err:
+        raise _image_error(err) from None
     img.thumbnail((limits.portrait_max_side_px, limits.portrait_max_side_px), Image.Resampling.LANCZOS)
     return img, fmt
 
 
+def _image_error(err: Exception) -> ServiceError:
+    """Pillow's refusal as a client error: metadata that inflates past Pillow's limits (PNG
+    zTXt/iTXt/iCCP chunks) is `too_large`; anything else cannot be read as an image."""
+    message = str(err)
+    if isinstance(err, ValueError) and ("too large" in message.lower() or "too much memory" in message.lower()):
+        return ServiceError("too_large", f"image metadata inflates past the limit: {message}")
+    return ServiceError("not_an_image", f"cannot read the upload as an image: {message or type(err).__name__}")
+
+
 class PersonaStore:
-    def __init__(self, root: Path, limits: Limits | None = None):
+    """The persona directory. `clock` (seconds, as time.time) dates records and heartbeats;
+    a host whose heartbeat is older than `host_ttl_s` is gone."""
+
+    def __init__(self, root: Path, limits: Limits | None = None, clock: Callable[[], float] = time.time,
+                 host_ttl_s: float = HOST_TTL_S):
         self.root = Path(root)
         self.limits = limits or Limits()
+        self.clock, self.host_ttl_s = clock, host_ttl_s
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ---- create / read / delete ----
     def create(self, data: bytes, real_person: bool, consent: str | None, save: bool) -> PersonaRecord:
-        consent = (consent or "").strip() or None
+        consent = check_consent(consent)
         if real_person and (consent is None or len(consent) < MIN_CONSENT_CHARS):
             raise ServiceError("consent_required",
                 "this portrait is of a real person: a consent statement (at least "
                 f"{MIN_CONSENT_CHARS} characters) from that person is required, or set real_person=false",
             )
         img, fmt = decode_portrait(data, self.limits)
-        now = time.time()
+        now = self.clock()
         record = PersonaRecord(
             persona_id="p_" + secrets.token_hex(12), created_at=now, real_person=real_person,
             consent=consent, consent_at=now if consent else None, save=save,
@@ -113,8 +173,9 @@ class PersonaStore:
             raise ServiceError("unknown_persona", f"no persona {persona_id!r}") from None
 
     def sessions_of(self, persona_id: str) -> list[str]:
-        d = self._dir(check_persona_id(persona_id)) / "sessions"
-        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        """The persona's live sessions: those whose host still heartbeats (orphans left out)."""
+        live_hosts = self.live_hosts()
+        return [m for m in self._markers(check_persona_id(persona_id)) if _host_of(m) in live_hosts]
 
     def load_media(self, persona_id: str) -> PersonaMedia:
         path = self._dir(check_persona_id(persona_id)) / "portrait.png"
@@ -126,6 +187,7 @@ class PersonaStore:
         return PersonaMedia(frames=[frame])
 
     def delete(self, persona_id: str, force: bool = False) -> None:
+        """Refused while live sessions use it; markers of crashed hosts do not count."""
         with self._locked():
             self.get(persona_id)
             users = self.sessions_of(persona_id)
@@ -135,9 +197,13 @@ class PersonaStore:
 
     # ---- session references ----
     def acquire(self, persona_id: str, session_id: str) -> None:
+        """Mark the persona used by the session; its host heartbeats here too, so that another
+        host's sweep never takes a marker made before the host's first sweep for an orphan."""
         with self._locked():
             self.get(persona_id)
-            (self._dir(persona_id) / "sessions" / self._marker(session_id)).touch()
+            marker = self._marker(session_id)
+            self.heartbeat(_host_of(marker))
+            (self._dir(persona_id) / "sessions" / marker).touch()
 
     def release(self, persona_id: str, session_id: str) -> bool:
         """Drop a session's reference; deletes an unsaved persona with its last session. True if deleted."""
@@ -154,23 +220,73 @@ class PersonaStore:
             return False
 
     def sweep_unused(self, ttl_s: float, now: float | None = None) -> list[str]:
-        """Delete ephemeral personas that no session has used within ttl_s of their upload."""
-        now = time.time() if now is None else now
+        """Remove the markers of sessions whose host is gone, then delete ephemeral personas
+        left with no live session: at once if crashed sessions used them, else once no session
+        has used them within ttl_s of their upload. Returns the deleted ids."""
+        now = self.clock() if now is None else now
         deleted = []
         with self._locked():
+            live_hosts = self.live_hosts(now)
             for d in self.root.glob("p_*"):
-                try:
-                    record = self.get(d.name)
-                except ServiceError:
-                    continue
-                if not record.save and not self.sessions_of(d.name) and now - record.created_at > ttl_s:
+                if self._sweep_one(d.name, live_hosts, ttl_s, now):
                     shutil.rmtree(d, ignore_errors=True)
                     deleted.append(d.name)
+            self._forget_dead_hosts(live_hosts)
         return deleted
+
+    def _sweep_one(self, persona_id: str, live_hosts: set[str], ttl_s: float, now: float) -> bool:
+        """Drop the persona's orphan markers; True if it is now to be deleted."""
+        try:
+            record = self.get(persona_id)
+        except ServiceError:
+            return False
+        markers = self._markers(persona_id)
+        orphans = [m for m in markers if _host_of(m) not in live_hosts]
+        for marker in orphans:
+            (self._dir(persona_id) / "sessions" / marker).unlink(missing_ok=True)
+        if record.save or len(orphans) < len(markers):
+            return False
+        return bool(orphans) or now - record.created_at > ttl_s
+
+    # ---- host liveness ----
+    def heartbeat(self, host_id: str, now: float | None = None) -> None:
+        """The host is alive at `now`: every SessionHost calls this on each sweep."""
+        if not HOST_ID.match(host_id or ""):
+            raise ValueError(f"bad host id {host_id!r}")
+        now = self.clock() if now is None else now
+        path = self.root / HOSTS_DIR / host_id
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+        os.utime(path, (now, now))  # our clock, not the file system's: hosts on shared storage agree
+
+    def live_hosts(self, now: float | None = None) -> set[str]:
+        """Hosts that heartbeat within host_ttl_s of `now`."""
+        now = self.clock() if now is None else now
+        live = set()
+        for path in self._heartbeat_files():
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime <= self.host_ttl_s:
+                    live.add(path.name)
+        return live
+
+    def _forget_dead_hosts(self, live_hosts: set[str]) -> None:
+        """Heartbeat files of hosts gone (a replaced replica never comes back under its id)."""
+        for path in self._heartbeat_files():
+            if path.name not in live_hosts:
+                path.unlink(missing_ok=True)
+
+    def _heartbeat_files(self) -> list[Path]:
+        d = self.root / HOSTS_DIR
+        return list(d.iterdir()) if d.is_dir() else []
 
     # ---- helpers ----
     def _dir(self, persona_id: str) -> Path:
         return self.root / persona_id
+
+    def _markers(self, persona_id: str) -> list[str]:
+        """Every session marker, live or orphan."""
+        d = self._dir(persona_id) / "sessions"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
     @staticmethod
     def _marker(session_id: str) -> str:
@@ -186,3 +302,8 @@ class PersonaStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _host_of(session_id: str) -> str:
+    """The host a session lives on: its id's prefix (`<host id>.<token>`)."""
+    return session_id.partition(".")[0]

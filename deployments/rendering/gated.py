@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from models.base import Controls
+
 from ..ray_private import call
+from .interface import Backend
 from .remote import RemoteBackend
 
 
-class GatedBackend:
+class GatedBackend(Backend):
     """A session's backend, called only once the controller has the session on a
     resident backend, and no more once the controller takes it away.
 
@@ -19,7 +22,12 @@ class GatedBackend:
     (a shed, or the backend lost) cancels the calls in flight and makes every later call
     fail at once with the controller's reason, so the session falls back to still mode
     (its `error` and `mode_changed` events say why) before the replica is gone, instead
-    of waiting on a deployment at zero replicas."""
+    of waiting on a deployment at zero replicas.
+
+    Its `hold` is the interface's idle one: the controller sets these deployments'
+    replica counts, and a call held open, or opened again after the controller unloaded
+    the deployment, would have Serve start a replica of it (its cold-start path,
+    graph.VRAM_LOOK_BACK_S)."""
 
     def __init__(self, session_id: str, requested_mode: str, remotes: dict[str, RemoteBackend],
                  vram: Any, ready_timeout_s: float):
@@ -42,8 +50,8 @@ class GatedBackend:
             raise self.revoked
         return self.remote
 
-    async def _call(self, method: str, *args):
-        task = asyncio.ensure_future(getattr(self._backend(), method)(*args))
+    async def _forward(self, method: str, persona_id: str, *args: Any) -> Any:
+        task = asyncio.ensure_future(getattr(self._backend(), method)(persona_id, *args))
         self._in_flight.add(task)
         try:
             return await task
@@ -54,32 +62,14 @@ class GatedBackend:
         finally:
             self._in_flight.discard(task)
 
-    async def start(self, persona_id, controls):
-        state = await call(self.vram.wait_session, self.session_id, self.ready_timeout_s)
-        if not state["ok"] or state["mode"] not in self.remotes:
+    async def start(self, persona_id: str, controls: Controls) -> Any:
+        ready = await call(self.vram.wait_session, self.session_id, self.ready_timeout_s)  # a vram Readiness
+        if not ready.ok or ready.mode not in self.remotes:
             await call(self.vram.demote, self.session_id)
             raise RuntimeError(f"no backend was loaded for this session within {self.ready_timeout_s:.0f}s "
-                               f"(controller: {state['mode'] or 'session unknown'})")
-        self.mode, self.remote = state["mode"], self.remotes[state["mode"]]
-        return await self._call("start", persona_id, controls)
-
-    async def render(self, persona_id, carry, audio16k, controls, fmt=None):
-        return await self._call("render", persona_id, carry, audio16k, controls, fmt)
-
-    async def flush(self, persona_id, carry, controls, fmt=None):
-        return await self._call("flush", persona_id, carry, controls, fmt)
-
-    async def idle(self, persona_id, carry, n, controls, fmt=None):
-        return await self._call("idle", persona_id, carry, n, controls, fmt)
-
-    async def interrupt(self, persona_id, carry, controls):
-        return await self._call("interrupt", persona_id, carry, controls)
-
-    async def plan(self, persona_id, carry, audio16k, controls):
-        return await self._call("plan", persona_id, carry, audio16k, controls)
-
-    async def warnings(self, persona_id):
-        return await self._call("warnings", persona_id)
+                               f"(controller: {ready.mode or 'session unknown'})")
+        self.mode, self.remote = ready.mode, self.remotes[ready.mode]
+        return await self._forward("start", persona_id, controls)
 
 
 class BackendRevoked(RuntimeError):

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
-from models.base import Controls, Persona, plan_clip
+from models.base import Persona, plan_clip
 
 from ..inputs.personas import PersonaStore
-from ..transports.encode import FrameFormat
+from .interface import FRAME_CALLS, Backend
+
+# Prepared personas a local backend keeps (a session host's still mode serves all of its sessions').
+DEFAULT_MAX_PERSONAS = 16
 
 
 class PersonaCache:
     """Prepared personas for one pipeline, least recently used evicted first."""
 
-    def __init__(self, pipeline, store: PersonaStore, capacity: int = 16):
+    def __init__(self, pipeline, store: PersonaStore, capacity: int = DEFAULT_MAX_PERSONAS):
         self.pipeline, self.store, self.capacity = pipeline, store, capacity
         self._items: OrderedDict[str, Persona] = OrderedDict()
 
@@ -30,42 +34,27 @@ class PersonaCache:
         return persona
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """A pipeline called in this process: in a worker thread, or inline when it is trivially cheap."""
 
-    def __init__(self, pipeline, store: PersonaStore, inline: bool = False):
+    def __init__(self, pipeline, store: PersonaStore, inline: bool = False,
+                 max_personas: int = DEFAULT_MAX_PERSONAS):
         self.mode = pipeline.mode
         self.pipeline = pipeline
-        self.personas = PersonaCache(pipeline, store)
+        self.personas = PersonaCache(pipeline, store, max_personas)
         # Still mode returns views of the portrait: a thread hop would cost more than the call.
         self._run = _run_inline if inline else asyncio.to_thread
 
-    async def start(self, persona_id: str, controls: Controls) -> Any:
+    async def _forward(self, method: str, persona_id: str, *args: Any) -> Any:
+        """The pipeline's method of that name on the prepared persona; `plan` through
+        models.base.plan_clip (pipelines that do not plan render the clip at once)."""
         persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.start, persona, controls)
-
-    async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.render, persona, carry, audio16k, controls)
-
-    async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.flush, persona, carry, controls)
-
-    async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.idle, persona, carry, n, controls)
-
-    async def interrupt(self, persona_id, carry, controls):
-        persona = await self.personas.get(persona_id)
-        return await self._run(self.pipeline.interrupt, persona, carry, controls)
-
-    async def plan(self, persona_id, carry, audio16k, controls):
-        persona = await self.personas.get(persona_id)
-        return await self._run(plan_clip, self.pipeline, persona, carry, audio16k, controls)
-
-    async def warnings(self, persona_id: str) -> list[dict]:
-        return persona_warnings(await self.personas.get(persona_id))
+        if method == "warnings":
+            return persona_warnings(persona)
+        if method in FRAME_CALLS:
+            args = args[:-1]  # the FrameFormat: the session encodes a local backend's frames itself
+        step = partial(plan_clip, self.pipeline) if method == "plan" else getattr(self.pipeline, method)
+        return await self._run(step, persona, *args)
 
 
 async def _run_inline(fn, *args):

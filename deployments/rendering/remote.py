@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.base import Controls
-
 from ..ray_private import call, direct
 from ..transports.encode import FrameFormat
+from .interface import FRAME_CALLS, Backend, HeldCall
+
+# Calls whose arguments and answer are small: over Serve's direct channel.
+DIRECT_CALLS = frozenset({"interrupt"})
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """A session's client of a backend deployment: handle calls, persona as multiplex id."""
 
     def __init__(self, mode: str, handle):
@@ -28,28 +30,18 @@ class RemoteBackend:
             return self._for(persona_id)
         return direct(self.handle, multiplexed_model_id=persona_id)
 
-    async def start(self, persona_id: str, controls: Controls) -> Any:
-        return await call(self._for(persona_id).start, controls)
+    def _route(self, method: str, persona_id: str, args: tuple):
+        """The handle a call goes through: frames by their format, small calls direct,
+        the rest (a carry or a clip's audio may be large) through the object store."""
+        if method in FRAME_CALLS:
+            return self._render_call(persona_id, args[-1])
+        if method in DIRECT_CALLS:
+            return direct(self.handle, multiplexed_model_id=persona_id)
+        return self._for(persona_id)
 
-    def hold(self, persona_id: str):
+    async def _forward(self, method: str, persona_id: str, *args: Any) -> Any:
+        return await call(getattr(self._route(method, persona_id, args), method), *args)
+
+    def hold(self, persona_id: str) -> HeldCall:
         """An open streaming call that keeps the deployment scaled up while the session lives."""
         return call(self._for(persona_id, True).hold)
-
-    async def render(self, persona_id, carry, audio16k, controls, fmt: FrameFormat | None = None):
-        return await call(self._render_call(persona_id, fmt).render, carry, audio16k, controls, fmt)
-
-    async def flush(self, persona_id, carry, controls, fmt: FrameFormat | None = None):
-        return await call(self._render_call(persona_id, fmt).flush, carry, controls, fmt)
-
-    async def idle(self, persona_id, carry, n, controls, fmt: FrameFormat | None = None):
-        return await call(self._render_call(persona_id, fmt).idle, carry, n, controls, fmt)
-
-    async def interrupt(self, persona_id, carry, controls):
-        return await call(direct(self.handle, multiplexed_model_id=persona_id).interrupt, carry, controls)
-
-    async def plan(self, persona_id, carry, audio16k, controls):
-        return await call(self._for(persona_id).plan, carry, audio16k, controls)
-
-    async def warnings(self, persona_id: str) -> list[dict]:
-        """The persona's preparation warnings ([{"code", "message"}]) from the backend."""
-        return await call(self._for(persona_id).warnings)

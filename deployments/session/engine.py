@@ -29,7 +29,22 @@ import numpy as np
 from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 
 from ..api.errors import ServiceError, error_event, pipeline_error
-from ..api.protocol import SessionInfo, session_urls
+from ..api.protocol import (
+    EndItem,
+    ErrorEvent,
+    EventItem,
+    FramesItem,
+    HostItem,
+    ModeChanged,
+    RetractItem,
+    ServerEvent,
+    SessionInfo,
+    SessionReady,
+    SpeechEnded,
+    SpeechStarted,
+    WarningEvent,
+    session_urls,
+)
 from ..inputs.audio_in import StreamResampler
 from ..rendering.interface import Backend
 from ..transports.encode import (
@@ -40,15 +55,12 @@ from ..transports.encode import (
     decode_jpeg,
 )
 from .clock import SessionClock, SpeechBuffer
+from .scheduler import SpeechState, smoothed_render_speed, speech_frames_to_render, wake_at_s
 
 log = logging.getLogger("ray.serve")
-# A call of several chunks starts when the lead is down to _speech_lead_limit(chunks); it
-# may take at most this share of that lead to render, so that jitter never starves the video.
-BATCH_RENDER_SHARE = 0.5
-RENDER_SPEED_SMOOTHING = 0.3  # weight of the newest call in the smoothed render speed
 
 
-def warm_up_error(mode: str, err: BaseException) -> dict:
+def warm_up_error(mode: str, err: BaseException) -> ErrorEvent:
     """The `error` event of a backend that could not start a session: the pipeline's own code
     (e.g. `no_face`) where it gave one, else `backend_unavailable`. The session stays in still mode."""
     found = pipeline_error(err)
@@ -89,13 +101,10 @@ class FrameBatch:
     audio: np.ndarray
     frames: np.ndarray | None
 
-    def to_item(self, viewer: "Viewer") -> dict:
-        item = {"type": "frames", "t0": self.t0, "pts": self.pts, "jpegs": self.jpegs}
-        if viewer.want_audio:
-            item["audio"] = self.audio
-        if viewer.want_raw:
-            item["frames"] = self.raw()
-        return item
+    def to_item(self, viewer: "Viewer") -> FramesItem:
+        """What `viewer` gets of the batch: audio and raw frames only where it asked."""
+        return FramesItem(self.t0, self.pts, self.jpegs, audio=self.audio if viewer.want_audio else None,
+                          frames=self.raw() if viewer.want_raw else None)
 
     def raw(self) -> np.ndarray:
         """The frames; a batch rendered just before an in-process viewer joined has only
@@ -175,7 +184,7 @@ class Session:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for viewer in list(self._viewers):
-            self._put(viewer, {"type": "end", "reason": reason}, force=True)
+            self._put(viewer, EndItem(reason), force=True)
         self._speech.clear()
         self._spans.clear()
 
@@ -230,11 +239,11 @@ class Session:
         self._resampler.flush()
         retract_from = self.clock.now_pts() + 1
         if self._produced_pts > retract_from:
-            self._publish({"type": "retract", "from_pts": retract_from})
+            self._publish(RetractItem(retract_from))
             self._produced_pts = retract_from
         if self._speaking:
             self._speaking = False
-            self._event({"type": "speech_ended", "reason": "interrupted"}, pts=self._produced_pts)
+            self._event(SpeechEnded(reason="interrupted", pts=self._produced_pts))
         self._eos = False
         self._drop_held = True
         self._wake.set()
@@ -244,7 +253,7 @@ class Session:
         if len(self._viewers) >= self.config.max_viewers:
             raise ServiceError("too_many_viewers", f"session already has {self.config.max_viewers} viewers")
         viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items), want_raw)
-        self._put(viewer, {"type": "event", "pts": None, "t0": self.clock.t0, "event": self._ready_event()})
+        self._put(viewer, EventItem(self._ready_event(), self.clock.t0))
         self._viewers.add(viewer)
         self.last_viewer_left_at = None
         return viewer
@@ -258,12 +267,11 @@ class Session:
     def viewers(self) -> int:
         return len(self._viewers)
 
-    def _ready_event(self) -> dict:
-        ready = {"type": "session_ready", "session_id": self.session_id, "mode": self._active.mode,
-                 "requested_mode": self.requested_mode, "fps": 25, "sample_rate_hz": self.sample_rate_hz}
-        return ready | ({"placement": self.placement} if self.placement else {})
+    def _ready_event(self) -> SessionReady:
+        return SessionReady(session_id=self.session_id, mode=self._active.mode, requested_mode=self.requested_mode,
+                            fps=FPS, sample_rate_hz=self.sample_rate_hz, placement=self.placement or None)
 
-    def _put(self, viewer: Viewer, item: dict, force: bool = False) -> None:
+    def _put(self, viewer: Viewer, item: HostItem, force: bool = False) -> None:
         try:
             viewer.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -273,12 +281,13 @@ class Session:
             else:
                 viewer.overflowed = True  # the relay ends this viewer with an error event
 
-    def _publish(self, item: dict | FrameBatch) -> None:
+    def _publish(self, item: HostItem | FrameBatch) -> None:
         for viewer in list(self._viewers):
             self._put(viewer, item.to_item(viewer) if isinstance(item, FrameBatch) else item)
 
-    def _event(self, event: dict, pts: int | None = None) -> None:
-        self._publish({"type": "event", "pts": pts, "t0": self.clock.t0, "event": event})
+    def _event(self, event: ServerEvent) -> None:
+        """To every viewer: at once, or (an event with a `pts`) just before that frame."""
+        self._publish(EventItem(event, self.clock.t0))
 
     # ---------------- render loop ----------------
     async def _run(self) -> None:
@@ -327,49 +336,21 @@ class Session:
         """Speech starts: drop idle frames rendered beyond the lead, so it shows within a few frames."""
         keep_to = now_pts + self.config.idle_lead_frames
         if not self._speaking and self._produced_pts > keep_to:
-            self._publish({"type": "retract", "from_pts": keep_to})
+            self._publish(RetractItem(keep_to))
             self._produced_pts = keep_to
 
     def _speech_frames_to_render(self, now: float, now_pts: int) -> int:
-        """How many buffered whole frames to render now (0: wait)."""
-        ahead = self._produced_pts - now_pts
-        chunks = self._chunks_per_call(ahead)
-        if ahead > self._speech_lead_limit(chunks) or not self._speech.frames:
-            return 0
-        if self._speech.frames >= self.config.chunk_frames:
-            return chunks * self.config.chunk_frames
-        if ahead <= 1 or self._utterance_over(now):  # about to starve, or no more audio is coming
-            return self._speech.frames
-        return 0
+        """How many buffered whole frames to render now (0: wait); see scheduler.py."""
+        return speech_frames_to_render(self.config, self._speech_state(now, now_pts))
 
-    def _chunks_per_call(self, ahead: int) -> int:
-        """Whole buffered chunks for the next call: one until the video is well ahead."""
-        if ahead < self.config.batch_lead_frames:
-            return 1
-        chunks = min(self.config.max_chunks_per_call, self._speech.frames // self.config.chunk_frames)
-        while chunks > 1 and not self._batch_fits(chunks):
-            chunks -= 1
-        return max(1, chunks)
-
-    def _batch_fits(self, chunks: int) -> bool:
-        """`chunks` in one call start at a lead of _speech_lead_limit(chunks) frames: never
-        below batch_lead_frames, and only if the backend, as fast as it has been on this
-        session's calls, renders them within BATCH_RENDER_SHARE of that lead."""
-        lead = self._speech_lead_limit(chunks)
-        if lead < self.config.batch_lead_frames or self._render_s_per_frame is None:
-            return False
-        return chunks * self.config.chunk_frames * self._render_s_per_frame <= BATCH_RENDER_SHARE * lead / FPS
+    def _speech_state(self, now: float, now_pts: int) -> SpeechState:
+        """This instant as the scheduler's pure functions see it."""
+        return SpeechState(lead_frames=self._produced_pts - now_pts, buffered_samples=len(self._speech),
+                           utterance_over=self._utterance_over(now), render_s_per_frame=self._render_s_per_frame,
+                           speaking=self._speaking)
 
     def _note_render_speed(self, seconds: float, frames: int) -> None:
-        per_frame = seconds / frames
-        last = self._render_s_per_frame
-        self._render_s_per_frame = per_frame if last is None else \
-            last + RENDER_SPEED_SMOOTHING * (per_frame - last)
-
-    def _speech_lead_limit(self, chunks: int) -> int:
-        """Render `chunks` chunks once the lead is down to this: the lead stays within
-        max_lead_frames + one chunk, as with one chunk a call."""
-        return self.config.max_lead_frames - (chunks - 1) * self.config.chunk_frames
+        self._render_s_per_frame = smoothed_render_speed(self._render_s_per_frame, seconds, frames)
 
     def _utterance_over(self, now: float) -> bool:
         return self._eos or now - self.last_input_at > self.config.speech_gap_s
@@ -386,7 +367,7 @@ class Session:
         self._carry = carry
         if len(frames) and not self._speaking:
             self._speaking = True
-            self._event({"type": "speech_started"}, pts=self._produced_pts)
+            self._event(SpeechStarted(pts=self._produced_pts))
         await self._emit(frames, speech=True)
 
     async def _finish_utterance(self) -> None:
@@ -399,7 +380,7 @@ class Session:
         await self._emit(frames, speech=True)
         self._spans.clear()
         self._speaking, self._eos = False, False
-        self._event({"type": "speech_ended"}, pts=self._produced_pts)
+        self._event(SpeechEnded(pts=self._produced_pts))
 
     async def _render_idle(self, n: int) -> None:
         frames, self._carry = await self._render_with_fallback(
@@ -432,7 +413,7 @@ class Session:
         self._active, self._carry, self._render_s_per_frame = self.still, None, None
         if self._hold_task is not None:  # let the backend scale down if no one else uses it
             self._hold_task.cancel()
-        self._event({"type": "mode_changed", "mode": "still", "reason": reason}, pts=self._produced_pts)
+        self._event(ModeChanged(mode="still", reason=reason, pts=self._produced_pts))
 
     def _format(self) -> FrameFormat:
         """How a remote backend should send frames: JPEGs, plus raw frames for viewers in this process."""
@@ -459,16 +440,10 @@ class Session:
         self._publish(FrameBatch(self.clock.t0, pts, encoded.jpegs, audio, encoded.raw))
 
     async def _sleep_until_next_deadline(self) -> None:
-        # The next idle frame is needed when produced_pts - idle_lead becomes the shown frame.
+        """Nothing to do: sleep until the scheduler's next deadline, or until input wakes the loop."""
         now = time.time()
-        due = self.clock.due(self._produced_pts - self.config.idle_lead_frames)
-        if len(self._speech):  # buffered speech waits only for the lead to shrink
-            lead = self._produced_pts - self.clock.now_pts(now)
-            due = min(due, self.clock.due(self._produced_pts - self._speech_lead_limit(self._chunks_per_call(lead))))
-        if (self._speaking or len(self._speech)) and not self._utterance_over(now):
-            # Wake when the pause becomes long enough to end the utterance. Once it has,
-            # this deadline is in the past: counting it then would spin the loop.
-            due = min(due, self.last_input_at + self.config.speech_gap_s + 0.001)
+        state = self._speech_state(now, self.clock.now_pts(now))
+        due = wake_at_s(self.config, state, self.clock, self._produced_pts, self.last_input_at)
         timeout = max(0.0, due - now)
         self._wake.clear()
         try:
@@ -485,8 +460,7 @@ class Session:
             self._event(warm_up_error(backend.mode, err))
             return
         await self._tell_warnings(backend)
-        if hasattr(backend, "hold"):
-            self._hold_task = self._spawn(self._hold_backend(backend), "backend hold")
+        self._hold_task = self._spawn(self._hold_backend(backend), "backend hold")
         self._warm = _Warm(backend, carry)
         self._wake.set()
 
@@ -515,17 +489,17 @@ class Session:
     async def _tell_warnings(self, backend: Backend) -> None:
         """What preparing the persona found (e.g. several faces, the largest used), as events."""
         try:
-            found = await self._call(backend.warnings(self.persona_id)) if hasattr(backend, "warnings") else []
+            found = await self._call(backend.warnings(self.persona_id))
         except Exception:  # warnings are advice: never let them stop the session
             log.exception("session %s: reading persona warnings failed", self.session_id)
             return
         for w in found:
-            self._event({"type": "warning", "code": w["code"], "reason": w["message"]})
+            self._event(WarningEvent(code=w["code"], reason=w["message"]))
 
     def _switch_to_warm(self) -> None:
         warm, self._warm = self._warm, None
         self._active, self._carry, self._render_s_per_frame = warm.backend, warm.carry, None
-        self._event({"type": "mode_changed", "mode": warm.backend.mode, "reason": "backend ready"}, pts=self._produced_pts)
+        self._event(ModeChanged(mode=warm.backend.mode, reason="backend ready", pts=self._produced_pts))
 
     async def _call(self, coro):
         return await asyncio.wait_for(coro, self.config.call_timeout_s)

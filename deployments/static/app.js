@@ -22,8 +22,34 @@ function log(message, isError = false) {
   while (list.children.length > LOG_LINES) list.lastChild.remove();
 }
 
+// The server's API token, where it has one (edge.api_token): opened as /#token=<token>, the
+// page keeps it for this tab and takes it out of the address bar. A fragment never reaches
+// the server or its logs. WebSocket and <img> URLs cannot carry a header: they take it as a
+// query parameter.
+const TOKEN_KEY = "lockn-bod-token";
+const TOKEN = readToken();
+
+function readToken() {
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromUrl) {
+    sessionStorage.setItem(TOKEN_KEY, fromUrl);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function withAuth(options = {}) {
+  if (!TOKEN) return options;
+  return { ...options, headers: { ...(options.headers || {}), authorization: `Bearer ${TOKEN}` } };
+}
+
+function withToken(url) {
+  if (!TOKEN) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(TOKEN)}`;
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withAuth(options));
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(`${response.status} ${body.error || response.statusText}`);
@@ -190,7 +216,7 @@ class Page {
 
   openSocket() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}${this.session.urls.websocket}`);
+    const ws = new WebSocket(`${scheme}://${location.host}${withToken(this.session.urls.websocket)}`);
     ws.binaryType = "arraybuffer";
     ws.onmessage = (msg) => this.onSocketMessage(msg);
     ws.onclose = () => { if (this.ws === ws) this.endSession("connection closed"); };
@@ -342,7 +368,7 @@ class Page {
     if (!this.session) return;
     if (this.pc) this.pc.close();
     this.pc = null;
-    $("mjpeg").src = this.session.urls.mjpeg;
+    $("mjpeg").src = withToken(this.session.urls.mjpeg);
     this.setTransport("mjpeg");
   }
 
@@ -439,7 +465,7 @@ class Page {
   // ---------------- GPU figure ----------------
   async pollGpu() {
     try {
-      const response = await fetch("/v1/gpu");
+      const response = await fetch("/v1/gpu", withAuth());
       $("fig-gpu").textContent = response.ok ? formatGpu(await response.json())
         : response.status === 404 ? "not reported by this server" : `unavailable (${response.status})`;
     } catch (err) {

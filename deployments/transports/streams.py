@@ -20,7 +20,19 @@ from dataclasses import dataclass, field
 
 from models.base import FPS
 
-from ..api.protocol import FRAME_HEADER, FRAME_MAGIC
+from ..api.protocol import (
+    FRAME_HEADER,
+    FRAME_MAGIC,
+    ClockEvent,
+    EndItem,
+    EventItem,
+    FramesItem,
+    HostItem,
+    RetractEvent,
+    RetractItem,
+    ServerEvent,
+    SessionClosed,
+)
 
 MJPEG_BOUNDARY = "lockn-bod-frame"
 # An item counts as due this much before its time. uvloop (Serve's event loop) keeps
@@ -40,13 +52,14 @@ class _Due:
 
 @dataclass
 class Out:
-    """One thing to send: a frame (pts, jpeg, audio row or None) or an event dict."""
+    """One thing to send: a frame (pts, jpeg, audio row or None) or an event (with the pts it
+    applies at, if any: the same as the event's own)."""
 
     kind: str  # "frame" | "event"
     pts: int | None = None
     jpeg: bytes = b""
     audio: object = None
-    event: dict | None = None
+    event: ServerEvent | None = None
 
 
 class _Pending:
@@ -54,7 +67,7 @@ class _Pending:
 
     def __init__(self):
         self.items: list[_Due] = []
-        self.now_events: list[dict] = []
+        self.now_events: list[ServerEvent] = []
         self.ended = False
         self._n = 0
         self._waiter: asyncio.Future | None = None
@@ -63,22 +76,21 @@ class _Pending:
         self._n += 1
         bisect.insort(self.items, _Due(due, pts, self._n, kind, payload))
 
-    def ingest(self, item: dict) -> None:
-        kind = item["type"]
-        if kind == "frames":
-            audio = item.get("audio")
-            for i, (pts, jpeg) in enumerate(zip(item["pts"], item["jpegs"])):
-                self.add(item["t0"] + pts / FPS, pts, "frame", (jpeg, None if audio is None else audio[i]))
-        elif kind == "event" and item["pts"] is None:
-            self.now_events.append(item["event"])
-        elif kind == "event":
-            # An event is due just before the frame with the same pts.
-            self.add(item["t0"] + item["pts"] / FPS - 1e-6, item["pts"], "event", item["event"])
-        elif kind == "retract":
-            self.items = [d for d in self.items if d.kind != "frame" or d.pts < item["from_pts"]]
-        elif kind == "end":
-            self.now_events.append({"type": "session_closed", "reason": item.get("reason", "closed")})
-            self.ended = True
+    def ingest(self, item: HostItem) -> None:
+        match item:
+            case FramesItem(t0=t0, pts=pts, jpegs=jpegs, audio=audio):
+                for i, (frame_pts, jpeg) in enumerate(zip(pts, jpegs)):
+                    self.add(t0 + frame_pts / FPS, frame_pts, "frame", (jpeg, None if audio is None else audio[i]))
+            case EventItem(pts=None, event=event):
+                self.now_events.append(event)
+            case EventItem(t0=t0, pts=pts, event=event):
+                # An event is due just before the frame with the same pts.
+                self.add(t0 + pts / FPS - 1e-6, pts, "event", event)
+            case RetractItem(from_pts=from_pts):
+                self.items = [d for d in self.items if d.kind != "frame" or d.pts < from_pts]
+            case EndItem(reason=reason):
+                self.now_events.append(SessionClosed(reason=reason))
+                self.ended = True
         self.wake()
 
     def wake(self) -> None:
@@ -100,7 +112,7 @@ class _Pending:
                 timer.cancel()
 
 
-async def paced(source: AsyncIterator[dict]) -> AsyncIterator[Out]:
+async def paced(source: AsyncIterator[HostItem]) -> AsyncIterator[Out]:
     """Yield the session's frames and events at their due times; ends when the session does."""
     pending = _Pending()
 
@@ -136,27 +148,27 @@ async def paced(source: AsyncIterator[dict]) -> AsyncIterator[Out]:
         await asyncio.gather(reader, return_exceptions=True)
 
 
-async def ahead(source: AsyncIterator[dict]) -> AsyncIterator[Out]:
+async def ahead(source: AsyncIterator[HostItem]) -> AsyncIterator[Out]:
     """Client pacing: yield items as they arrive; frame `pts` is due at `t0 + pts / 25`
     (server wall clock, said by the `clock` event), and after a retract frames from
     `from_pts` on come again with new content."""
     t0 = None
     async for item in source:
-        if item.get("t0") is not None and item["t0"] != t0:
-            t0 = item["t0"]
-            yield Out("event", event={"type": "clock", "t0": t0, "fps": FPS})
-        kind = item["type"]
-        if kind == "frames":
-            audio = item.get("audio")
-            for i, (pts, jpeg) in enumerate(zip(item["pts"], item["jpegs"])):
-                yield Out("frame", pts=pts, jpeg=jpeg, audio=None if audio is None else audio[i])
-        elif kind == "event":
-            yield Out("event", pts=item["pts"], event=item["event"])
-        elif kind == "retract":
-            yield Out("event", event={"type": "retract", "from_pts": item["from_pts"]})
-        elif kind == "end":
-            yield Out("event", event={"type": "session_closed", "reason": item.get("reason", "closed")})
-            return
+        item_t0 = item.t0 if isinstance(item, (FramesItem, EventItem)) else None
+        if item_t0 is not None and item_t0 != t0:
+            t0 = item_t0
+            yield Out("event", event=ClockEvent(t0=t0, fps=FPS))
+        match item:
+            case FramesItem(pts=pts, jpegs=jpegs, audio=audio):
+                for i, (frame_pts, jpeg) in enumerate(zip(pts, jpegs)):
+                    yield Out("frame", pts=frame_pts, jpeg=jpeg, audio=None if audio is None else audio[i])
+            case EventItem(pts=pts, event=event):
+                yield Out("event", pts=pts, event=event)
+            case RetractItem(from_pts=from_pts):
+                yield Out("event", event=RetractEvent(from_pts=from_pts))
+            case EndItem(reason=reason):
+                yield Out("event", event=SessionClosed(reason=reason))
+                return
 
 
 def ws_frame(pts: int, jpeg: bytes) -> bytes:

@@ -51,6 +51,7 @@ from aiortc.mediastreams import MediaStreamError
 from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 from ..api.errors import ServiceError
+from ..api.protocol import EndItem, FramesItem, HostItem, RetractItem
 from ..config import WebRtcArgs
 from ..session.clock import SessionClock
 from ..session.engine import Session, Viewer
@@ -92,17 +93,17 @@ class SessionFeed:
         finally:
             self._end("feed stopped")
 
-    def _ingest(self, item: dict) -> None:
-        kind = item["type"]
-        if kind == "frames":
-            for i, pts in enumerate(item["pts"]):
-                self._frames[pts] = (item["frames"][i], item["audio"][i])
-            self._prune()
-        elif kind == "retract":
-            for pts in [p for p in self._frames if p >= item["from_pts"]]:
-                del self._frames[pts]
-        elif kind == "end":
-            self._end(item.get("reason", "session closed"))
+    def _ingest(self, item: HostItem) -> None:
+        match item:
+            case FramesItem(pts=pts, frames=frames, audio=audio):
+                for i, frame_pts in enumerate(pts):
+                    self._frames[frame_pts] = (frames[i], audio[i])
+                self._prune()
+            case RetractItem(from_pts=from_pts):
+                for pts in [p for p in self._frames if p >= from_pts]:
+                    del self._frames[pts]
+            case EndItem(reason=reason):
+                self._end(reason)
         self._notify()
 
     def _prune(self) -> None:

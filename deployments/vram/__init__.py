@@ -1,7 +1,9 @@
 """VRAM controller: which backends may hold GPU memory next to the LLMs (DESIGN section 5).
 
-Pure Python, no Ray: the policy is a function of (state, reading, requests) that
-returns decisions, each with a machine-readable `code` and a prose `reason`.
+The policy is pure Python, no Ray: a function of (state, reading, requests) that
+returns decisions, each with a machine-readable `code` and a prose `reason`. The
+service around it is plain asyncio, with everything Ray-specific injected; the
+VramController deployment (deployments/vram_controller.py) is a shim over it.
 
 Modules, in data-flow order:
 
@@ -18,8 +20,27 @@ Modules, in data-flow order:
 - simulation.py  SimulatedDevice (same `read()` as NvmlProbe) and `run_trace`.
 - testing.py     Rig: a hand-driven GPU for unit tests.
 
-How the controller deployment drives it (one replica per GPU)
---------------------------------------------------------------
+Around the policy (used by the deployments):
+
+- setup.py       probe resolution, controlled modes and ControllerConfig from AppArgs.
+- records.py     the controller's typed answers (Placement, Lease, Readiness) and the
+                 JSON clients see (a session's `placement`, GET /v1/gpu's decisions).
+- service.py     VramService: the step loop, placement and its waits, leases, host
+                 heartbeats and orphaned sessions, demotion, snapshot, checkpoint
+                 resume; the clock, probe, publishing, host notices, checkpoint store
+                 and metrics are injected (ServicePorts).
+- metrics.py     the counts GET /v1/gpu shows; Prometheus through ray.serve.metrics.
+- checkpoint.py  the service's state across a replica restart, in any byte store
+                 (Ray's internal KV in the deployment).
+- autoscaling.py replica targets into Ray's internal KV, and the autoscaling policy
+                 that follows them (defined in deployments/ray_private.py: Serve
+                 pickles it by value).
+- gate.py        VramGate, the SessionHost's side: placement on create (503 when
+                 refused), SessionEnded on close, heartbeats, sheds pushed to it.
+                 Its GatedBackend (rendering/gated.py) waits for a resident backend.
+
+How VramService (service.py) drives it (one per GPU)
+----------------------------------------------------
 
     config = ControllerConfig.model_validate(yaml_dict)   # or default_config()
     controller = Controller.from_config(config)            # loads config.profile_path

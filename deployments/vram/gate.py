@@ -11,7 +11,8 @@ from ..config import AppArgs
 from ..ray_private import call
 from ..rendering.gated import GatedBackend
 from ..rendering.remote import RemoteBackend
-from .data import Code
+from .data import Action, Code, Decision, SessionRequest
+from .records import Placement
 from .setup import controlled_modes
 
 log = logging.getLogger("ray.serve")
@@ -31,22 +32,23 @@ class VramGate:
 
     async def place(self, session_id: str, mode: str, *, allow_still: bool = True,
                     max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
-        """The placement, or ServiceError 503 with Retry-After and the policy's reason."""
-        request = {"session_id": session_id, "mode": mode, "allow_still": allow_still,
-                   "max_wait_s": max_wait_s, "resolution_px": resolution_px}
+        """The placement as the session's `placement` field shows it, or ServiceError 503
+        with Retry-After and the policy's reason."""
+        request = SessionRequest(session_id, mode, resolution_px=resolution_px, allow_still=allow_still,
+                                 max_wait_s=max_wait_s)
         self.placed.add(session_id)
         try:
-            placement = await call(self.handle.place, request, max_wait_s + 1.0)
+            placement: Placement = await call(self.handle.place, request, max_wait_s + 1.0)
         except Exception:
             self.placed.discard(session_id)
             raise
-        if placement["action"] == "queue":  # still queued after its wait: give up its place
+        if placement.action == Action.QUEUE:  # still queued after its wait: give up its place
             await self.ended(session_id)
-        if placement["action"] in ("refuse", "queue"):
+        if placement.action in (Action.REFUSE, Action.QUEUE):
             self.placed.discard(session_id)  # refused: the controller holds nothing for it
-            retry_s = placement.get("retry_after_s") or placement.get("eta_s") or 30.0
-            raise ServiceError(placement["code"], placement["reason"], retry_after_s=max(1, math.ceil(retry_s)))
-        return placement
+            raise ServiceError(placement.code.value, placement.reason,
+                               retry_after_s=max(1, math.ceil(placement.retry_after_s())))
+        return placement.to_json()
 
     def backend(self, session_id: str, mode: str, remotes: dict[str, RemoteBackend]) -> GatedBackend:
         """What the session renders with once the controller has its backend resident:
@@ -55,15 +57,15 @@ class VramGate:
         self.gates[session_id] = gate
         return gate
 
-    def notice(self, session_id: str, decision: dict) -> bool:
+    def notice(self, session_id: str, decision: Decision) -> bool:
         """A decision the controller pushed for a live session: a shed, or its backend lost.
         Revokes its gate; True when the session may wait for a backend again (after a shed:
         the controller upgrades it when room appears), False when it stays still for good
         (its backend crashed: no reload for it, or a crash could loop)."""
         gate = self.gates.pop(session_id, None)
         if gate is not None:
-            gate.revoke(decision["code"], decision["reason"])
-        return decision["code"] != Code.BACKEND_LOST.value
+            gate.revoke(decision.code.value, decision.reason)
+        return decision.code != Code.BACKEND_LOST
 
     def demote(self, session_id: str) -> None:
         """The session stays in still mode for good: it holds no seat at the controller."""

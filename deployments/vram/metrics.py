@@ -1,14 +1,62 @@
-"""The VRAM controller's Prometheus metrics (through ray.serve.metrics) and the counts GET /v1/gpu shows."""
+"""The VRAM controller's metrics: the counts GET /v1/gpu shows (plain), and the same
+as Prometheus metrics through ray.serve.metrics (the deployment's sink)."""
 from __future__ import annotations
+
+from typing import Protocol
 
 from .config import STILL_MODE
 from .data import Action, Code, Decision
 
 _TIME_TO_FREE_BOUNDARIES_S = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
+_TIMES_TO_FREE_KEPT = 50
 
 
+def decision_kind(d: Decision) -> str | None:
+    """Which operator counter a decision adds to: admissions, denials, evictions, or none."""
+    if d.action == Action.LOAD or (d.action == Action.ASSIGN and d.mode != STILL_MODE):
+        return "admissions"
+    if d.action in (Action.REFUSE, Action.QUEUE) or d.code == Code.STILL_NO_ROOM:
+        return "denials"
+    if d.action == Action.UNLOAD:
+        return "evictions"
+    return None
 
-class VramMetrics:
+
+class MetricsSink(Protocol):
+    """Where the service sends every decision and the policy's gauges after each step."""
+
+    def count(self, d: Decision) -> None: ...
+
+    def gauge(self, values: dict[str, float]) -> None: ...
+
+
+class NoMetrics:
+    """A sink that drops everything: unit tests, or no metrics system."""
+
+    def count(self, d: Decision) -> None:
+        pass
+
+    def gauge(self, values: dict[str, float]) -> None:
+        pass
+
+
+class DecisionCounts:
+    """The counts and recent unload-to-free times GET /v1/gpu shows."""
+
+    def __init__(self):
+        self.counts = {"admissions": 0, "denials": 0, "evictions": 0}
+        self.times_to_free_s: list[float] = []
+
+    def count(self, d: Decision) -> None:
+        kind = decision_kind(d)
+        if kind is not None:
+            self.counts[kind] += 1
+        if "time_to_free_s" in d.extra:
+            kept = self.times_to_free_s + [round(d.extra["time_to_free_s"], 3)]
+            self.times_to_free_s = kept[-_TIMES_TO_FREE_KEPT:]
+
+
+class PrometheusMetrics:
     """Prometheus metrics through Ray (ray.serve.metrics adds deployment and replica tags)."""
 
     GAUGES = ("budget_bytes", "ledger_bytes", "pending_free_bytes", "free_bytes",
@@ -32,9 +80,6 @@ class VramMetrics:
         self.time_to_free = metrics.Histogram("lockn_vram_time_to_free_seconds",
                                               boundaries=_TIME_TO_FREE_BOUNDARIES_S,
                                               description="unload decision to memory seen free by the probe")
-        # The same counts, for GET /v1/gpu.
-        self.counts = {"admissions": 0, "denials": 0, "evictions": 0}
-        self.times_to_free_s: list[float] = []
 
     def gauge(self, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -45,15 +90,12 @@ class VramMetrics:
 
     def count(self, d: Decision) -> None:
         self.decisions.inc(tags={"action": d.action.value, "code": d.code.value})
-        if d.action == Action.LOAD or (d.action == Action.ASSIGN and d.mode != STILL_MODE):
+        kind = decision_kind(d)
+        if kind == "admissions":
             self.admissions.inc(tags={"kind": "load" if d.action == Action.LOAD else "session"})
-            self.counts["admissions"] += 1
-        elif d.action in (Action.REFUSE, Action.QUEUE) or d.code == Code.STILL_NO_ROOM:
+        elif kind == "denials":
             self.denials.inc(tags={"code": d.code.value})
-            self.counts["denials"] += 1
-        elif d.action == Action.UNLOAD:
+        elif kind == "evictions":
             self.evictions.inc(tags={"backend": d.mode or "", "code": d.code.value})
-            self.counts["evictions"] += 1
         if "time_to_free_s" in d.extra:
             self.time_to_free.observe(d.extra["time_to_free_s"])
-            self.times_to_free_s = (self.times_to_free_s + [round(d.extra["time_to_free_s"], 3)])[-50:]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..config import AppArgs, VramArgs
 from .config import ControllerConfig, default_config
-from .data import Decision
 from .simulation import NeighbourScript, SimulatedDevice
 
 # Scripted neighbours' PIDs start above Linux's pid_max (2**22): never a real process's.
@@ -77,14 +76,3 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc: trust kill()
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def decision_json(d: Decision) -> dict:
-    out = {"action": d.action.value, "code": d.code.value, "reason": d.reason, "at_s": round(d.at_s, 3)}
-    for name in ("mode", "session_id", "resolution_px", "fps", "cap_bytes", "eta_s", "retry_after_s"):
-        value = getattr(d, name)
-        if value is not None:
-            out[name] = value
-    if d.extra:
-        out["extra"] = dict(d.extra)
-    return out

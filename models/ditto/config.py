@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..options import preset_name
 from ..weights import WeightFile
 from .lmdm import LMDMConfig
 
@@ -151,9 +152,7 @@ def clip_from_cfg(cfg: dict):
 
 def is_tiny(config: Any) -> bool:
     """Whether a pipeline's JSON `config` option names the file-free tiny preset."""
-    if isinstance(config, dict):
-        config = config.get("preset", "official")
-    return config == "tiny"
+    return preset_name(config) == "tiny"
 
 
 def weight_files(cache_dir: str | Path | None = None, config: Any = None, **options) -> list[WeightFile]:

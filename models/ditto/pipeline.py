@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..options import override_fields
+from ..options import override_fields, resolve_device
 from ..base import FPS, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import ditto_mask
@@ -84,7 +84,7 @@ from ..liveportrait.config import LivePortraitConfig
 from ..liveportrait.decode import to_uint8, warp_decode
 from ..liveportrait.loading import LivePortraitNetworks
 from ..liveportrait.motion import IdleMotionConfig, idle_head_deg
-from ..liveportrait.pipeline import network_config, resolve_device
+from ..liveportrait.pipeline import network_config
 from ..liveportrait.source import autocast_for, image_to_tensor
 from .audio import (
     CHUNK_FRAMES, CHUNK_SAMPLES, HOP_SAMPLES, ONLINE_PAD_SAMPLES, SAMPLES_PER_FRAME, Hubert,

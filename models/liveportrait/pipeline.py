@@ -19,7 +19,10 @@ shows audio samples [640k, 640(k+1)) of that chunk.
 Built from JSON-able options (serve_config.yaml `backends.liveportrait.options`):
 
     LivePortraitPipeline(config="tiny" | "official" | {field: value, ...},
-                         device="auto" | "cuda" | "cpu", cache_dir="/path/to/hf-cache")
+                         device="auto" | "cuda" | "cpu", seed=0, cache_dir="/path/to/hf-cache")
+
+(the spelling of every mode's options: Ditto's and MuseTalk's too). "tiny" networks
+are small widths of the same modules, loaded from files written for them (tests).
 
 A config dict overrides `LivePortraitPipelineConfig`'s fields; nested configs
 take nested dicts, and `networks` also takes "official", "tiny" or a dict with
@@ -35,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..options import override_fields
+from ..options import override_fields, resolve_device
 from ..base import (
-    FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, PipelineError, check_audio_chunk, empty_frames,
+    FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames,
 )
 from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
@@ -107,15 +110,19 @@ class LivePortraitPipeline:
     def __init__(
         self,
         config: LivePortraitPipelineConfig | str | dict | None = None,
+        device: str | None = None,
+        seed: int | None = None,
+        cache_dir: str | Path | None = None,
+        *,
         networks: LivePortraitNetworks | None = None,
         face: FaceAnalyzer | None = None,
-        device: str | None = None,
-        cache_dir: str | Path | None = None,
     ):
         """config: a config, or its JSON form (`pipeline_config`); device: "cuda", "cpu" or
-        "auto"/None (CUDA when available); cache_dir: a Hugging Face cache other than the
-        standard one. `networks` and `face` are injected by tests; otherwise loaded here."""
-        self.config = config = pipeline_config(config)
+        "auto"/None (CUDA when available); seed: of blinks and idle motion (None: the
+        config's); cache_dir: a Hugging Face cache other than the standard one. `networks`
+        and `face` are injected by tests; otherwise loaded here."""
+        config = pipeline_config(config)
+        self.config = config = config if seed is None else replace(config, seed=seed)
         target = resolve_device(device)
         if networks is None:
             networks = LivePortraitNetworks.load(config.networks, device=target, cache_dir=cache_dir)
@@ -282,16 +289,6 @@ def posed_keypoints(source: SourceMotion, exp_offsets: np.ndarray, head_deg: np.
 # ---- options from JSON (serve_config.yaml) --------------------------------------------
 
 NETWORK_PRESETS = {"official": LivePortraitConfig, "tiny": LivePortraitConfig.tiny}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"device {device!r} asked for, but torch sees no CUDA device", code="no_gpu")
-    return target
 
 
 def pipeline_config(value: LivePortraitPipelineConfig | str | dict | None) -> LivePortraitPipelineConfig:

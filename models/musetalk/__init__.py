@@ -6,6 +6,8 @@ vae.py, unet.py  sd-vae-ft-mse and the MuseTalk UNet on diffusers; positional en
 inference.py     latents + prompts -> 256×256 faces (one UNet step at t=0, VAE decode)
 face_parsing.py  BiSeNet parser -> 'jaw' / 'raw' / 'neck' masks
 blending.py      paste-back into the full frame (PIL semantics)
+config.py        MuseTalkConfig, the "official" and "tiny" presets, the files each needs
 pipeline.py      MuseTalkPipeline: prepare / start / render / flush / idle
+testing.py       the tiny preset's file-free face stand-ins
 weights.py       the official files and their licences
 """

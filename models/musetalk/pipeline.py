@@ -29,6 +29,9 @@ shows d / (crossfade_frames + 1) of the generated face. The start and end of an
 utterance (its first frame, the end of the audio at flush) count as silence
 next to it. The stream's lookahead already holds the frames this looks ahead
 at, so the fade adds no delay.
+
+Construction: `MuseTalkPipeline(config="official" | "tiny" | {...}, device=..., seed=...)`,
+the spelling of every mode's options (config.py).
 """
 from __future__ import annotations
 
@@ -48,33 +51,17 @@ from ..base import (
     check_audio_chunk,
     empty_frames,
 )
+from ..options import resolve_device
 from . import vae as vae_ops
-from .audio import AudioConfig, AudioStream, StreamingPrompts, WhisperAudioEncoder
+from .audio import AudioStream, StreamingPrompts, WhisperAudioEncoder
 from .blending import blend, prepare_mask, resize_face
+from .config import TINY_UNET, TINY_VAE, TINY_WHISPER, MuseTalkConfig, pipeline_config
 from .face_box import crop_face, face_box, fallback_box
 from .inference import MuseTalkNets, generate
 
 # (frame BGR) -> (68×2 landmarks, confidence), optionally + a face detector box (x1, y1, x2, y2)
 # that the v1.5 rule falls back to (upstream: S3FD); without one, the landmarks' own box.
 LandmarkFn = Callable[[np.ndarray], tuple]
-
-
-@dataclass(frozen=True)
-class MuseTalkConfig:
-    """Pipeline settings; defaults are upstream v1.5's where it has one."""
-
-    batch_size: int = 8
-    extra_margin: int = 10
-    parsing_mode: str = "jaw"
-    cheek_width: int = 90
-    blur_fraction: float = 0.1  # realtime_inference.py's mask blur
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    silence_rms: float = 3e-3  # about -50 dBFS
-    crossfade_frames: int = 2  # at most the audio lookahead - 1 (the frames known ahead)
-    min_landmark_score: float = 0.3
-    min_face_px: int = 32
-    device: str | None = None  # None: CUDA when available
-    fp16: bool = True  # on CUDA only
 
 
 @dataclass
@@ -112,45 +99,35 @@ class MuseTalkPipeline:
 
     def __init__(
         self,
-        nets: MuseTalkNets,
-        audio_encoder: WhisperAudioEncoder,
-        parser: Callable,
-        landmarks: LandmarkFn,
-        config: MuseTalkConfig | None = None,
+        config: MuseTalkConfig | str | dict | None = None,
+        device: str | None = None,
+        seed: int = 0,
+        *,
+        nets: MuseTalkNets | None = None,
+        audio_encoder: WhisperAudioEncoder | None = None,
+        parser: Callable | None = None,
+        landmarks: LandmarkFn | None = None,
     ):
-        self.config = config or MuseTalkConfig()
-        self.nets = nets
-        self.parser = parser
-        self.landmarks = landmarks
-        self.streamer = StreamingPrompts(audio_encoder, self.config.audio)
-        self.lookahead_frames = self.config.audio.lookahead_frames
+        """config: a config, or its JSON form (config.pipeline_config); device: "cuda", "cpu"
+        or "auto"/None (the config's device, else CUDA when available); seed: the tiny
+        preset's weights. `nets`, `audio_encoder`, `parser` and `landmarks` are injected by
+        tests; the others are loaded for the config's preset (`load_parts`)."""
+        self.config = config = pipeline_config(config)
+        target = resolve_device(device or config.device)
+        given = {"nets": nets, "audio_encoder": audio_encoder, "parser": parser, "landmarks": landmarks}
+        parts = {**load_parts(config, target, seed, [k for k, v in given.items() if v is None]),
+                 **{k: v for k, v in given.items() if v is not None}}
+        self.nets, self.parser, self.landmarks = parts["nets"], parts["parser"], parts["landmarks"]
+        self.streamer = StreamingPrompts(parts["audio_encoder"], config.audio)
+        self.lookahead_frames = config.audio.lookahead_frames
+        self.to(target)
 
     @classmethod
     def from_pretrained(cls, config: MuseTalkConfig | None = None, landmarks: LandmarkFn | None = None):
-        """Load every official file from the local HF cache (WeightsMissingError names the fetch command)."""
-        from . import weights as w
-        from .face_box import DWPoseLandmarks
-        from .face_parsing import FaceParser, MaskConfig, load_bisenet
-        from .unet import PositionalEncoding, load_unet
+        """The official networks from the local HF cache (WeightsMissingError names the fetch command)."""
+        return cls(config, landmarks=landmarks)
 
-        config = config or MuseTalkConfig()
-        w.resolve(w.VAE_CONFIG, w.MODE)  # a clear error before diffusers looks
-        nets = MuseTalkNets(
-            load_unet(w.resolve(w.UNET_CONFIG, w.MODE), w.resolve(w.UNET_WEIGHTS, w.MODE)),
-            vae_ops.load_vae(w.folder_of(w.VAE_WEIGHTS)),
-            PositionalEncoding(384),
-        )
-        for f in w.WHISPER_FILES:
-            w.resolve(f, w.MODE)  # a clear error per missing file before transformers looks
-        audio = WhisperAudioEncoder.from_pretrained(w.folder_of(w.WHISPER_FILES[0]), config.audio)
-        parser = FaceParser(load_bisenet(w.resolve(w.FACE_PARSER, w.MODE)), MaskConfig(cheek_width=config.cheek_width))
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if landmarks is None:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-            landmarks = DWPoseLandmarks(w.resolve(w.LANDMARKS, w.MODE), providers=providers)
-        return cls(nets, audio, parser, landmarks, config).to(device)
-
-    def to(self, device: str) -> "MuseTalkPipeline":
+    def to(self, device: str | torch.device) -> "MuseTalkPipeline":
         """Move the networks; fp16 on CUDA when `config.fp16` (the parser stays fp32: it runs once per persona)."""
         dtype = torch.float16 if (self.config.fp16 and str(device).startswith("cuda")) else torch.float32
         self.nets.to(device, dtype)
@@ -310,21 +287,67 @@ def crossfade(reference: np.ndarray, generated: np.ndarray, weight: float) -> np
     return np.rint(mixed).astype(np.uint8)
 
 
-def weight_files(**options):
-    """The official files the `musetalk` mode needs with these options ([] for the seeded tiny test pipeline)."""
-    from .weights import ALL_FILES
-
-    return [] if options.get("seeded_tiny") else ALL_FILES
+# ---- construction from options ------------------------------------------------------
 
 
-def from_options(seeded_tiny: bool = False, seed: int = 0, device: str | None = None,
-                 fp16: bool = True, batch_size: int = 8) -> MuseTalkPipeline:
-    """The mode registry's factory, from the JSON-able options of serve_config.yaml.
+def load_parts(config: MuseTalkConfig, device: torch.device, seed: int, names: list[str]) -> dict:
+    """The parts of a pipeline named in `names` (nets, audio_encoder, parser, landmarks),
+    for the config's preset. Tiny parts are built all at once: their seeded weights are
+    drawn in one order, the same in every replica."""
+    if not names:
+        return {}
+    if config.preset == "tiny":
+        return tiny_parts(config, seed)
+    return {name: OFFICIAL_PARTS[name](config, device) for name in names}
 
-    seeded_tiny: small random networks, no files (graph tests and benchmarks only).
-    """
-    if seeded_tiny:
-        from .testing import tiny_pipeline
 
-        return tiny_pipeline(seed)
-    return MuseTalkPipeline.from_pretrained(MuseTalkConfig(device=device, fp16=fp16, batch_size=batch_size))
+def tiny_parts(config: MuseTalkConfig, seed: int) -> dict:
+    """Tiny networks with weights drawn from `seed`, and the file-free face stand-ins (config.py)."""
+    from diffusers import AutoencoderKL
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from .testing import all_skin_parser, ellipse_landmarks
+    from .unet import PositionalEncoding, build_unet
+
+    torch.manual_seed(seed)
+    nets = MuseTalkNets(build_unet(TINY_UNET).eval(), AutoencoderKL(**TINY_VAE).eval(), PositionalEncoding(384))
+    whisper = WhisperModel(WhisperConfig(**TINY_WHISPER)).encoder
+    audio = WhisperAudioEncoder(whisper, WhisperFeatureExtractor(feature_size=80), config.audio)
+    return {"nets": nets, "audio_encoder": audio, "parser": all_skin_parser, "landmarks": ellipse_landmarks}
+
+
+def _official_nets(config: MuseTalkConfig, device: torch.device) -> MuseTalkNets:
+    from . import weights as w
+    from .unet import PositionalEncoding, load_unet
+
+    w.resolve(w.VAE_CONFIG, w.MODE)  # a clear error before diffusers looks
+    unet = load_unet(w.resolve(w.UNET_CONFIG, w.MODE), w.resolve(w.UNET_WEIGHTS, w.MODE))
+    return MuseTalkNets(unet, vae_ops.load_vae(w.folder_of(w.VAE_WEIGHTS)), PositionalEncoding(384))
+
+
+def _official_audio(config: MuseTalkConfig, device: torch.device) -> WhisperAudioEncoder:
+    from . import weights as w
+
+    for f in w.WHISPER_FILES:
+        w.resolve(f, w.MODE)  # a clear error per missing file before transformers looks
+    return WhisperAudioEncoder.from_pretrained(w.folder_of(w.WHISPER_FILES[0]), config.audio)
+
+
+def _official_parser(config: MuseTalkConfig, device: torch.device) -> Callable:
+    from . import weights as w
+    from .face_parsing import FaceParser, MaskConfig, load_bisenet
+
+    return FaceParser(load_bisenet(w.resolve(w.FACE_PARSER, w.MODE)), MaskConfig(cheek_width=config.cheek_width))
+
+
+def _official_landmarks(config: MuseTalkConfig, device: torch.device) -> LandmarkFn:
+    from . import weights as w
+    from .face_box import DWPoseLandmarks
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else None
+    return DWPoseLandmarks(w.resolve(w.LANDMARKS, w.MODE), providers=providers)
+
+
+# In the order a missing file is reported (the first one raises WeightsMissingError).
+OFFICIAL_PARTS = {"nets": _official_nets, "audio_encoder": _official_audio, "parser": _official_parser,
+                  "landmarks": _official_landmarks}
