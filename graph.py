@@ -42,7 +42,7 @@ VRAM_LOOK_BACK_S = 1.0
 # Serve runs a replica's user code and its handles' request routing each on an event loop
 # of its own thread by default; every call then crosses threads four times. Our methods
 # never block their loop (the work is in threads), so they share the replica's main loop.
-# Measured with direct (gRPC) calls on the hot path (deployments/calls.py): per-frame
+# Measured with direct (gRPC) calls on the hot path (deployments/ray_private.py: direct): per-frame
 # serving overhead 1.66 -> 1.27 of in-process on 2 cores; with these flags and no direct
 # calls, no gain (1.61).
 # The gRPC message limit is raised from 4 MiB so that a direct call whose carry grows
@@ -54,7 +54,7 @@ VRAM_LOOK_BACK_S = 1.0
 # defaults that memory goes back to the kernel and each call faults it in anew: ~110 page
 # faults a frame in a backend's render thread, ~5 us each on this VM, 0.5 ms a frame (as much
 # as all the rest of the serving path). With fixed thresholds the freed frames stay in the
-# process for the next call (tests/test_replica_malloc.py). Arrays up to 32 MiB (glibc's
+# process for the next call (tests/unit/test_replica_malloc.py). Arrays up to 32 MiB (glibc's
 # largest mmap threshold) come from the heap, and a heap keeps up to 64 MiB free at its top.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",

@@ -1,6 +1,6 @@
 """The fingerprint that ties each lock file to the pyproject.toml it was compiled from.
 
-`bash .ci/lock` stamps it into every lock; tests/test_lock.py recomputes it, so editing a
+`bash .ci/lock` stamps it into every lock; tests/unit/test_lock.py recomputes it, so editing a
 dependency, an extra or the lock settings in pyproject.toml without re-locking fails the tests.
 
     python .ci/lock_fingerprint.py --stamp requirements.lock   # write it (bash .ci/lock does)

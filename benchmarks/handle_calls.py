@@ -1,7 +1,7 @@
 """What one backend-style call costs in Ray Serve: unary against a streaming call of one item.
 
 A session's render call carries ~20 JPEG frames (~9 KB each) back over Serve's direct
-gRPC channel (`deployments/calls.py:direct`), with the persona as multiplexed model id,
+gRPC channel (`deployments/ray_private.py:direct`), with the persona as multiplexed model id,
 and the replica runs the render in a worker thread. This runs that shape of call between
 two replicas with the README's replica settings (`graph.py:REPLICA_ENV`), one call every
 40 ms, and prints JSON: CPU ms a call in the caller and in the callee, each minus its

@@ -23,7 +23,7 @@ It prints JSON: the time from the neighbour's growth to our UNLOAD decision and 
 memory being seen free by NVML (UNLOAD_CONFIRMED), the neighbour's out-of-memory
 retries (each a failed 256 MiB chunk; what an LLM server would see), whether it reached
 its target, the decisions with reasons, and NVML readings over time. The Serve path
-(custom autoscaling policy to zero replicas) is covered by tests/test_vram_graph.py on
+(custom autoscaling policy to zero replicas) is covered by tests/graph/test_vram_graph.py on
 the simulated device; this is the NVML half.
 """
 from __future__ import annotations

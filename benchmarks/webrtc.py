@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws  # noqa: E402
-from tests.test_webrtc import WebRtcClient, speech_pcm16, tone_runs  # noqa: E402
+from tests.graph.test_webrtc import WebRtcClient, speech_pcm16, tone_runs  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHUNK_SAMPLES = 3200  # 200 ms at 16 kHz

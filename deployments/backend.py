@@ -1,6 +1,5 @@
-"""Backends: a thin shim over a models/ pipeline, local or as a Ray Serve deployment.
+"""Backend-<mode>: the Serve deployment of a neural mode, a thin shim over a models/ pipeline.
 
-- `LocalBackend` runs a pipeline inside the session host (still mode: no GPU).
 - `BackendDeployment` is the Serve deployment of a neural mode (one per mode,
   fractional num_gpus, min_replicas 0). It builds its pipeline at construction
   with the factory it is given (graph.py binds models.modes.build_pipeline; tests
@@ -9,7 +8,10 @@
   call as `carry`. Its options are the pipeline's keyword options, plus
   `cuda_memory_fraction` (this process's cap on the GPU, DESIGN section 1),
   which the deployment applies itself.
-- `RemoteBackend` is what a session holds to call that deployment.
+- `LeasedBackendDeployment` is the same under the VRAM controller: it loads only once
+  the controller leases it the memory, and reports what it measured.
+
+A session calls it through `rendering.remote.RemoteBackend` (or `rendering.gated`).
 
 Render calls (`render`, `flush`, `idle`) take an optional `FrameFormat`: a remote
 backend then JPEG-encodes its frames before they cross Ray, and the session

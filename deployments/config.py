@@ -65,7 +65,7 @@ class IceServer(BaseModel):
 
 
 class WebRtcArgs(BaseModel):
-    """WebRTC out (deployments/webrtc.py): where the session host's peers listen and who they may reach."""
+    """WebRTC out (deployments/transports/webrtc.py): where the session host's peers listen and who they may reach."""
 
     model_config = ConfigDict(extra="forbid")
 

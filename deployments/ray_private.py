@@ -23,7 +23,7 @@ hands the replica to the oldest waiting call, but a custom router such as
 call is never assigned. It waits until it is cancelled, and holds one of the
 router's routing tasks (two per replica) meanwhile, so a second such call stalls
 every call from that Router replica to the session hosts.
-`tests/test_session_router.py` reproduces it. The log request id (`request_id`)
+`tests/graph/test_session_router.py` reproduces it. The log request id (`request_id`)
 is kept, so a call still logs under the request that made it.
 
 Why 2: Serve's default handle call is a Ray actor task whose result comes back as

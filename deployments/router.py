@@ -21,7 +21,7 @@ from models.base import Controls
 from models.emotion import normalize_emotion
 from models.modes import MODES, mode_status
 
-from .api.edge import first_error, install_error_handlers, unwrap, ws_close_code
+from .api.edge import first_error, install_error_handlers, stream_failure, unwrap, ws_close_code
 from .api.guard import MULTIPART_OVERHEAD_BYTES, install_guard
 from .api.errors import ServiceError
 from .api.protocol import CONTROL_EVENT, ControlEvent, CreateSession, EmotionEvent, Strict, protocol_schema
@@ -37,7 +37,7 @@ MODES_CACHE_S = 5.0
 # are rendered (a little ahead), for clients that keep their own playout buffer.
 PACINGS = {"server": paced, "client": ahead}
 # SessionHost methods whose arguments or results can be large arrays: through Ray's
-# object store. Every other host call is small and goes direct (deployments/calls.py).
+# object store. Every other host call is small and goes direct (deployments/ray_private.py).
 BY_REFERENCE = {"render_upload"}  # and any call whose `data` exceeds DIRECT_MAX_BYTES
 
 api = FastAPI(title="LockN Bod", description="Self-hosted real-time talking-head avatar server")
@@ -102,6 +102,7 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' bl
 PAGE_HEADERS = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff",
                 "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
                 "Cross-Origin-Resource-Policy": "same-origin"}
+NORMAL_CLOSURE = 1000  # RFC 6455: the session ended as it should
 WEBRTC_SIGNALLING_MARGIN_S = 10.0
 
 
@@ -296,10 +297,16 @@ class RouterImpl:
     async def mjpeg(self, session_id: str):
         await self._host("get_session", session_id=check_session_id(session_id))
         stream = self._subscribe(session_id)
+        outs = paced(stream)
+        try:  # the first item (session_ready) before the 200: a refusal answers as itself
+            await anext(outs)
+        except Exception as err:
+            stream.cancel()
+            raise stream_failure(err) from None
 
         async def body():
             try:
-                async for out in paced(stream):
+                async for out in outs:
                     if out.kind == "frame":
                         yield mjpeg_part(out.pts, out.jpeg)
             finally:
@@ -323,25 +330,41 @@ class RouterImpl:
         stream = self._subscribe(session_id)
         tasks = [asyncio.create_task(self._ws_out(ws, PACINGS[pacing](stream), lock)),
                  asyncio.create_task(self._ws_in(ws, session_id, lock))]
+        close_code = NORMAL_CLOSURE
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if tasks[0].done() and not tasks[0].cancelled() and tasks[0].exception() is None:
+                close_code = tasks[0].result()
         finally:
             for t in tasks:
                 t.cancel()
             stream.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             try:
-                await ws.close()
+                await ws.close(code=close_code)
             except RuntimeError:
                 pass  # already closed by the client
 
-    async def _ws_out(self, ws: WebSocket, outs, lock: asyncio.Lock) -> None:
-        async for out in outs:
+    async def _ws_out(self, ws: WebSocket, outs, lock: asyncio.Lock) -> int:
+        """Send the session's frames and events; returns the close code: 1000 once the session
+        ended (its `session_closed` sent), else 4000 + the status of why the stream broke
+        (a 9th viewer, a host that died), told first as an `error` event."""
+        try:
+            async for out in outs:
+                async with lock:
+                    if out.kind == "frame":
+                        await ws.send_bytes(ws_frame(out.pts, out.jpeg))
+                    else:  # the event's JSON, its `pts` included where it applies at a frame
+                        await ws.send_text(out.event.wire_text())
+        except (asyncio.CancelledError, WebSocketDisconnect):
+            raise
+        except Exception as err:
+            failure = stream_failure(err)
+            log.warning("websocket stream ended: %s (%s)", failure.reason, failure.code)
             async with lock:
-                if out.kind == "frame":
-                    await ws.send_bytes(ws_frame(out.pts, out.jpeg))
-                else:  # the event's JSON, its `pts` included where it applies at a frame
-                    await ws.send_text(out.event.wire_text())
+                await ws.send_text(failure.to_event().wire_text())
+            return ws_close_code(failure.code)
+        return NORMAL_CLOSURE
 
     async def _ws_in(self, ws: WebSocket, session_id: str, lock: asyncio.Lock) -> None:
         """Binary: PCM16LE at the session's rate. Text: JSON control events. Forwarded in

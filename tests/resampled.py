@@ -3,7 +3,7 @@
 The oracle READMEs state the tolerance such images get: at most one level off, on under 1 % of
 the values. OpenCV releases differ by that much (5.1's warpAffine against the oracle's 5.0:
 ±1 level on 0.02-0.08 % of values). Everything computed by our own arithmetic is compared as
-strictly as before; tests/test_liveportrait_crop.py shows these checks still catch a crop moved by
+strictly as before; tests/parity/test_liveportrait_crop.py shows these checks still catch a crop moved by
 one pixel or the wrong interpolation.
 """
 from __future__ import annotations

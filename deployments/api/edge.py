@@ -3,7 +3,7 @@
 Inside the graph an error is a `ServiceError` (code, reason, retry hint) or a pipeline's
 error with its own code (`no_face`); only here does it become a status. A WebSocket
 closes with 4000 + the status (4404: no such session), the private-use range of RFC 6455.
-`tests/test_errors_table.py` fails when a code raised anywhere is missing here.
+`tests/unit/test_errors_table.py` fails when a code raised anywhere is missing here.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ HTTP_STATUS: dict[str, int] = {
     "no_face": 422, "face_too_small": 422, "bad_persona": 422, "bad_media": 422, "empty_media": 422,
     "pipeline_error": 422, "no_gpu": 422,
     # 429: this session or connection has enough
+    "session_lost": 410,
     "audio_buffer_full": 429, "too_many_peers": 429, "too_many_viewers": 429,
     # 5xx: the server cannot serve it now (with Retry-After where it knows when)
     "internal": 500, "no_ice_candidates": 500, "webrtc_unavailable": 501, "not_implemented": 501,
@@ -69,6 +70,13 @@ def ws_close_code(code: str) -> int:
 def error_response(err: ServiceError) -> JSONResponse:
     headers = {"Retry-After": str(int(err.retry_after_s))} if err.retry_after_s else None
     return JSONResponse(err.to_json(), status_code=http_status(err.code), headers=headers)
+
+
+def stream_failure(err: BaseException) -> ServiceError:
+    """Why a session's stream broke, as the error its client is told: a refusal by the host
+    (e.g. `too_many_viewers`), else the host itself is gone (`session_lost`)."""
+    return service_error(err) or ServiceError(
+        "session_lost", f"the session's host is gone ({type(err).__name__}); create a new session")
 
 
 def unwrap(err: BaseException) -> BaseException:

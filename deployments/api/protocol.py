@@ -4,7 +4,7 @@ SessionHost streams to a Router.
 Every WebSocket message has a model here: a client's JSON text is a `ControlEvent`, the
 server's is a `ServerEvent`, and binary messages are described by CLIENT_BINARY and
 SERVER_BINARY. `GET /v1/protocol.json` serves their JSON Schema (`protocol_schema`), and
-docs/api.md lists every `type` (tests/test_protocol.py checks that the three agree).
+docs/api.md lists every `type` (tests/unit/test_protocol.py checks that the three agree).
 """
 from __future__ import annotations
 

@@ -168,6 +168,9 @@ class Session:
         self._drop_held = False  # set by interrupt: the backend drops what its lookahead holds
         self._hold_task: asyncio.Task | None = None
         self._render_s_per_frame: float | None = None  # the active backend's speech calls: wall s a frame
+        # Why the session shows still frames though it asked for another mode (a warm-up or
+        # backend error): told again to every viewer that joins, after session_ready.
+        self._still_because: ErrorEvent | None = None
 
     # ---------------- lifecycle ----------------
     async def start(self) -> None:
@@ -254,6 +257,8 @@ class Session:
             raise ServiceError("too_many_viewers", f"session already has {self.config.max_viewers} viewers")
         viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items), want_raw)
         self._put(viewer, EventItem(self._ready_event(), self.clock.t0))
+        if self._still_because is not None and self._active is self.still:
+            self._put(viewer, EventItem(self._still_because, self.clock.t0))
         self._viewers.add(viewer)
         self.last_viewer_left_at = None
         return viewer
@@ -409,7 +414,8 @@ class Session:
         verb = "failed" if code == "backend_error" else "was withdrawn"
         reason = f"{self._active.mode} backend {verb}: {err}"
         log.warning("session %s: %s", self.session_id, reason)
-        self._event(error_event(code, reason))
+        self._still_because = error_event(code, reason)
+        self._event(self._still_because)
         self._active, self._carry, self._render_s_per_frame = self.still, None, None
         if self._hold_task is not None:  # let the backend scale down if no one else uses it
             self._hold_task.cancel()
@@ -457,7 +463,8 @@ class Session:
         try:
             carry = await asyncio.wait_for(backend.start(self.persona_id, self.controls), self.config.ready_timeout_s)
         except Exception as err:  # stay in still mode and say why
-            self._event(warm_up_error(backend.mode, err))
+            self._still_because = warm_up_error(backend.mode, err)
+            self._event(self._still_because)
             return
         await self._tell_warnings(backend)
         self._hold_task = self._spawn(self._hold_backend(backend), "backend hold")
@@ -499,6 +506,7 @@ class Session:
     def _switch_to_warm(self) -> None:
         warm, self._warm = self._warm, None
         self._active, self._carry, self._render_s_per_frame = warm.backend, warm.carry, None
+        self._still_because = None
         self._event(ModeChanged(mode=warm.backend.mode, reason="backend ready", pts=self._produced_pts))
 
     async def _call(self, coro):

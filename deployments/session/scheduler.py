@@ -1,7 +1,7 @@
 """When a session renders speech, and how much a call carries: pure functions, no clock reads.
 
 The render loop (engine.py) reads the time and its buffers into a `SpeechState` and
-asks these functions; they are tested as tables (tests/test_scheduler.py), so no
+asks these functions; they are tested as tables (tests/unit/test_scheduler.py), so no
 test of the arithmetic depends on how busy the machine is.
 
 - One chunk of `chunk_frames` a call while the lead is below `batch_lead_frames`

@@ -4,7 +4,7 @@ The VramController deployment (deployments/vram_controller.py) is a shim over on
 of these, as Ray's LLM serving wraps an injected engine: everything that touches
 Ray comes in through `ServicePorts` (publishing replica targets, telling a
 SessionHost of a shed, the checkpoint store, Prometheus), and the clock and the
-probe are injected too, so tests/test_vram_service.py drives it on the simulated
+probe are injected too, so tests/unit/test_vram_service.py drives it on the simulated
 device with fakes.
 
 What it does on top of the policy (vram/policy.py):

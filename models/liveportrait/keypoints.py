@@ -1,6 +1,6 @@
 """Implicit-keypoint math of LivePortrait: pose, transforms, relative motion, stitching, retargeting.
 
-Conventions (checked against the reference by tests/test_liveportrait_keypoints.py):
+Conventions (checked against the reference by tests/parity/test_liveportrait_keypoints.py):
 - Head pose comes as 66 bins of 3°: deg = Σ softmax(logits)·[0..65] · 3 − 97.5.
 - R = (Rz(roll) · Ry(yaw) · Rx(pitch))ᵀ and keypoints are ROW vectors: kp @ R.
 - x = scale · (kp @ R + exp), then x[..., :2] += t[:, :2]; t_z is never used.

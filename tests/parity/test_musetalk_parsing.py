@@ -22,7 +22,7 @@ from models.musetalk.face_parsing import (
 from models.musetalk.weights import FACE_PARSER
 from models.weights import resolve
 from tests.hf_layout import write_torch
-from tests.test_musetalk_seeded import load_seeded
+from tests.parity.test_musetalk_seeded import load_seeded
 
 BOXES = {"inside": (110, 60, 214, 182), "crosses_border": (230, 120, 318, 236)}
 

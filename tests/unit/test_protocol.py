@@ -44,7 +44,7 @@ from deployments.session.clock import SessionClock
 from deployments.session.engine import Viewer
 from deployments.transports.streams import ahead
 
-API_MD = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 PLACEMENT = {"action": "admit", "code": "admitted", "reason": "room", "target": "ditto", "eta_s": None}
 
 # Each server event as the session engine, the relays and the Router built it as a dict

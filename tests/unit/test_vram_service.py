@@ -38,7 +38,7 @@ from deployments.vram.service import (
 )
 from deployments.vram.testing import LLM_PORT, small_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPLICA_PID = 4242  # a backend replica's process, alive while the fake says so
 DEVICE_BYTES = 24 * GIB
 

@@ -205,7 +205,7 @@ def seeded_pipeline(oracle, tmp_path_factory):
     an offline HF cache through models.liveportrait.loading; faces faked as upstream's run was."""
     import huggingface_hub.constants as hub
 
-    from tests.test_liveportrait_networks import NETWORKS, write_seeded, write_seeded_stitching
+    from tests.parity.test_liveportrait_networks import NETWORKS, write_seeded, write_seeded_stitching
 
     fx = dict(np.load(oracle / "liveportrait" / "fixture_pipeline_A.npz"))
     cache = tmp_path_factory.mktemp("hf-cache")
@@ -267,7 +267,7 @@ def test_template_driving_and_one_rendered_frame_match(seeded_pipeline, oracle, 
     from models.face.paste_back import paste_back
     from models.liveportrait.decode import to_uint8, warp_decode
     from models.liveportrait.template_driving import drive_with_template
-    from tests.test_liveportrait_keypoints import pipeline_fixture, template_of
+    from tests.parity.test_liveportrait_keypoints import pipeline_fixture, template_of
 
     pipeline, persona, _ = seeded_pipeline
     fx = pipeline_fixture(oracle, variant)

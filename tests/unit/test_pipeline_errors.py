@@ -12,7 +12,7 @@ from deployments.api.errors import ServiceError, pipeline_error, service_error
 from deployments.session.engine import warm_up_error
 from models.base import PersonaError, WeightsMissingError
 from models.testing import PatternPipeline
-from tests.test_session import has, open_session, store, watch  # noqa: F401 - store is a fixture
+from tests.unit.test_session import has, open_session, store, watch  # noqa: F401 - store is a fixture
 
 NO_FACE = PersonaError("no face found in the portrait", code="no_face")
 
@@ -65,3 +65,19 @@ def test_a_faceless_portrait_gives_a_no_face_event_and_still_frames(store):  # n
     error = next(e for e in events if e["type"] == "error")
     assert error["code"] == "no_face" and "no face" in error["reason"]
     assert session.mode == "still" and len(frames) >= 25  # it keeps streaming the portrait
+
+
+def test_a_viewer_that_joins_after_the_no_face_error_is_told_why_the_session_is_still(store):  # noqa: F811
+    async def main():
+        session = await open_session(store, pipeline=FacelessPattern())
+        for _ in range(200):  # the warm-up fails with no viewer there to hear it
+            if session._still_because is not None:
+                break
+            await asyncio.sleep(0.01)
+        events, frames = await watch(session, lambda e, f: has(e, "error") and len(f) >= 5)
+        await session.close()
+        return events
+
+    events = asyncio.run(main())
+    assert [e["type"] for e in events[:2]] == ["session_ready", "error"]
+    assert events[0]["mode"] == "still" and events[1]["code"] == "no_face"

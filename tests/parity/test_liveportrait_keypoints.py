@@ -10,7 +10,7 @@ import torch
 
 from models.liveportrait import keypoints as kpm
 from models.liveportrait.stitching_retargeting import StitchingRetargeting
-from tests.test_liveportrait_networks import assert_close, seeded_module, template
+from tests.parity.test_liveportrait_networks import assert_close, seeded_module, template
 
 ATOL = 1e-5
 
@@ -182,7 +182,7 @@ def test_template_driving_keypoints(oracle, mlps, variant):
 
     from models.liveportrait.source import SourceMotion
     from models.liveportrait.template_driving import drive_with_template
-    from tests.test_liveportrait_pipeline import PIPELINE_OPTIONS
+    from tests.parity.test_liveportrait_pipeline import PIPELINE_OPTIONS
 
     fx = pipeline_fixture(oracle, variant)
     info = {k: t(fx[f"src_{k}"]) for k in ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")}

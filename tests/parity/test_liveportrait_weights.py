@@ -44,7 +44,7 @@ def write_network_files(cache: Path, config: LivePortraitConfig, seed: int = 0, 
     torch.manual_seed(seed)
     nets = lp.LivePortraitNetworks.random(config)
     if mouth_gain is not None:
-        from tests.test_liveportrait_pipeline import MOUTH_KP, open_mouth_lip_mlp
+        from tests.parity.test_liveportrait_pipeline import MOUTH_KP, open_mouth_lip_mlp
 
         open_mouth_lip_mlp(nets.stitching.lip)
         with torch.no_grad():

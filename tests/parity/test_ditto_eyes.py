@@ -17,7 +17,7 @@ from models.ditto.eyes import LEFT_CORNERS, LEFT_IRIS, LEFT_LID_PAIRS, N_POINTS,
 from models.ditto.face_mesh import mesh_points
 from models.ditto.pipeline import DEFAULT_EYE_OPEN, MODE, DittoPipeline
 from models.ditto.testing import face_like_portrait
-from tests.test_ditto_pipeline import NARROW_RENDERER
+from tests.parity.test_ditto_pipeline import NARROW_RENDERER
 
 
 @pytest.mark.oracle

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from graph import MALLOC_ENV  # that every replica gets it: tests/test_graph.py, on live replicas
+from graph import MALLOC_ENV  # that every replica gets it: tests/graph/test_graph.py, on live replicas
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WARM_UP_FRAMES, MEASURED_FRAMES = 100, 200
 
 
 def render_faults_per_frame(env: dict[str, str]) -> float:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-m", "tests.test_replica_malloc"], cwd=ROOT, env=clean | env,
+    out = subprocess.run([sys.executable, "-m", "tests.unit.test_replica_malloc"], cwd=ROOT, env=clean | env,
                          capture_output=True, text=True, timeout=120, check=True)
     return float(out.stdout.strip())
 

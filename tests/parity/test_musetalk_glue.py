@@ -10,7 +10,7 @@ from models.musetalk.inference import MuseTalkNets, generate, predict_latents
 from models.musetalk.unet import PositionalEncoding, build_unet, load_unet
 from models.musetalk.weights import UNET_CONFIG, UNET_WEIGHTS, VAE_CONFIG, folder_of
 from models.weights import resolve
-from tests.test_musetalk_seeded import load_seeded, oracle_json, write_unet, write_vae
+from tests.parity.test_musetalk_seeded import load_seeded, oracle_json, write_unet, write_vae
 
 MASKED_ATOL = 1e-2  # scaled latents (range about ±1.6), measured max 2.7e-3 at 2 threads; see check_glue
 

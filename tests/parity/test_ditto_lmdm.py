@@ -18,7 +18,7 @@ from models.ditto.lmdm import LMDMConfig, MotionDecoder, load_lmdm
 from models.ditto.sampler import DDIMSampler, FixedNoise, cosine_alphas_cumprod, ddim_time_pairs
 from models.weights import resolve
 from tests.hf_layout import write_torch
-from tests.test_ditto_support import npz, one_torch_thread, rel_err, seeded_lmdm_state
+from tests.parity.test_ditto_support import npz, one_torch_thread, rel_err, seeded_lmdm_state
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from models.musetalk.audio import AudioConfig, AudioStream, StreamingPrompts, WhisperAudioEncoder, frame_starts
 from models.musetalk.weights import WHISPER_FILES, folder_of
-from tests.test_musetalk_seeded import write_whisper
+from tests.parity.test_musetalk_seeded import write_whisper
 
 
 @pytest.fixture(scope="module")

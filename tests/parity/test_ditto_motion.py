@@ -16,7 +16,7 @@ import pytest
 from models.ditto import motion as M
 from models.ditto.emotion import class_vector
 from models.ditto.stream import fuse_windows, mirror_index, smooth, window_condition
-from tests.test_ditto_support import load_seeded, npz
+from tests.parity.test_ditto_support import load_seeded, npz
 
 TOL = 1e-6  # absolute, on values of order 1
 

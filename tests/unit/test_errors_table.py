@@ -9,7 +9,7 @@ from deployments.api.edge import DEFAULT_STATUS, HTTP_STATUS, http_status, ws_cl
 from deployments.api.errors import ServiceError
 from deployments.vram.data import Code
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _string_args(path: pathlib.Path, callee: str, keyword: str | None = None, position: int | None = 0) -> set[str]:

@@ -14,7 +14,7 @@ import pytest
 from models.base import Controls, PersonaMedia
 from models.ditto.pipeline import DittoPipeline, first_frame_audio_ms, lookahead_frames_for
 from models.ditto.testing import face_like_portrait
-from tests.test_ditto_support import one_torch_thread
+from tests.parity.test_ditto_support import one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,7 +14,7 @@ from models.musetalk.face_parsing import BiSeNet
 from models.musetalk.pipeline import MuseTalkCarry, MuseTalkConfig, MuseTalkPipeline, cycle_frame
 from models.musetalk.weights import FACE_PARSER
 from tests.hf_layout import write_torch
-from tests.test_musetalk_seeded import load_seeded, small_whisper_config, write_unet, write_vae, write_whisper
+from tests.parity.test_musetalk_seeded import load_seeded, small_whisper_config, write_unet, write_vae, write_whisper
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from models.ditto.audio import (
     chunk_features,
     wav2feat,
 )
-from tests.test_ditto_support import npz, rel_err
+from tests.parity.test_ditto_support import npz, rel_err
 
 TOL = 1e-5  # float32 matmul of a different blocking than the reference's
 

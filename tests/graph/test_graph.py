@@ -309,6 +309,35 @@ def test_a_viewer_that_leaves_frees_what_it_held(app):
     close(app, session_id)
 
 
+def test_a_viewer_over_the_limit_is_told_so_on_every_transport(app):
+    """The 9th WebSocket viewer gets a too_many_viewers event and close code 4429, the 9th
+    MJPEG viewer a 429 before any body; the 8 viewers already there keep streaming."""
+    import websockets
+
+    base, session_id = app["base"], pattern_session(app)
+
+    async def main():
+        sockets = [await open_ws(base, session_id) for _ in range(8)]
+        try:
+            for ws in sockets:
+                await WsViewer(ws).recv_until(lambda v: len(v.frames) >= 2, 20)
+            r = httpx.get(f"{base}/v1/sessions/{session_id}/mjpeg", timeout=10)
+            assert r.status_code == 429 and r.json()["code"] == "too_many_viewers", r.text
+            async with await open_ws(base, session_id) as ninth:
+                extra = WsViewer(ninth)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await extra.recv_until(lambda v: False, 10)
+                assert extra.has("error", code="too_many_viewers") and not extra.frames
+                assert closed.value.rcvd.code == 4429
+            await WsViewer(sockets[0]).recv_until(lambda v: len(v.frames) >= 10, 10)
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    asyncio.run(main())
+    close(app, session_id)
+
+
 def test_session_cap_answers_503_with_retry_after(app):
     base, opened = app["base"], []
     try:

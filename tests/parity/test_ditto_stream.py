@@ -18,7 +18,7 @@ from models.ditto.emotion import class_vector
 from models.ditto.lmdm import LMDMConfig, MotionDecoder
 from models.ditto.sampler import DDIMSampler, FixedNoise, SeededNoise
 from models.ditto.stream import MotionStream, SourceCond
-from tests.test_ditto_support import npz, one_torch_thread, rel_err, seeded_lmdm_state
+from tests.parity.test_ditto_support import npz, one_torch_thread, rel_err, seeded_lmdm_state
 
 
 @pytest.fixture(autouse=True, scope="module")

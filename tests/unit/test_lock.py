@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Each lock and the extras it covers, besides the base install (.ci/lock).
 LOCKS = {
     "requirements.lock": ("webrtc", "test"),

@@ -23,7 +23,7 @@ from models.base import SAMPLE_RATE_HZ
 from models.liveportrait.pipeline import network_config
 from tests.conftest import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
-from tests.test_liveportrait_weights import write_liveportrait_cache
+from tests.parity.test_liveportrait_weights import write_liveportrait_cache
 
 pytestmark = pytest.mark.graph
 APP = "lockn-bod"

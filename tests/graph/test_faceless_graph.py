@@ -17,9 +17,9 @@ from models.liveportrait.pipeline import network_config
 from tests.conftest import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 from tests.streaming import coded_pcm16
-from tests.test_graph import wav_bytes
-from tests.test_liveportrait_graph import GRAPH_NETWORKS, STILL_LIFE
-from tests.test_liveportrait_weights import write_liveportrait_cache
+from tests.graph.test_graph import wav_bytes
+from tests.graph.test_liveportrait_graph import GRAPH_NETWORKS, STILL_LIFE
+from tests.parity.test_liveportrait_weights import write_liveportrait_cache
 
 pytestmark = pytest.mark.graph
 FPS = 25

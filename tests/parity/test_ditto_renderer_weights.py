@@ -20,7 +20,7 @@ from models.liveportrait.spade_generator import SPADEGenerator
 from models.liveportrait.stitching_retargeting import StitchingRetargeting
 from models.liveportrait.warping_network import WarpingNetwork
 from tests.hf_layout import write_torch
-from tests.test_liveportrait_networks import seeded_module
+from tests.parity.test_liveportrait_networks import seeded_module
 
 pytestmark = pytest.mark.oracle
 
