@@ -132,3 +132,19 @@ def deploy_app(base_url: str, args: dict) -> str:
             pass
         time.sleep(0.2)
     raise RuntimeError("app did not become healthy within 120 s")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A persona store with one saved, unreal 64² grey portrait (`store.record`)."""
+    import io
+
+    from PIL import Image
+
+    from deployments.inputs.personas import PersonaStore
+
+    s = PersonaStore(tmp_path / "personas")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(buf, "PNG")
+    s.record = s.create(buf.getvalue(), real_person=False, consent=None, save=True)
+    return s

@@ -12,7 +12,7 @@ from deployments.api.errors import ServiceError, pipeline_error, service_error
 from deployments.session.engine import warm_up_error
 from models.base import PersonaError, WeightsMissingError
 from models.testing import PatternPipeline
-from tests.unit.test_session import has, open_session, store, watch  # noqa: F401 - store is a fixture
+from tests.unit.test_session import has, open_session, watch
 
 NO_FACE = PersonaError("no face found in the portrait", code="no_face")
 
@@ -54,7 +54,7 @@ class FacelessPattern(PatternPipeline):
         raise NO_FACE
 
 
-def test_a_faceless_portrait_gives_a_no_face_event_and_still_frames(store):  # noqa: F811
+def test_a_faceless_portrait_gives_a_no_face_event_and_still_frames(store):
     async def main():
         session = await open_session(store, pipeline=FacelessPattern())
         events, frames = await watch(session, lambda e, f: has(e, "error") and len(f) >= 25)
@@ -67,7 +67,7 @@ def test_a_faceless_portrait_gives_a_no_face_event_and_still_frames(store):  # n
     assert session.mode == "still" and len(frames) >= 25  # it keeps streaming the portrait
 
 
-def test_a_viewer_that_joins_after_the_no_face_error_is_told_why_the_session_is_still(store):  # noqa: F811
+def test_a_viewer_that_joins_after_the_no_face_error_is_told_why_the_session_is_still(store):
     async def main():
         session = await open_session(store, pipeline=FacelessPattern())
         for _ in range(200):  # the warm-up fails with no viewer there to hear it

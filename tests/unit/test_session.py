@@ -1,14 +1,11 @@
 """One session's render loop without Ray: pattern backend, real clock, real paced relay."""
 import asyncio
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from deployments.backend import BackendDeployment
 from deployments.inputs.audio_in import pcm16_to_float
-from deployments.inputs.personas import PersonaStore
 from deployments.rendering.local import LocalBackend
 from deployments.api.protocol import EndItem, FramesItem
 from deployments.session.engine import Session, SessionConfig
@@ -19,15 +16,6 @@ from models.modes import build_pipeline
 from models.still import StillPipeline
 from models.testing import FAIL_CODE, PatternPipeline
 from tests.streaming import assert_speech_frames_match_audio, coded_pcm16, frame_info
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = PersonaStore(tmp_path / "personas")
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (90, 90, 90)).save(buf, "PNG")
-    s.record = s.create(buf.getvalue(), real_person=False, consent=None, save=True)
-    return s
 
 
 async def items(viewer):

@@ -1,16 +1,13 @@
 """A host's sessions without Ray: the SessionManager with local backends and a fake VRAM gate."""
 import asyncio
-import io
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from deployments.api.errors import ServiceError
 from deployments.api.protocol import EndItem, EventItem, InterruptEvent, SessionReady
 from deployments.config import AppArgs
-from deployments.inputs.personas import PersonaStore
 from deployments.session.manager import SessionManager, local_backends
 from models.base import SAMPLE_RATE_HZ, Controls
 
@@ -49,15 +46,6 @@ class FakeGate:
 
     async def ended(self, session_id):
         self.ended_ids.append(session_id)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = PersonaStore(tmp_path / "personas")
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (90, 90, 90)).save(buf, "PNG")
-    s.record = s.create(buf.getvalue(), real_person=False, consent=None, save=True)
-    return s
 
 
 def make_manager(store, tmp_path, gate=None, remote_pattern=False, **limits) -> SessionManager:
