@@ -44,11 +44,15 @@ class SpeechBuffer:
     def frames(self) -> int:
         return self._size // SAMPLES_PER_FRAME
 
-    def push(self, samples: np.ndarray) -> None:
-        if self._size + len(samples) > self.max_samples:
+    def check_room(self, n_samples: int) -> None:
+        """OverflowError unless `n_samples` more fit."""
+        if self._size + n_samples > self.max_samples:
             raise OverflowError(
                 f"speech buffer full ({self.max_samples / 16000:.0f} s buffered); send audio closer to real time"
             )
+
+    def push(self, samples: np.ndarray) -> None:
+        self.check_room(len(samples))
         if len(samples):
             self._chunks.append(samples.astype(np.float32, copy=False))
             self._size += len(samples)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ from .clock import SessionClock, SpeechBuffer
 from .scheduler import SpeechState, smoothed_render_speed, speech_frames_to_render, wake_at_s
 
 log = logging.getLogger("ray.serve")
+# The stream resampler may give out a few samples more than a push's share (its filter delay).
+RESAMPLER_SLACK_SAMPLES = 64
 
 
 def warm_up_error(mode: str, err: BaseException) -> ErrorEvent:
@@ -67,6 +70,14 @@ def warm_up_error(mode: str, err: BaseException) -> ErrorEvent:
     if found is not None:
         return error_event(found.code, f"{mode}: {found}")
     return error_event("backend_unavailable", f"{mode} backend unavailable: {str(err) or type(err).__name__}")
+
+
+@contextlib.contextmanager
+def _buffer_full_as_service_error():
+    try:
+        yield
+    except OverflowError as err:
+        raise ServiceError("audio_buffer_full", str(err)) from None
 
 
 @dataclass
@@ -199,22 +210,18 @@ class Session:
 
     # ---------------- input ----------------
     def push_audio(self, samples: np.ndarray) -> None:
-        """samples: float32 mono at the session's rate."""
-        self.last_input_at = time.time()
-        try:
-            self._speech.push(self._resampler.push(samples))
-        except OverflowError as err:
-            raise ServiceError("audio_buffer_full", str(err)) from None
-        self._eos = False
-        self._wake.set()
+        """samples: float32 mono at the session's rate (a WebSocket's PCM). Refused before the
+        resampler sees it when it cannot fit, so a refused push leaves no seam in the stream."""
+        at_16k = -(-len(samples) * SAMPLE_RATE_HZ // self.sample_rate_hz) + RESAMPLER_SLACK_SAMPLES
+        with _buffer_full_as_service_error():
+            self._speech.check_room(at_16k)
+        self.push_audio_16k(self._resampler.push(samples))
 
     def push_audio_16k(self, samples16k: np.ndarray) -> None:
         """Audio already at 16 kHz (an HTTP upload, resampled from its own rate)."""
         self.last_input_at = time.time()
-        try:
+        with _buffer_full_as_service_error():
             self._speech.push(samples16k)
-        except OverflowError as err:
-            raise ServiceError("audio_buffer_full", str(err)) from None
         self._eos = False
         self._wake.set()
 

@@ -4,6 +4,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from deployments.api.errors import ServiceError
 from deployments.backend import BackendDeployment
 from deployments.inputs.audio_in import pcm16_to_float
 from deployments.rendering.local import LocalBackend
@@ -284,3 +285,19 @@ def test_a_backend_call_of_several_chunks_renders_them_one_by_one(tmp_path):
     one_call = PatternPipeline(size=16, lookahead_frames=3)
     expected, expected_carry = one_call.render(persona, one_call.start(persona, Controls()), audio, Controls())
     assert np.array_equal(frames, expected) and np.array_equal(carry.held, expected_carry.held)
+
+
+def test_a_refused_push_leaves_no_seam_in_the_stream(store):
+    """Audio that cannot fit is refused before the stream resampler sees it: nothing of it
+    is buffered and the resampler holds nothing of it for the next push."""
+    async def main():
+        session = Session("h.abcdefghijklmnopqrstuv", store.record.persona_id, "still", 48000, Controls(),
+                          LocalBackend(StillPipeline(), store), None, SessionConfig(max_buffered_audio_s=1.0))
+        with pytest.raises(ServiceError) as refused:
+            session.push_audio(np.zeros(2 * 48000, np.float32))
+        assert refused.value.code == "audio_buffer_full"
+        assert len(session._speech) == 0 and len(session._resampler.flush()) == 0
+        session.push_audio(np.zeros(48000 // 2, np.float32))  # half a second fits
+        assert 7900 <= len(session._speech) + len(session._resampler.flush()) <= 8100
+
+    asyncio.run(main())
