@@ -26,6 +26,7 @@ from .api.guard import MULTIPART_OVERHEAD_BYTES, install_guard
 from .api.errors import ServiceError
 from .api.protocol import CONTROL_EVENT, ControlEvent, CreateSession, EmotionEvent, Strict, protocol_schema
 from .config import AppArgs
+from .inputs.face_check import FaceChecks
 from .inputs.personas import SESSION_ID, PersonaStore, check_persona_id
 from .inputs.ws_in import InputForwarder
 from .ray_private import DIRECT_MAX_BYTES, call, direct
@@ -137,6 +138,7 @@ class RouterImpl:
         self.hosts = hosts  # DeploymentHandle of SessionHost (session-affinity routed)
         self.vram = vram  # DeploymentHandle of the VramController, or None where it is off
         self.store = PersonaStore(self.args.persona_dir, self.args.limits)
+        self.face_checks = FaceChecks(self.args)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._modes: tuple[float, list[dict]] = (0.0, [])
 
@@ -191,10 +193,19 @@ class RouterImpl:
         if not isinstance(image, UploadFile):
             raise ServiceError("missing_image", "multipart field 'image' (a JPEG, PNG or WebP file) is required")
         data = await image.read()
+        face_check = await self._face_check(form.get("check_face_for"), data)
         record = await asyncio.to_thread(
             self.store.create, data, _form_bool(form, "real_person", True), form.get("consent"),
             _form_bool(form, "save", False))
-        return record.model_dump(exclude={"consent"}) | {"consent_given": record.consent is not None}
+        return record.model_dump(exclude={"consent"}) | {"consent_given": record.consent is not None} | face_check
+
+    async def _face_check(self, mode, data: bytes) -> dict:
+        """`check_face_for=<mode>`: the mode's face detector looks at the portrait before it is
+        stored (422 `no_face` / `face_too_small`); {} when not asked."""
+        if mode is None:
+            return {}
+        await self._check_mode(str(mode))
+        return {"face_check": await asyncio.to_thread(self.face_checks.check, str(mode), data)}
 
     @api.get("/v1/personas/{persona_id}")
     async def get_persona(self, persona_id: str):

@@ -15,7 +15,7 @@ import pytest
 
 from models.liveportrait.pipeline import network_config
 from tests.conftest import deploy_app
-from tests.graph_client import WsViewer, create_persona, create_session, open_ws
+from tests.graph_client import WsViewer, create_persona, create_session, open_ws, portrait_png
 from tests.streaming import coded_pcm16
 from tests.graph.test_graph import wav_bytes
 from tests.graph.test_liveportrait_graph import GRAPH_NETWORKS, STILL_LIFE
@@ -75,3 +75,14 @@ def test_a_faceless_session_says_no_face_and_streams_still_frames_beside_an_undi
     assert info["mode"] == "still" and info["requested_mode"] == "liveportrait"
     for session_id in (faceless, neighbour):
         assert httpx.delete(f"{base}/v1/sessions/{session_id}").status_code == 204
+
+
+def test_an_upload_checked_for_liveportrait_is_refused_up_front(app):
+    r = httpx.post(f"{app['base']}/v1/personas", timeout=60,
+                   files={"image": ("p.png", portrait_png(256), "image/png")},
+                   data={"real_person": "false", "check_face_for": "liveportrait"})
+    assert r.status_code == 422 and r.json()["code"] == "no_face", r.text
+    r = httpx.post(f"{app['base']}/v1/personas", timeout=60,
+                   files={"image": ("p.png", portrait_png(256), "image/png")},
+                   data={"real_person": "false", "check_face_for": "still"})
+    assert r.status_code == 201 and r.json()["face_check"]["checked"] is False
