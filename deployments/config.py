@@ -28,7 +28,10 @@ class SessionTimeouts(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     idle_ttl_s: float = Field(300.0, gt=0, description="closed after this long with no viewer and no input")
-    disconnect_grace_s: float = Field(30.0, gt=0, description="closed this long after its last viewer left")
+    disconnect_grace_s: float = Field(
+        60.0, gt=0, description="closed this long after its last viewer left; longer than HAProxy's restart "
+                                "after a crash (~30 s: Serve's three failed health checks, 10 s apart), so a "
+                                "client that reconnects once port 8000 answers again finds its session")
     unused_persona_ttl_s: float = Field(600.0, gt=0, description="ephemeral persona never used by a session")
     speech_gap_s: float = Field(0.4, gt=0, description="audio pause that ends an utterance")
     backend_call_timeout_s: float = Field(30.0, gt=0)

@@ -116,3 +116,14 @@ async def stop_task(task: asyncio.Task) -> None:
 
 async def open_ws(base: str, session_id: str, pacing: str | None = None):
     return await websockets.connect(ws_url(base, session_id, pacing), max_size=None)
+
+
+def deploy_still_app(ray_serve: str, data_dir, router_replicas: int = 2) -> dict:
+    """The app as a user runs it without a GPU: still mode only, default timeouts, one
+    SessionHost, `router_replicas` Routers; with a saved persona to start sessions of."""
+    from tests.conftest import deploy_app
+
+    args = {"data_dir": str(data_dir), "router_replicas": router_replicas,
+            "router_max_replicas": router_replicas, "backends": {}}
+    base = deploy_app(ray_serve, args)
+    return {"base": base, "persona": create_persona(base, save=True)}

@@ -26,10 +26,25 @@ after 60 s, while an upgraded connection (a WebSocket) may idle an hour (`timeou
 each error HAProxy makes itself answers with its own status and the app's JSON shape (a
 503 with Retry-After: no Router replica is up).
 
+A Router replica that dies (docs/architecture.md, "What survives what") must cost a client
+a retry, not a wait. Ray's template puts Serve's Python proxy behind the Routers as a
+`backup` server; with every Router down it holds each request until a new Router replica is
+up (~10 s measured with one Router), so that line goes and HAProxy answers the 503 at once.
+A request already sent to a Router that died gets no response: a GET (or HEAD) is sent
+again to another Router (`retry-on empty-response`), other methods are not (their effect is
+unknown), and answer 502. The first connection error marks a Router down (`error-limit 1`;
+Ray's 3 let `leastconn` pick the dead Router, which holds no connections, for every retry),
+and its health checks bring it back within ~0.5 s if it was not dead. A client connection's
+first request gets a Router connection of its own (`http-reuse safe`, not `always`): when a
+request on a reused Router connection gets no response, HAProxy closes the client's
+connection without one (a keep-alive client's signal to retry), which a client that sent
+one request per connection sees as a cut, not as the 503 or 502 it should get.
+
 Serve starts `$RAY_SERVE_HAPROXY_BINARY_PATH -db -f <config> ...` at start-up and at each
 reload. This program, installed as `lockn-bod-haproxy`, rewrites <config> to do all of this
-(wildcard `bind` lines to `LOCKN_HAPROXY_ADMIN_HOST`, default 127.0.0.1; the header rule
-after the HTTP frontend's `bind`; the socket's options; timeouts and errors in `defaults`),
+(wildcard `bind` lines to `LOCKN_HAPROXY_ADMIN_HOST`, default 127.0.0.1; the header and
+retry rules after the HTTP frontend's `bind`; the socket's options; timeouts, retries and
+errors in `defaults`; no fallback server, safe reuse and an error limit of 1 in the backends),
 then replaces itself with the bundled binary and the same arguments: Serve still tracks
 and signals one process with its own command line.
 """
@@ -63,6 +78,42 @@ def without_ws_compression(config: str) -> str:
     return _HTTP_FRONTEND.sub(lambda m: m[0] + NO_WS_COMPRESSION, config, count=1)
 
 
+# Requests other than GET and HEAD are not sent again after their Router died mid-request.
+GET_RETRIES_ONLY = "    http-request disable-l7-retry if !METH_GET\n"  # METH_GET: GET or HEAD
+
+
+def retries_for_get_only(config: str) -> str:
+    """The config with the HTTP frontend limiting `empty-response` retries to GET and HEAD (once)."""
+    if GET_RETRIES_ONLY in config:
+        return config
+    return _HTTP_FRONTEND.sub(lambda m: m[0] + GET_RETRIES_ONLY, config, count=1)
+
+
+# Ray's template: `server <name> <host:port> check backup` after a comment, in each HTTP
+# backend: Serve's Python proxy, taking requests while no Router replica is up.
+_FALLBACK_SERVER = re.compile(r"^(?:[ \t]*# Fallback[^\n]*\n)?[ \t]*server[ \t]+\S+[ \t]+\S+[ \t]+check[ \t]+backup[ \t]*\n",
+                              re.MULTILINE)
+
+
+def without_fallback_server(config: str) -> str:
+    """The config with no backup server behind the Routers: HAProxy answers 503 at once
+    while none is up, where Serve's proxy would hold the request until one is."""
+    return _FALLBACK_SERVER.sub("", config)
+
+
+_REUSE_ALWAYS = re.compile(r"^(?P<lead>[ \t]*http-reuse[ \t]+)always\b", re.MULTILINE)
+_ERROR_LIMIT = re.compile(r"(?P<lead>[ \t]error-limit[ \t]+)\d+")
+ROUTER_ERROR_LIMIT = 1
+
+
+def failover_backends(config: str) -> str:
+    """Backends that fail over at the first sign of a dead Router: each client connection's
+    first request on a Router connection of its own, and one connection error marking a
+    Router down (the module's docstring says why)."""
+    config = _REUSE_ALWAYS.sub(lambda m: m["lead"] + "safe", config)
+    return _ERROR_LIMIT.sub(lambda m: f"{m['lead']}{ROUTER_ERROR_LIMIT}", config)
+
+
 # `stats socket <path> <options>` in `global`.
 _STATS_SOCKET = re.compile(r"^(?P<lead>[ \t]*stats socket[ \t]+\S+)(?P<options>[^\n]*)$", re.MULTILINE)
 SOCKET_OPTIONS = {"mode": "600", "level": "operator"}
@@ -90,6 +141,9 @@ TIMEOUTS_S = {
     "client": 60,  # a client that neither sends nor reads: an MJPEG viewer reads all along
     "tunnel": 3600,  # an upgraded connection (a WebSocket), in place of client and server
 }
+# Ray's `conn-failure` (nothing was sent), and a response that never came (a Router that
+# died with the request): the latter for GET and HEAD only (GET_RETRIES_ONLY).
+RETRY_ON = "conn-failure empty-response"
 # HAProxy's own errors: status -> (code, reason); the codes are in api/edge.py's table.
 ERRORS = {
     400: ("bad_request", "the request could not be read"),
@@ -102,9 +156,11 @@ ERRORS = {
 }
 RETRY_AFTER_S = {503: 1}
 _DEFAULTS = re.compile(r"^defaults[^\n]*\n(?:[ \t][^\n]*\n|\n)*", re.MULTILINE)  # to the next section
-_REPLACED = re.compile(r"^[ \t]*(?:timeout (?:%s)|errorfile (?:%s)|http-error status (?:%s))\b[^\n]*\n" % (
-    "|".join(TIMEOUTS_S), "|".join(map(str, ERRORS)), "|".join(map(str, ERRORS))), re.MULTILINE)
-EDGE_MARK = "    # lockn-bod-haproxy: timeouts for slow clients, errors as {error, code} JSON\n"
+# Serve's lines that ours replace: the same timeouts, its retry-on, its errors.
+_STATUSES = "|".join(map(str, ERRORS))
+_REPLACED = re.compile(rf"^[ \t]*(?:timeout (?:{'|'.join(TIMEOUTS_S)})|retry-on|errorfile (?:{_STATUSES})"
+                       rf"|http-error status (?:{_STATUSES}))\b[^\n]*\n", re.MULTILINE)
+EDGE_MARK = "    # lockn-bod-haproxy: timeouts for slow clients, retries, errors as {error, code} JSON\n"
 
 
 def http_error_line(status: int) -> str:
@@ -116,11 +172,12 @@ def http_error_line(status: int) -> str:
 
 def edge_defaults() -> str:
     timeouts = "".join(f"    timeout {name} {seconds}s\n" for name, seconds in TIMEOUTS_S.items())
-    return EDGE_MARK + timeouts + "".join(http_error_line(status) for status in ERRORS)
+    retries = f"    retry-on {RETRY_ON}\n"
+    return EDGE_MARK + timeouts + retries + "".join(http_error_line(status) for status in ERRORS)
 
 
 def with_edge_defaults(config: str) -> str:
-    """The `defaults` section with our timeouts and JSON errors in place of Serve's
+    """The `defaults` section with our timeouts, retries and JSON errors in place of Serve's
     (first after the `defaults` line; rewriting twice changes nothing)."""
     def rewrite(m: re.Match) -> str:
         head, _, body = m[0].partition("\n")
@@ -132,7 +189,9 @@ def with_edge_defaults(config: str) -> str:
 
 def rewrite_config(config: str, host: str = "127.0.0.1") -> str:
     """Every rewrite of this launcher, in order."""
-    return with_edge_defaults(private_stats_socket(without_ws_compression(loopback_binds(config, host))))
+    frontend = without_ws_compression(retries_for_get_only(loopback_binds(config, host)))
+    backends = failover_backends(without_fallback_server(frontend))
+    return with_edge_defaults(private_stats_socket(backends))
 
 
 def rewrite_config_file(path: Path, host: str) -> None:

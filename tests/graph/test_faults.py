@@ -1,16 +1,18 @@
 """SIGKILL of each serving process under a live session, and what a client sees (issue 19).
 
 - **A Router replica.** Its WebSocket ends; a reconnect with the same session id streams
-  again (through the other Router) well within the disconnect grace, and HTTP meanwhile
-  answers at once: 2xx from the other Router, or a 503 `{error, code}` with Retry-After.
+  again well within the disconnect grace. HTTP meanwhile answers at once: 2xx from the
+  other Router, or (serve_config.yaml's one Router) a 503 `{error, code}` with Retry-After
+  until the replacement serves; a GET in flight when the Router died is sent again.
 - **HAProxy.** Port 8000 is refused until Serve's controller has failed three of its
   health checks (10 s apart) and started a new one: ~30 s, measured here. The default
-  disconnect grace outlives that, so a client that reconnects finds its session.
-- **The SessionHost.** Its WebSocket is told `session_lost` and closed with 4410; the
-  replacement host does not know the old session (404 `unknown_session`), and its sweep
-  deletes the crashed session's unsaved persona once the old host's heartbeat is stale.
+  disconnect grace (60 s) outlives that, so a client that reconnects finds its session.
+- **The SessionHost.** Its WebSocket is told `session_lost` and closed with 4410; calls for
+  the old session answer 404 `unknown_session` from the replacement, and its sweep deletes
+  the crashed session's unsaved persona once the old host's heartbeat is stale (30 s).
 
-Every test ends with the app serving again, so the order of the tests does not matter.
+The first test runs on one Router, the others on two (the second fixture's app replaces the
+first); each ends with the app serving again.
 """
 from __future__ import annotations
 
@@ -28,8 +30,7 @@ import websockets
 from deployments.config import SessionTimeouts
 from deployments.inputs.personas import HOST_TTL_S
 from deployments.session.manager import SWEEP_PERIOD_S
-from tests.conftest import deploy_app
-from tests.graph_client import WsViewer, create_persona, create_session, open_ws
+from tests.graph_client import WsViewer, create_persona, create_session, deploy_still_app, open_ws
 
 pytestmark = pytest.mark.graph
 APP_NAME = "lockn-bod"
@@ -37,18 +38,20 @@ HTTP_TIMEOUT_S = 10.0  # a request slower than this is a hang
 FAST_ANSWER_S = 3.0  # what "answers at once" means while a Router is replaced
 GRACE_S = SessionTimeouts().disconnect_grace_s  # the default: these tests keep it
 REPLACEMENT_TIMEOUT_S = 60.0  # Serve starting a new replica on 2 busy cores
+HOST_CALL_TIMEOUT_S = 40.0  # the Router gives up on a SessionHost call after 30 s (504)
+
+
+@pytest.fixture(scope="module")
+def one_router_app(ray_serve, tmp_path_factory):
+    """As serve_config.yaml: one Router replica. Used by the first test only (the next
+    fixture's app replaces it)."""
+    return deploy_still_app(ray_serve, tmp_path_factory.mktemp("data"), 1)
 
 
 @pytest.fixture(scope="module")
 def app(ray_serve, tmp_path_factory):
-    """Two Routers, one SessionHost, still mode only, the default timeouts."""
-    args = {
-        "data_dir": str(tmp_path_factory.mktemp("data")),
-        "router_replicas": 2, "router_max_replicas": 2,
-        "backends": {},
-    }
-    base = deploy_app(ray_serve, args)
-    return {"base": base, "persona": create_persona(base, save=True)}
+    """Two Router replicas."""
+    return deploy_still_app(ray_serve, tmp_path_factory.mktemp("data"), 2)
 
 
 # ---------------- the processes ----------------
@@ -100,6 +103,7 @@ def kill(pid: int) -> float:
 class Answer:
     path: str
     status: int | None  # None: no HTTP answer at all (refused, reset, timed out)
+    sent_at_s: float  # monotonic
     elapsed_s: float
     headers: dict
     body: str
@@ -126,15 +130,16 @@ async def timed_get(http: httpx.AsyncClient, path: str) -> Answer:
     t0 = time.monotonic()
     try:
         r = await http.get(path)
-        return Answer(path, r.status_code, time.monotonic() - t0, dict(r.headers), r.text)
+        return Answer(path, r.status_code, t0, time.monotonic() - t0, dict(r.headers), r.text)
     except httpx.HTTPError as err:
-        return Answer(path, None, time.monotonic() - t0, {}, repr(err))
+        return Answer(path, None, t0, time.monotonic() - t0, {}, repr(err))
 
 
-async def probe_http(base: str, paths: list[str], stop: asyncio.Event, answers: list[Answer]) -> None:
+async def probe_http(base: str, paths: list[str], stop: asyncio.Event, answers: list[Answer],
+                     timeout_s: float = HTTP_TIMEOUT_S) -> None:
     """GET each path in turn until stopped, each on a new connection (as a fresh client would)."""
     limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as http:
         while not stop.is_set():
             for path in paths:
                 answers.append(await timed_get(http, path))
@@ -187,30 +192,43 @@ def wait_healthy(base: str, timeout_s: float) -> float:
 
 
 # ---------------- a Router replica ----------------
-def test_router_killed_under_a_websocket(app):
+PROBE_AFTER_KILL_S = 10.0  # HTTP is probed at least this long after the kill
+
+
+def test_the_only_router_killed_under_a_websocket(one_router_app):
+    """serve_config.yaml's one Router: HTTP gets a fast 503 until its replacement serves."""
+    kill_a_router_under_a_websocket(one_router_app, routers=1)
+
+
+def test_one_of_two_routers_killed_under_a_websocket(app):
+    """The other Router serves at once."""
+    kill_a_router_under_a_websocket(app, routers=2)
+
+
+def kill_a_router_under_a_websocket(app: dict, routers: int) -> None:
     base = app["base"]
     session_id = create_session(base, app["persona"], "still")["session_id"]
-    routers_before = replica_pids("Router")
-    assert len(routers_before) == 2, routers_before
+    pids = replica_pids("Router")
+    assert len(pids) == routers, pids
 
     async def main():
         viewer, ws = await watch(base, session_id)
-        router = ws.response.headers["x-locknbod-router"]
         stop, answers = asyncio.Event(), []
         probing = asyncio.create_task(probe_http(base, ["/healthz", f"/v1/sessions/{session_id}"], stop, answers))
         await asyncio.sleep(0.5)
-        t_kill = kill(routers_before[router])
+        dead_pid = pids[ws.response.headers["x-locknbod-router"]]
+        t_kill = kill(dead_pid)
         closed = await until_closed(viewer, 10)
         ended_s = time.monotonic() - t_kill
         back_s = await stream_again(base, session_id, GRACE_S - 5)
-        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t_kill)))  # probe 10 s after the kill
+        await asyncio.sleep(max(2.0, PROBE_AFTER_KILL_S - (time.monotonic() - t_kill)))
         stop.set()
         await probing
-        return closed, ended_s, back_s, answers
+        return closed, ended_s, back_s, answers, dead_pid
 
-    closed, ended_s, back_s, answers = asyncio.run(main())
-    print(f"router kill: websocket ended after {ended_s:.2f} s ({closed!r}); streaming again after "
-          f"{back_s:.2f} s; slowest of {len(answers)} answers {max(a.elapsed_s for a in answers):.2f} s; "
+    closed, ended_s, back_s, answers, dead_pid = asyncio.run(main())
+    print(f"router kill ({routers} routers): websocket ended after {ended_s:.2f} s ({closed!r}); streaming again "
+          f"after {back_s:.2f} s; slowest of {len(answers)} answers {max(a.elapsed_s for a in answers):.2f} s; "
           f"statuses {sorted({a.status for a in answers}, key=str)}")
     assert ended_s < 5
     slow = [a for a in answers if a.elapsed_s > FAST_ANSWER_S]
@@ -218,7 +236,7 @@ def test_router_killed_under_a_websocket(app):
     bad = [a for a in answers if not acceptable_while_replaced(a)]
     assert not bad, f"neither served nor a clean 503: {bad[:3]}"
     wait_viewers(base, session_id, 0)  # the dead Router's viewer went with it
-    wait_replicas("Router", 2)
+    wait_replicas("Router", routers, dead_pid)
     assert httpx.delete(f"{base}/v1/sessions/{session_id}").status_code == 204
 
 
@@ -232,13 +250,14 @@ def wait_viewers(base: str, session_id: str, count: int, timeout_s: float = 10.0
     raise AssertionError(f"{session_id} does not have {count} viewers within {timeout_s} s")
 
 
-def wait_replicas(deployment: str, count: int, timeout_s: float = REPLACEMENT_TIMEOUT_S) -> dict[str, int]:
-    """Serve's replacement is running: `count` replicas again."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def wait_replicas(deployment: str, count: int, dead_pid: int, timeout_s: float = REPLACEMENT_TIMEOUT_S) -> float:
+    """Seconds until Serve runs `count` replicas again, none of them the dead process (the
+    controller lists a killed replica as running until it notices)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
         pids = replica_pids(deployment)
-        if len(pids) == count:
-            return pids
+        if len(pids) == count and dead_pid not in pids.values():
+            return time.monotonic() - t0
         time.sleep(0.5)
     raise AssertionError(f"{deployment}: not {count} running replicas within {timeout_s} s")
 
@@ -278,24 +297,34 @@ def test_session_host_killed_under_a_websocket(app):
     (host_pid,) = replica_pids("SessionHost").values()
 
     async def view_then_lose_host():
-        viewer, ws = await watch(base, lost)
+        viewer, _ = await watch(base, lost)
+        stop, answers = asyncio.Event(), []
+        probing = asyncio.create_task(probe_http(base, [f"/v1/sessions/{lost}"], stop, answers, HOST_CALL_TIMEOUT_S))
         t_kill = kill(host_pid)
         closed = await until_closed(viewer, 10)
-        return viewer, closed, t_kill, time.monotonic() - t_kill
+        told_s = time.monotonic() - t_kill
+        await asyncio.to_thread(wait_replicas, "SessionHost", 1, host_pid)
+        replaced_s = time.monotonic() - t_kill
+        await asyncio.sleep(1)
+        stop.set()
+        await probing
+        return viewer, closed, t_kill, told_s, replaced_s, answers
 
-    viewer, closed, t_kill, told_s = asyncio.run(view_then_lose_host())
+    viewer, closed, t_kill, told_s, replaced_s, answers = asyncio.run(view_then_lose_host())
+    # Meanwhile the old session's GETs wait for a host (the replacement's 404), never fail otherwise.
+    assert all(a.status == 404 and is_error_json(a) for a in answers), [a for a in answers if a.status != 404][:3]
+    longest_wait_s = max(a.elapsed_s for a in answers)
     errors = [e for e in viewer.events if e["type"] == "error"]
     assert errors and errors[-1]["code"] == "session_lost", viewer.events[-3:]
     assert closed.rcvd is not None and closed.rcvd.code == 4410, closed
 
-    wait_replicas("SessionHost", 1)
-    replaced_s = time.monotonic() - t_kill
     r = httpx.get(f"{base}/v1/sessions/{lost}", timeout=HTTP_TIMEOUT_S)
     assert r.status_code == 404 and r.json()["code"] == "unknown_session", r.text
 
     gone_s = wait_persona_gone(base, ephemeral, t_kill, HOST_TTL_S + 15)
     print(f"session host kill: told session_lost after {told_s:.2f} s; replacement running after "
-          f"{replaced_s:.1f} s; unsaved persona deleted {gone_s:.1f} s after the kill")
+          f"{replaced_s:.1f} s; a GET of the old session waited up to {longest_wait_s:.1f} s for it; "
+          f"unsaved persona deleted {gone_s:.1f} s after the kill")
     assert gone_s >= HOST_TTL_S - 1, "deleted while its host's heartbeat was still fresh"
     r = httpx.delete(f"{base}/v1/personas/{ephemeral}")
     assert r.status_code == 404, r.text

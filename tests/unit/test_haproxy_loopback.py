@@ -194,3 +194,21 @@ def _get_when_listening(port: int, timeout_s: float = 20.0):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_a_dead_router_costs_a_retry_not_a_wait(tmp_path):
+    """On Serve's own rendered config: no backup server (Serve's proxy held requests ~10 s
+    while no Router was up), GETs retried on another Router when one dies mid-request, a
+    Router marked down at its first connection error, no client request on a reused
+    connection to a dying Router."""
+    rendered = serve_rendered_config(tmp_path, _free_port()).read_text()
+    assert "http-reuse always" in rendered and "error-limit 3" in rendered, "the template changed: review the rewrites"
+    out = hl.rewrite_config(rendered)
+    assert not any(line.split()[:1] == ["server"] and "backup" in line.split() for line in out.splitlines())
+    assert "http-reuse always" not in out and "http-reuse safe" in out
+    assert "error-limit 1" in out and "error-limit 3" not in out
+    assert "    retry-on conn-failure empty-response" in section(out, "defaults")
+    assert hl.GET_RETRIES_ONLY.strip() in [line.strip() for line in section(out, "frontend http_frontend")]
+    assert hl.rewrite_config(out) == out
+    sample = "backend b\n    # Fallback to Serve's proxy\n    server fallback 127.0.0.1:8001 check backup\n"
+    assert hl.without_fallback_server(sample) == "backend b\n"
