@@ -187,10 +187,24 @@ def with_edge_defaults(config: str) -> str:
     return _DEFAULTS.sub(rewrite, config, count=1)
 
 
+# Ray's `default_backend`, for paths no application serves: a text/plain 404. With the app
+# at route prefix "/", that is only while the server starts (no application deployed yet).
+_NO_APP_ANSWER = re.compile(r"^[ \t]*http-request return status 404 content-type text/plain lf-string \"Path '%\[path\]'"
+                            r" not found[^\n]*\n", re.MULTILINE)
+NO_APP_ANSWER = ("    http-request return status 503 content-type application/json hdr Retry-After 1 string "
+                 "'{\"error\": \"the server is starting: no application serves this path yet\", "
+                 "\"code\": \"unavailable\"}'\n")
+
+
+def starting_answers_json(config: str) -> str:
+    """The config answering a path no application serves (yet) with a 503 `{error, code}`."""
+    return _NO_APP_ANSWER.sub(lambda m: NO_APP_ANSWER, config)
+
+
 def rewrite_config(config: str, host: str = "127.0.0.1") -> str:
     """Every rewrite of this launcher, in order."""
     frontend = without_ws_compression(retries_for_get_only(loopback_binds(config, host)))
-    backends = failover_backends(without_fallback_server(frontend))
+    backends = starting_answers_json(failover_backends(without_fallback_server(frontend)))
     return with_edge_defaults(private_stats_socket(backends))
 
 

@@ -212,3 +212,15 @@ def test_a_dead_router_costs_a_retry_not_a_wait(tmp_path):
     assert hl.rewrite_config(out) == out
     sample = "backend b\n    # Fallback to Serve's proxy\n    server fallback 127.0.0.1:8001 check backup\n"
     assert hl.without_fallback_server(sample) == "backend b\n"
+
+
+def test_a_path_no_application_serves_yet_answers_a_json_503(tmp_path):
+    """While the server starts, HAProxy's default backend answers instead of the app:
+    in the app's shape, as a 503 to retry, not Ray's text/plain 404."""
+    rendered = serve_rendered_config(tmp_path, _free_port()).read_text()
+    assert "not found. Ping" in rendered, "the template changed: review starting_answers_json"
+    out = hl.rewrite_config(rendered)
+    answers = [line for line in section(out, "backend default_backend") if "http-request return" in line]
+    assert answers == [hl.NO_APP_ANSWER.rstrip("\n")]
+    body = json.loads(answers[0].split("string '", 1)[1].rstrip("'"))
+    assert body["code"] == "unavailable" and "hdr Retry-After 1" in answers[0]
