@@ -90,7 +90,6 @@ class SessionHostImpl:
     async def render_upload(self, persona_id: str, mode: str, data: bytes, controls: Controls) -> bytes:
         return await self.manager.render_upload(persona_id, mode, data, controls)
 
-
     async def __del__(self):  # called on replica shutdown; idempotent
         self._sweeper.cancel()
         await self.manager.shutdown()
