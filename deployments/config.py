@@ -16,6 +16,7 @@ class Limits(BaseModel):
     max_sessions: int = Field(16, ge=1, description="concurrent sessions over all hosts")
     max_viewers_per_session: int = Field(8, ge=1)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="persona image upload")
+    max_avatar_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="avatar3d GLB upload")
     max_audio_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="one audio POST or render")
     max_image_side_px: int = Field(4096, ge=64, description="larger images are refused")
     min_image_side_px: int = Field(64, ge=16)
@@ -201,9 +202,10 @@ class AppArgs(BaseModel):
         return self.data_dir / "personas"
 
     def modes(self) -> list[str]:
-        """Modes this app serves: still, the configured backends, and test modes if enabled."""
+        """Modes this app serves: avatar3d and still (no GPU, no weights), the configured
+        backends, and test modes if enabled."""
         extra = ["pattern"] if self.enable_test_modes else []
-        return list(dict.fromkeys(["still", *self.backends, *extra]))
+        return list(dict.fromkeys(["avatar3d", "still", *self.backends, *extra]))
 
     def max_sessions_per_host(self) -> int:
         return -(-self.limits.max_sessions // self.session_hosts)

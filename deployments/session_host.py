@@ -44,6 +44,8 @@ class SessionHostImpl:
             gate=VramGate(vram, app_args) if vram is not None else None,
         )
         self._sweeper = asyncio.get_event_loop().create_task(self.manager.run_sweeper())
+        if "avatar3d" in app_args.modes():  # its first decoder takes 0.3–0.6 s: not in a session's way
+            asyncio.get_event_loop().run_in_executor(None, self.manager.warm_visemes)
 
     # ---------------- sessions ----------------
     async def create_session(self, persona_id: str, mode: str, sample_rate_hz: int, controls: Controls,

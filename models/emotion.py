@@ -21,7 +21,29 @@ ALIASES = {
     "calm": "neutral", "none": "neutral",
 }
 
-SUPPORTS_EMOTION = {"still": False, "musetalk": False, "liveportrait": True, "ditto": True, "pattern": False}
+SUPPORTS_EMOTION = {"still": False, "musetalk": False, "liveportrait": True, "ditto": True, "pattern": False,
+                    "avatar3d": True}
+
+# avatar3d: TalkingHead's moods have these names. Where no mood fits, the avatar keeps a
+# neutral mood and plays an expression animation (an emoji TalkingHead knows) between
+# utterances: those animations move the mouth, so never during speech.
+TALKINGHEAD_MOODS = ("neutral", "happy", "sad", "angry", "fear", "disgust")
+EXPRESSIONS = {
+    "surprised": ("😳", "😱"),  # (mild, strong)
+    "surprise": ("😳", "😱"),
+    "thinking": ("🤔", "🤔"),
+    "contempt": ("😏", "😏"),
+}
+STRONG_EXPRESSION = 0.75  # from this intensity on, the strong expression
+
+
+def talkinghead_mood(emotion: str, intensity: float) -> tuple[str, str | None]:
+    """(mood, expression emoji or None) that show `emotion` on a TalkingHead avatar; the
+    page scales the mood by intensity."""
+    if emotion in TALKINGHEAD_MOODS:
+        return emotion, None
+    mild, strong = EXPRESSIONS.get(emotion, (None, None))
+    return "neutral", strong if intensity >= STRONG_EXPRESSION else mild
 
 
 def normalize_emotion(tag: str) -> str:

@@ -10,6 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from .emotion import supports_emotion
 from .weights import WeightFile, fetch_command, missing
 
 
@@ -23,11 +24,15 @@ class ModeSpec:
     pipeline: str
     weight_files: str | None = None  # "module:callable" -> list[WeightFile]
     test_only: bool = False
+    video: bool = True  # False: the server sends audio and cues; the browser draws the avatar
 
 
 MODES: dict[str, ModeSpec] = {
     spec.name: spec
     for spec in (
+        # No frames: what "renders" avatar3d on the server is the viseme tracker the session runs.
+        ModeSpec("avatar3d", "a 3D avatar drawn in the browser (TalkingHead), lip-synced from the audio "
+                             "(no GPU, no weights)", False, "models.visemes.tracker:VisemeTracker", video=False),
         ModeSpec("still", "the portrait, unanimated, audio passed through (no GPU)", False,
                  "models.still:StillPipeline"),
         ModeSpec("liveportrait", "expression and pose from emotion tags, lips from audio", True,
@@ -51,6 +56,8 @@ class ModeStatus:
     available: bool
     needs_gpu: bool
     description: str
+    video: bool = True
+    emotion: bool = False
     reason: str | None = None
     fetch_command: str | None = None
     missing_files: tuple[str, ...] = ()
@@ -73,7 +80,8 @@ def mode_files(spec: ModeSpec, options: dict | None = None) -> list[WeightFile]:
 
 def mode_status(spec: ModeSpec, options: dict | None = None) -> ModeStatus:
     """Available when its code is built and the files its options need are in the local cache."""
-    base = dict(name=spec.name, needs_gpu=spec.needs_gpu, description=spec.description)
+    base = dict(name=spec.name, needs_gpu=spec.needs_gpu, description=spec.description, video=spec.video,
+                emotion=supports_emotion(spec.name))
     try:
         load_ref(spec.pipeline)
         files = mode_files(spec, options)
@@ -91,5 +99,6 @@ def mode_status(spec: ModeSpec, options: dict | None = None) -> ModeStatus:
 
 
 def build_pipeline(mode: str, **options):
-    """The mode's pipeline from its options: the factory graph.py gives backend deployments."""
+    """The mode's pipeline from its options: the factory graph.py gives backend deployments
+    (a mode with video only)."""
     return load_ref(MODES[mode].pipeline)(**options)

@@ -11,7 +11,7 @@ import numpy as np
 import websockets
 from PIL import Image
 
-from deployments.api.protocol import FRAME_HEADER, FRAME_MAGIC
+from deployments.api.protocol import AUDIO_MAGIC, FRAME_HEADER, FRAME_MAGIC
 
 
 def portrait_png(size: int = 64, seed: int = 0) -> bytes:
@@ -39,7 +39,9 @@ def ws_url(base: str, session_id: str, pacing: str | None = None) -> str:
 
 
 class WsViewer:
-    """Collects frames (pts, jpeg, t_recv) and events from a session's WebSocket.
+    """Collects frames (pts, jpeg, t_recv), avatar3d's audio (first sample, PCM16 bytes,
+    t_recv) and events from a session's WebSocket; `sequence` keeps every message's kind in
+    arrival order ("frame", "audio", or the event's type).
 
     With client pacing it is the client's playout buffer too: a `retract` event drops
     the frames it takes back, `clock` gives each frame its due time (`due`)."""
@@ -47,7 +49,9 @@ class WsViewer:
     def __init__(self, ws):
         self.ws = ws
         self.frames: list[tuple[int, bytes, float]] = []
+        self.audio: list[tuple[int, bytes, float]] = []
         self.events: list[dict] = []
+        self.sequence: list[str] = []
         self.t0: float | None = None  # from a `clock` event (client pacing only)
 
     def due(self, pts: int) -> float:
@@ -65,12 +69,15 @@ class WsViewer:
                 raise TimeoutError(f"condition not met in {timeout_s} s; {len(self.frames)} frames, "
                                    f"last events: {self.events[-5:]}") from None
             if isinstance(message, bytes):
-                magic, pts = FRAME_HEADER.unpack_from(message)
-                assert magic == FRAME_MAGIC
-                self.frames.append((pts, message[FRAME_HEADER.size:], time.time()))
+                magic, index = FRAME_HEADER.unpack_from(message)
+                assert magic in (FRAME_MAGIC, AUDIO_MAGIC)
+                media = self.frames if magic == FRAME_MAGIC else self.audio
+                media.append((index, message[FRAME_HEADER.size:], time.time()))
+                self.sequence.append("frame" if magic == FRAME_MAGIC else "audio")
             else:
                 event = json.loads(message) | {"t_recv": time.time()}
                 self.events.append(event)
+                self.sequence.append(event["type"])
                 if event["type"] == "clock":
                     self.t0 = event["t0"]
                 elif event["type"] == "retract":

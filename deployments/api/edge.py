@@ -22,10 +22,11 @@ HTTP_STATUS: dict[str, int] = {
     # 401, 403: not from a client or a page this server serves (api/guard.py)
     "unauthorized": 401, "forbidden_host": 403, "forbidden_origin": 403,
     # 404: nothing by that name
-    "not_found": 404, "unknown_persona": 404, "unknown_session": 404,
+    "not_found": 404, "unknown_persona": 404, "unknown_session": 404, "unknown_avatar": 404,
     # 409: in conflict with the server's state
     "method_not_allowed": 405, "request_timeout": 408,
     "mode_unavailable": 409, "not_simulated": 409, "persona_in_use": 409, "weights_missing": 409,
+    "mode_has_no_video": 409, "avatar3d_only": 409,
     "length_required": 411,
     # 413: over a limit of size or length
     "too_large": 413, "too_long": 413,
@@ -35,6 +36,7 @@ HTTP_STATUS: dict[str, int] = {
     "consent_required": 422, "invalid_consent": 422, "invalid_event": 422, "invalid_request": 422,
     "missing_audio": 422, "missing_image": 422, "too_small": 422, "truncated_audio": 422, "undecodable_audio": 422,
     "unknown_emotion": 422, "unknown_mode": 422,
+    "missing_persona": 422, "missing_glb": 422, "invalid_avatar": 422, "licence_required": 422, "invalid_licence": 422,
     # ... including media a mode cannot use (models' PipelineError codes)
     "no_face": 422, "face_too_small": 422, "bad_persona": 422, "bad_media": 422, "empty_media": 422,
     "pipeline_error": 422, "no_gpu": 422,

@@ -109,6 +109,7 @@ class EdgePolicy:
             api_token=edge.api_token, max_json_bytes=edge.max_json_bytes,
             body_limits=(
                 ("POST", re.compile(r"/v1/personas"), limits.max_upload_bytes + MULTIPART_OVERHEAD_BYTES),
+                ("POST", re.compile(r"/v1/avatars"), limits.max_avatar_bytes + MULTIPART_OVERHEAD_BYTES),
                 ("POST", re.compile(r"/v1/render"), limits.max_audio_upload_bytes + MULTIPART_OVERHEAD_BYTES),
                 ("POST", re.compile(r"/v1/sessions/[^/]+/audio"), limits.max_audio_upload_bytes),
             ))

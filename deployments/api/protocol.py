@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 FRAME_MAGIC = b"BODF"
 FRAME_HEADER = struct.Struct("<4sQ")  # magic, frame index (pts): 12 bytes, then a JPEG
+AUDIO_MAGIC = b"BODA"  # avatar3d: the same header with the first sample's index, then PCM16LE 16 kHz
 CLIENT_BINARY = ("PCM16LE mono audio at the session's `sample_rate_hz` (set when the session is created), "
                  "in messages of any size (whole samples)")
 SERVER_BINARY = (f"one video frame: a {FRAME_HEADER.size}-byte little-endian header, struct format "
                  f"`{FRAME_HEADER.format}` (the magic `{FRAME_MAGIC.decode()}`, then the frame index `pts` "
-                 "as a uint64), then a JPEG")
+                 "as a uint64), then a JPEG; in avatar3d mode, speech audio instead: the same header with "
+                 f"the magic `{AUDIO_MAGIC.decode()}` and the index of the first sample on the 16 kHz output "
+                 "clock (frame i = samples [640 i, 640 (i+1))), then PCM16LE mono at 16 kHz")
 
 
 class Strict(BaseModel):
@@ -62,7 +65,46 @@ class EndOfSpeechEvent(Message):
     type: Literal["end_of_speech"] = "end_of_speech"
 
 
-ControlEvent = Annotated[Union[EmotionEvent, InterruptEvent, EndOfSpeechEvent], Field(discriminator="type")]
+GESTURES = ("handup", "index", "ok", "thumbup", "thumbdown", "side", "shrug", "namaste", "yes", "no")
+MAX_TEXT_CHARS = 2000
+MAX_WORDS = 500
+
+
+class TextEvent(Message):
+    """avatar3d: the sentence being spoken, so that its forced alignment refines the lip-sync
+    cues of the utterance not yet started (or the next one)."""
+
+    type: Literal["text"] = "text"
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class WordsEvent(Message):
+    """avatar3d: a TTS's word timings for the next utterance (ms from its first sample), passed
+    through as a `words` event for TalkingHead's own word lip sync."""
+
+    type: Literal["words"] = "words"
+    words: list[Annotated[str, Field(max_length=100)]] = Field(max_length=MAX_WORDS)
+    wtimes: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_WORDS)
+    wdurations: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_WORDS)
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "WordsEvent":
+        if not len(self.words) == len(self.wtimes) == len(self.wdurations):
+            raise ValueError("words, wtimes and wdurations must have the same length")
+        return self
+
+
+class GestureEvent(Message):
+    """avatar3d: play a hand gesture or a nod."""
+
+    type: Literal["gesture"] = "gesture"
+    name: Literal[GESTURES]  # type: ignore[valid-type]
+    duration_s: float = Field(3.0, gt=0.0, le=30.0)
+    mirror: bool = False
+
+
+ControlEvent = Annotated[Union[EmotionEvent, InterruptEvent, EndOfSpeechEvent, TextEvent, WordsEvent,
+                               GestureEvent], Field(discriminator="type")]
 CONTROL_EVENT = TypeAdapter(ControlEvent)
 
 
@@ -88,6 +130,8 @@ class SessionReady(ServerEvent):
     fps: int
     sample_rate_hz: int = Field(description="the rate of the PCM the client sends")
     placement: dict[str, Any] | None = Field(None, description="where the VRAM controller placed the session")
+    avatar_url: str | None = Field(None, description="avatar3d: the GLB the page loads")
+    output_sample_rate_hz: int | None = Field(None, description="avatar3d: the rate of the audio sent (16000)")
 
 
 class ClockEvent(ServerEvent):
@@ -112,6 +156,7 @@ class SpeechStarted(ServerEvent):
 
     type: Literal["speech_started"] = "speech_started"
     pts: int | None = Field(None, description="the first frame of speech")
+    sample: int | None = Field(None, description="avatar3d: the utterance's first sample on the 16 kHz clock")
 
 
 class SpeechEnded(ServerEvent):
@@ -127,6 +172,49 @@ class RetractEvent(ServerEvent):
 
     type: Literal["retract"] = "retract"
     from_pts: int
+    sample: int | None = Field(None, description="avatar3d: audio and cues from this sample on are void")
+
+
+class VisemesEvent(ServerEvent):
+    """avatar3d: lip-sync cues in TalkingHead's shape, always before the audio they cover;
+    times in ms from the utterance's first sample (`sample`)."""
+
+    type: Literal["visemes"] = "visemes"
+    sample: int
+    visemes: list[str]
+    vtimes: list[int]
+    vdurations: list[int]
+
+
+class WordsCue(ServerEvent):
+    """avatar3d: a TTS's word timings (the client's `words`), for TalkingHead's word mode."""
+
+    type: Literal["words"] = "words"
+    sample: int
+    words: list[str]
+    wtimes: list[int]
+    wdurations: list[int]
+
+
+class MoodEvent(ServerEvent):
+    """avatar3d: the emotion as TalkingHead shows it: a mood scaled by intensity, and an
+    expression animation (an emoji) to play between utterances where no mood fits."""
+
+    type: Literal["mood"] = "mood"
+    emotion: str
+    intensity: float
+    mood: str
+    expression: str | None = None
+    speaking: bool = False
+
+
+class GestureCue(ServerEvent):
+    """avatar3d: play a gesture (the client's `gesture`)."""
+
+    type: Literal["gesture"] = "gesture"
+    name: str
+    duration_s: float
+    mirror: bool
 
 
 class ErrorEvent(ServerEvent):
@@ -155,7 +243,7 @@ class SessionClosed(ServerEvent):
 
 ServerMessage = Annotated[
     Union[SessionReady, ClockEvent, ModeChanged, SpeechStarted, SpeechEnded, RetractEvent, ErrorEvent,
-          WarningEvent, SessionClosed],
+          WarningEvent, SessionClosed, VisemesEvent, WordsCue, MoodEvent, GestureCue],
     Field(discriminator="type")]
 SERVER_EVENT = TypeAdapter(ServerMessage)
 
@@ -203,6 +291,18 @@ class EventItem:
 
 
 @dataclass
+class AudioItem:
+    """avatar3d: speech audio from `sample` on (16 kHz output clock), sent ahead of time."""
+
+    sample: int
+    pcm16: bytes  # PCM16LE mono 16 kHz
+
+    def wire(self) -> bytes:
+        """The WebSocket message: `<4sQ` header (BODA, first sample) then the PCM."""
+        return FRAME_HEADER.pack(AUDIO_MAGIC, self.sample) + self.pcm16
+
+
+@dataclass
 class RetractItem:
     """An interrupt (or speech starting) took back the frames from `from_pts` on."""
 
@@ -216,12 +316,13 @@ class EndItem:
     reason: str = "closed"
 
 
-HostItem = Union[FramesItem, EventItem, RetractItem, EndItem]
+HostItem = Union[FramesItem, AudioItem, EventItem, RetractItem, EndItem]
 
 
 # ---- REST bodies ----
 class CreateSession(Strict):
-    persona_id: str
+    persona_id: str | None = Field(None, description="the portrait; every mode but avatar3d needs one")
+    avatar_id: str | None = Field(None, description="avatar3d: an uploaded avatar; the default one when absent")
     mode: str = "still"
     emotion: str = "neutral"
     intensity: float = Field(1.0, ge=0.0, le=1.0)
@@ -230,7 +331,7 @@ class CreateSession(Strict):
 
 class SessionInfo(BaseModel):
     session_id: str
-    persona_id: str
+    persona_id: str  # avatar3d: the avatar's id (`default` for the built-in one)
     mode: str  # what is streaming now
     requested_mode: str
     sample_rate_hz: int

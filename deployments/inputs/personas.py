@@ -1,8 +1,11 @@
-"""Persona storage: validated portraits in a local directory, ids generated here.
+"""Persona storage: validated portraits, and avatar3d's avatars, in a local directory, ids
+generated here. An avatar (a GLB) is kept, referenced by sessions, consented to and
+deleted exactly as a portrait is; only its media differs.
 
 Layout (nothing a client sends becomes a path):
 
     <persona_dir>/<persona_id>/portrait.png   RGB, downscaled to portrait_max_side_px
+    <persona_dir>/<avatar_id>/avatar.glb      a validated glTF 2.0 binary (avatar ids start with av_)
     <persona_dir>/<persona_id>/meta.json      PersonaRecord
     <persona_dir>/<persona_id>/sessions/<id>  one marker per live session using it
     <persona_dir>/.hosts/<host id>            a SessionHost's heartbeat (its mtime)
@@ -41,6 +44,8 @@ from ..api.errors import ServiceError
 from ..config import Limits
 
 PERSONA_ID = re.compile(r"^p_[0-9a-f]{24}$")
+AVATAR_ID = re.compile(r"^av_[0-9a-f]{24}$")
+MAX_LICENCE_CHARS = 200
 SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,32}\.[A-Za-z0-9_-]{16,32}$")
 HOST_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 HOSTS_DIR = ".hosts"
@@ -58,21 +63,45 @@ IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeEr
 
 
 class PersonaRecord(BaseModel):
-    persona_id: str
+    persona_id: str  # an avatar's id too
     created_at: float
     real_person: bool
     consent: str | None
     consent_at: float | None
     save: bool
-    width: int
-    height: int
+    width: int = 0  # a portrait's size; 0 for an avatar
+    height: int = 0
     source_format: str
+    kind: str = "portrait"  # or "avatar"
+    licence: str | None = None  # an avatar's licence, as the uploader stated it
+    size_bytes: int | None = None
 
 
 def check_persona_id(persona_id: str) -> str:
     if not PERSONA_ID.match(persona_id or ""):
         raise ServiceError("unknown_persona", f"no persona {persona_id!r}")
     return persona_id
+
+
+def check_avatar_id(avatar_id: str) -> str:
+    if not AVATAR_ID.match(avatar_id or ""):
+        raise ServiceError("unknown_avatar", f"no avatar {avatar_id!r}")
+    return avatar_id
+
+
+def _check_stored_id(stored_id: str) -> str:
+    """A portrait's or an avatar's id."""
+    return check_avatar_id(stored_id) if stored_id.startswith("av_") else check_persona_id(stored_id)
+
+
+def check_licence(licence: object) -> str:
+    """An avatar's licence statement: required text (e.g. `CC0-1.0`, `made by me`)."""
+    if not isinstance(licence, str) or not licence.strip():
+        raise ServiceError("licence_required", "say under what licence this avatar may be used (field `licence`)")
+    licence = licence.strip()
+    if len(licence) > MAX_LICENCE_CHARS or any(_refused_in_consent(c) or c in "\r\n" for c in licence):
+        raise ServiceError("invalid_licence", f"licence must be one line of at most {MAX_LICENCE_CHARS} characters")
+    return licence
 
 
 def check_consent(consent: object) -> str | None:
@@ -145,12 +174,7 @@ class PersonaStore:
 
     # ---- create / read / delete ----
     def create(self, data: bytes, real_person: bool, consent: str | None, save: bool) -> PersonaRecord:
-        consent = check_consent(consent)
-        if real_person and (consent is None or len(consent) < MIN_CONSENT_CHARS):
-            raise ServiceError("consent_required",
-                "this portrait is of a real person: a consent statement (at least "
-                f"{MIN_CONSENT_CHARS} characters) from that person is required, or set real_person=false",
-            )
+        consent = _checked_consent(consent, real_person, "portrait")
         img, fmt = decode_portrait(data, self.limits)
         now = self.clock()
         record = PersonaRecord(
@@ -158,24 +182,54 @@ class PersonaStore:
             consent=consent, consent_at=now if consent else None, save=save,
             width=img.width, height=img.height, source_format=fmt,
         )
-        tmp = self.root / f".tmp-{record.persona_id}"
-        (tmp / "sessions").mkdir(parents=True)
-        img.save(tmp / "portrait.png")
-        (tmp / "meta.json").write_text(record.model_dump_json())
-        tmp.rename(self._dir(record.persona_id))  # atomic: readers never see half a persona
+        self._store(record, lambda d: img.save(d / "portrait.png"))
         return record
 
+    def create_avatar(self, data: bytes, licence: object, real_person: bool, consent: str | None,
+                      save: bool) -> PersonaRecord:
+        """A user's avatar3d GLB; 422 `invalid_avatar` lists what TalkingHead would miss."""
+        from models.avatar3d.glb import validate_avatar_glb  # numpy and json only
+
+        consent = _checked_consent(consent, real_person, "avatar")
+        licence = check_licence(licence)
+        problems = validate_avatar_glb(data)
+        if problems:
+            raise ServiceError("invalid_avatar", "this GLB cannot be used as an avatar: " + "; ".join(problems))
+        now = self.clock()
+        record = PersonaRecord(
+            persona_id="av_" + secrets.token_hex(12), created_at=now, real_person=real_person,
+            consent=consent, consent_at=now if consent else None, save=save,
+            source_format="GLB", kind="avatar", licence=licence, size_bytes=len(data),
+        )
+        self._store(record, lambda d: (d / "avatar.glb").write_bytes(data))
+        return record
+
+    def _store(self, record: PersonaRecord, write_media: Callable[[Path], object]) -> None:
+        tmp = self.root / f".tmp-{record.persona_id}"
+        (tmp / "sessions").mkdir(parents=True)
+        write_media(tmp)
+        (tmp / "meta.json").write_text(record.model_dump_json())
+        tmp.rename(self._dir(record.persona_id))  # atomic: readers never see half a persona
+
     def get(self, persona_id: str) -> PersonaRecord:
-        path = self._dir(check_persona_id(persona_id)) / "meta.json"
+        path = self._dir(_check_stored_id(persona_id)) / "meta.json"
         try:
             return PersonaRecord.model_validate_json(path.read_text())
         except FileNotFoundError:
-            raise ServiceError("unknown_persona", f"no persona {persona_id!r}") from None
+            kind = "avatar" if persona_id.startswith("av_") else "persona"
+            raise ServiceError(f"unknown_{kind}", f"no {kind} {persona_id!r}") from None
 
     def sessions_of(self, persona_id: str) -> list[str]:
         """The persona's live sessions: those whose host still heartbeats (orphans left out)."""
         live_hosts = self.live_hosts()
-        return [m for m in self._markers(check_persona_id(persona_id)) if _host_of(m) in live_hosts]
+        return [m for m in self._markers(_check_stored_id(persona_id)) if _host_of(m) in live_hosts]
+
+    def load_avatar(self, avatar_id: str) -> bytes:
+        """An uploaded avatar's GLB."""
+        try:
+            return (self._dir(check_avatar_id(avatar_id)) / "avatar.glb").read_bytes()
+        except FileNotFoundError:
+            raise ServiceError("unknown_avatar", f"no avatar {avatar_id!r}") from None
 
     def load_media(self, persona_id: str) -> PersonaMedia:
         path = self._dir(check_persona_id(persona_id)) / "portrait.png"
@@ -208,7 +262,7 @@ class PersonaStore:
     def release(self, persona_id: str, session_id: str) -> bool:
         """Drop a session's reference; deletes an unsaved persona with its last session. True if deleted."""
         with self._locked():
-            d = self._dir(check_persona_id(persona_id))
+            d = self._dir(_check_stored_id(persona_id))
             (d / "sessions" / self._marker(session_id)).unlink(missing_ok=True)
             try:
                 record = self.get(persona_id)
@@ -227,7 +281,7 @@ class PersonaStore:
         deleted = []
         with self._locked():
             live_hosts = self.live_hosts(now)
-            for d in self.root.glob("p_*"):
+            for d in [*self.root.glob("p_*"), *self.root.glob("av_*")]:
                 if self._sweep_one(d.name, live_hosts, ttl_s, now):
                     shutil.rmtree(d, ignore_errors=True)
                     deleted.append(d.name)
@@ -302,6 +356,16 @@ class PersonaStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _checked_consent(consent: object, real_person: bool, what: str) -> str | None:
+    consent = check_consent(consent)
+    if real_person and (consent is None or len(consent) < MIN_CONSENT_CHARS):
+        raise ServiceError("consent_required",
+            f"this {what} is of a real person: a consent statement (at least "
+            f"{MIN_CONSENT_CHARS} characters) from that person is required, or set real_person=false",
+        )
+    return consent
 
 
 def _host_of(session_id: str) -> str:

@@ -62,6 +62,10 @@ class SpeechBuffer:
         want = min(n, self.frames) * SAMPLES_PER_FRAME
         return self._take(want)
 
+    def take(self, n: int) -> np.ndarray:
+        """Up to the first n samples: (≤ n,) float32."""
+        return self._take(min(n, self._size))
+
     def take_all_padded(self) -> np.ndarray:
         """Everything buffered, zero-padded to a whole number of frames (end of an utterance)."""
         data = self._take(self._size)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -27,42 +26,31 @@ from typing import Any
 
 import numpy as np
 
-from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
+from models.base import FPS, SAMPLES_PER_FRAME, Controls
 
-from ..api.errors import ServiceError, error_event, pipeline_error
+from ..api.errors import error_event, pipeline_error
 from ..api.protocol import (
-    EndItem,
     ErrorEvent,
-    EventItem,
     FramesItem,
-    HostItem,
     ModeChanged,
     RetractItem,
     ServerEvent,
-    SessionInfo,
     SessionReady,
     SpeechEnded,
     SpeechStarted,
     WarningEvent,
-    session_urls,
 )
-from ..inputs.audio_in import StreamResampler
 from ..rendering.interface import Backend
 from ..transports.encode import (
-    DEFAULT_JPEG_QUALITY,
     EncodedFrames,
     FrameFormat,
     JpegEncoder,
     decode_jpeg,
 )
-from .clock import SessionClock, SpeechBuffer
+from .base import SessionConfig, SessionCore, Viewer
 from .scheduler import SpeechState, smoothed_render_speed, speech_frames_to_render, wake_at_s
 
 log = logging.getLogger("ray.serve")
-# The stream resampler may give out a few samples more than a push's share (its filter delay).
-RESAMPLER_SLACK_SAMPLES = 64
-
-
 def warm_up_error(mode: str, err: BaseException) -> ErrorEvent:
     """The `error` event of a backend that could not start a session: the pipeline's own code
     (e.g. `no_face`) where it gave one, else `backend_unavailable`. The session stays in still mode."""
@@ -70,31 +58,6 @@ def warm_up_error(mode: str, err: BaseException) -> ErrorEvent:
     if found is not None:
         return error_event(found.code, f"{mode}: {found}")
     return error_event("backend_unavailable", f"{mode} backend unavailable: {str(err) or type(err).__name__}")
-
-
-@contextlib.contextmanager
-def _buffer_full_as_service_error():
-    try:
-        yield
-    except OverflowError as err:
-        raise ServiceError("audio_buffer_full", str(err)) from None
-
-
-@dataclass
-class SessionConfig:
-    chunk_frames: int = 5
-    idle_lead_frames: int = 2
-    idle_batch_frames: int = 5  # idle frames per backend call and per published item
-    max_lead_frames: int = 25
-    max_chunks_per_call: int = 1
-    batch_lead_frames: int = 10  # never batch below this lead: it would delay the first frames
-    speech_gap_s: float = 0.4
-    max_buffered_audio_s: float = 120.0
-    call_timeout_s: float = 30.0
-    ready_timeout_s: float = 120.0
-    max_viewers: int = 8
-    viewer_queue_items: int = 256
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY
 
 
 @dataclass
@@ -125,21 +88,16 @@ class FrameBatch:
         return self.frames
 
 
-@dataclass(eq=False)  # identity-hashed: viewers live in a set
-class Viewer:
-    want_audio: bool
-    queue: asyncio.Queue
-    want_raw: bool = False  # raw frames: only for viewers in this process (never across Ray)
-    overflowed: bool = False
-
-
 @dataclass
 class _Warm:
     backend: Backend
     carry: Any
 
 
-class Session:
+class Session(SessionCore):
+    """A session that streams video frames: still frames at once, its mode's once the
+    backend is warm, speech rendered a little ahead of the wall clock."""
+
     def __init__(
         self,
         session_id: str,
@@ -151,30 +109,15 @@ class Session:
         backend: Backend | None,
         config: SessionConfig,
     ):
-        self.session_id, self.persona_id = session_id, persona_id
-        self.requested_mode, self.sample_rate_hz = requested_mode, sample_rate_hz
-        self.controls, self.config = controls, config
+        super().__init__(session_id, persona_id, requested_mode, sample_rate_hz, controls, config)
         self.still, self.backend = still, backend
-        self.placement: dict | None = None  # the VRAM controller's decision, where it placed the session
-        self.clock = SessionClock()
-        self.created_at = time.time()
-        self.last_input_at = self.created_at
-        self.last_viewer_left_at: float | None = None
-        self.closed = False
-
         self._active: Backend = still
         self._carry: Any = None
         self._warm: _Warm | None = None
-        self._resampler = StreamResampler(sample_rate_hz)
-        self._speech = SpeechBuffer(int(config.max_buffered_audio_s * SAMPLE_RATE_HZ))
         self._spans: collections.deque[np.ndarray] = collections.deque()  # rendered audio not yet shown
         self._encoder = JpegEncoder(config.jpeg_quality)
-        self._viewers: set[Viewer] = set()
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
         self._produced_pts = 0
         self._speaking = False
-        self._eos = False
         self._epoch = 0  # bumped by interrupt: renders begun before it are dropped
         self._drop_held = False  # set by interrupt: the backend drops what its lookahead holds
         self._hold_task: asyncio.Task | None = None
@@ -190,56 +133,10 @@ class Session:
         if self.backend is not None:
             self._spawn(self._warm_up(), "backend warm-up")
 
-    async def close(self, reason: str = "closed") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for viewer in list(self._viewers):
-            self._put(viewer, EndItem(reason), force=True)
-        self._speech.clear()
+    def _forget_speech(self) -> None:
         self._spans.clear()
 
-    def _spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.session_id} {name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     # ---------------- input ----------------
-    def push_audio(self, samples: np.ndarray) -> None:
-        """samples: float32 mono at the session's rate (a WebSocket's PCM). Refused before the
-        resampler sees it when it cannot fit, so a refused push leaves no seam in the stream."""
-        at_16k = -(-len(samples) * SAMPLE_RATE_HZ // self.sample_rate_hz) + RESAMPLER_SLACK_SAMPLES
-        with _buffer_full_as_service_error():
-            self._speech.check_room(at_16k)
-        self.push_audio_16k(self._resampler.push(samples))
-
-    def push_audio_16k(self, samples16k: np.ndarray) -> None:
-        """Audio already at 16 kHz (an HTTP upload, resampled from its own rate)."""
-        self.last_input_at = time.time()
-        with _buffer_full_as_service_error():
-            self._speech.push(samples16k)
-        self._eos = False
-        self._wake.set()
-
-    def set_emotion(self, value: str, intensity: float) -> None:
-        self.last_input_at = time.time()
-        self.controls = Controls(emotion=value, intensity=intensity,
-                                 head_pitch_deg=self.controls.head_pitch_deg,
-                                 head_yaw_deg=self.controls.head_yaw_deg,
-                                 head_roll_deg=self.controls.head_roll_deg)
-
-    def end_of_speech(self) -> None:
-        self.last_input_at = time.time()
-        tail = self._resampler.flush()
-        if len(tail):
-            self._speech.push(tail)
-        self._eos = True
-        self._wake.set()
-
     def interrupt(self) -> None:
         """Drop buffered audio and frames not yet shown; idle again from the next frame."""
         self.last_input_at = time.time()
@@ -259,47 +156,16 @@ class Session:
         self._wake.set()
 
     # ---------------- viewers ----------------
-    def subscribe(self, want_audio: bool = False, want_raw: bool = False) -> Viewer:
-        if len(self._viewers) >= self.config.max_viewers:
-            raise ServiceError("too_many_viewers", f"session already has {self.config.max_viewers} viewers")
-        viewer = Viewer(want_audio, asyncio.Queue(self.config.viewer_queue_items), want_raw)
-        self._put(viewer, EventItem(self._ready_event(), self.clock.t0))
+    def _greeting(self) -> list[ServerEvent]:
+        """`session_ready`; then, while it shows still frames though it asked for another mode, why."""
+        events: list[ServerEvent] = [self._ready_event()]
         if self._still_because is not None and self._active is self.still:
-            self._put(viewer, EventItem(self._still_because, self.clock.t0))
-        self._viewers.add(viewer)
-        self.last_viewer_left_at = None
-        return viewer
-
-    def unsubscribe(self, viewer: Viewer) -> None:
-        self._viewers.discard(viewer)
-        if not self._viewers:
-            self.last_viewer_left_at = time.time()
-
-    @property
-    def viewers(self) -> int:
-        return len(self._viewers)
+            events.append(self._still_because)
+        return events
 
     def _ready_event(self) -> SessionReady:
         return SessionReady(session_id=self.session_id, mode=self._active.mode, requested_mode=self.requested_mode,
                             fps=FPS, sample_rate_hz=self.sample_rate_hz, placement=self.placement or None)
-
-    def _put(self, viewer: Viewer, item: HostItem, force: bool = False) -> None:
-        try:
-            viewer.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            if force:  # make room for the final item
-                viewer.queue.get_nowait()
-                viewer.queue.put_nowait(item)
-            else:
-                viewer.overflowed = True  # the relay ends this viewer with an error event
-
-    def _publish(self, item: HostItem | FrameBatch) -> None:
-        for viewer in list(self._viewers):
-            self._put(viewer, item.to_item(viewer) if isinstance(item, FrameBatch) else item)
-
-    def _event(self, event: ServerEvent) -> None:
-        """To every viewer: at once, or (an event with a `pts`) just before that frame."""
-        self._publish(EventItem(event, self.clock.t0))
 
     # ---------------- render loop ----------------
     async def _run(self) -> None:
@@ -363,9 +229,6 @@ class Session:
 
     def _note_render_speed(self, seconds: float, frames: int) -> None:
         self._render_s_per_frame = smoothed_render_speed(self._render_s_per_frame, seconds, frames)
-
-    def _utterance_over(self, now: float) -> bool:
-        return self._eos or now - self.last_input_at > self.config.speech_gap_s
 
     async def _render_speech(self, audio16k: np.ndarray) -> None:
         epoch, backend, started = self._epoch, self._active, time.perf_counter()
@@ -524,23 +387,10 @@ class Session:
     def mode(self) -> str:
         return self._active.mode
 
-    def info(self) -> SessionInfo:
-        return SessionInfo(
-            session_id=self.session_id, persona_id=self.persona_id, mode=self.mode,
-            requested_mode=self.requested_mode, sample_rate_hz=self.sample_rate_hz,
-            emotion=self.controls.emotion, intensity=self.controls.intensity, viewers=self.viewers,
-            frames_out=self._produced_pts, buffered_audio_s=len(self._speech) / SAMPLE_RATE_HZ,
-            speaking=self._speaking, created_at=self.created_at, urls=session_urls(self.session_id),
-        )
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
 
-    def expired(self, now: float, idle_ttl_s: float, disconnect_grace_s: float) -> str | None:
-        """Why the session should close now, or None."""
-        if self._viewers:
-            return None
-        quiet_s = now - self.last_input_at
-        if self.last_viewer_left_at is not None and now - self.last_viewer_left_at > disconnect_grace_s \
-                and quiet_s > disconnect_grace_s:
-            return "client disconnected"
-        if quiet_s > idle_ttl_s:
-            return "idle timeout"
-        return None
+    @property
+    def produced_frames(self) -> int:
+        return self._produced_pts

@@ -18,7 +18,17 @@ from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 from models.modes import build_pipeline
 
 from ..api.errors import ServiceError, error_event
-from ..api.protocol import ControlEvent, EmotionEvent, EndItem, EndOfSpeechEvent, EventItem, InterruptEvent
+from ..api.protocol import (
+    ControlEvent,
+    EmotionEvent,
+    EndItem,
+    EndOfSpeechEvent,
+    EventItem,
+    GestureEvent,
+    InterruptEvent,
+    TextEvent,
+    WordsEvent,
+)
 from ..config import AppArgs
 from ..inputs.audio_in import decode_to_16k, pcm16_to_float
 from ..inputs.personas import PersonaStore
@@ -26,12 +36,39 @@ from ..rendering.interface import Backend
 from ..rendering.local import LocalBackend
 from ..transports.encode import Mp4Writer
 from ..vram.service import HEARTBEAT_PERIOD_S
+from .avatar3d import MODE as AVATAR3D
+from .avatar3d import Avatar3dSession
+from .base import SessionCore
 from .engine import Session, SessionConfig
 
 log = logging.getLogger("ray.serve")
 SWEEP_PERIOD_S = 1.0
 OFFLINE_CHUNK_FRAMES = 50  # frames per backend call in a one-shot render
 LOCAL_TEST_MODES = ("pattern",)  # rendered in the host's process when no backend deployment serves them
+DEFAULT_AVATAR_ID = "default"  # avatar3d's built-in avatar (not in the persona store)
+
+
+def avatar_url(avatar_id: str) -> str:
+    """Where the page loads an avatar3d session's GLB."""
+    return f"/v1/avatars/{avatar_id}/glb"
+
+
+def decoder_pool_factory() -> Callable[[], Any]:
+    """The host's warm viseme decoders, made on first use (pocketsphinx is imported then)."""
+    pool = None
+
+    def get() -> Any:
+        nonlocal pool
+        if pool is None:
+            from models.visemes.pool import DecoderPool
+            pool = DecoderPool()
+        return pool
+    return get
+
+
+def no_video(mode: str) -> ServiceError:
+    return ServiceError("mode_has_no_video", f"{mode} mode renders no video: the browser draws the avatar "
+                                             "from the session WebSocket's audio and cues")
 
 
 def local_backends(args: AppArgs, store: PersonaStore, served_remotely) -> tuple[Backend, dict[str, Backend]]:
@@ -65,7 +102,8 @@ class SessionManager:
         self.args, self.store, self.host_id = args, store, host_id
         self.still, self.local, self.remote = still, dict(local or {}), dict(remote or {})
         self.gate, self.clock = gate, clock
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, SessionCore] = {}
+        self._decoder_pool = decoder_pool_factory()
         self._make_webrtc_hub = make_webrtc_hub or webrtc_hub_factory(args)
         self._webrtc: Any = None
         self._last_heartbeat_s = 0.0
@@ -75,6 +113,8 @@ class SessionManager:
     async def create_session(self, persona_id: str, mode: str, sample_rate_hz: int, controls: Controls,
                              allow_still: bool = True, max_wait_s: float = 30.0, resolution_px: int = 512) -> dict:
         self._check_room()
+        if mode == AVATAR3D:
+            return await self._create_avatar3d(persona_id, sample_rate_hz, controls)
         session_id = self._new_id()
         backend, placement = self._backend_for(mode), None
         if self._gated(mode):
@@ -94,6 +134,24 @@ class SessionManager:
             raise
         self.sessions[session_id] = session
         return session.info().model_dump() | ({"placement": placement} if placement else {})
+
+    async def _create_avatar3d(self, avatar_id: str, sample_rate_hz: int, controls: Controls) -> dict:
+        """An avatar3d session: no backend, no VRAM seat; a viseme tracker of its own."""
+        from models.visemes.tracker import VisemeTracker
+
+        session_id = self._new_id()
+        tracker = await asyncio.to_thread(VisemeTracker, self._decoder_pool())  # a cold pool makes a decoder
+        if avatar_id != DEFAULT_AVATAR_ID:
+            self.store.acquire(avatar_id, session_id)
+        session = Avatar3dSession(session_id, avatar_id, sample_rate_hz, controls, self.session_config(AVATAR3D),
+                                  tracker, avatar_url(avatar_id))
+        await session.start()
+        self.sessions[session_id] = session
+        return session.info().model_dump()
+
+    def warm_visemes(self) -> None:
+        """Make the first decoder now (0.3–0.6 s), so the first avatar3d session need not."""
+        self._decoder_pool()
 
     def _check_room(self) -> None:
         """The per-host share of limits.max_sessions: a full host says when to retry."""
@@ -133,7 +191,7 @@ class SessionManager:
             jpeg_quality=a.jpeg_quality,
         )
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str) -> SessionCore:
         session = self.sessions.get(session_id)
         if session is None:
             raise ServiceError("unknown_session", f"no session {session_id!r}")
@@ -151,7 +209,8 @@ class SessionManager:
     async def _discard(self, session: Session, reason: str) -> None:
         """Close a session that is no longer listed: its persona and VRAM seat go back."""
         await session.close(reason)
-        self.store.release(session.persona_id, session.session_id)
+        if session.persona_id != DEFAULT_AVATAR_ID:
+            self.store.release(session.persona_id, session.session_id)
         if self._gated(session.requested_mode):
             await self.gate.ended(session.session_id)
 
@@ -196,6 +255,21 @@ class SessionManager:
                 session.interrupt()
             case EndOfSpeechEvent():
                 session.end_of_speech()
+            case TextEvent() | WordsEvent() | GestureEvent():
+                self._avatar3d_control(session, event)
+
+    @staticmethod
+    def _avatar3d_control(session: SessionCore, event: ControlEvent) -> None:
+        if not isinstance(session, Avatar3dSession):
+            raise ServiceError("avatar3d_only", f"`{event.type}` events drive a 3D avatar; this session is in "
+                                                f"{session.mode} mode")
+        match event:
+            case TextEvent(text=text):
+                session.set_text(text)
+            case WordsEvent():
+                session.set_words(event)
+            case GestureEvent():
+                session.gesture(event)
 
     # ---------------- output ----------------
     async def subscribe(self, session_id: str, want_audio: bool = False) -> AsyncIterator[Any]:
@@ -218,6 +292,8 @@ class SessionManager:
     async def webrtc_offer(self, session_id: str, sdp: str, type: str) -> dict:
         """An SDP offer in; the answer, with every candidate, out (no trickle ICE)."""
         session = self.get(session_id)
+        if not isinstance(session, Session):
+            raise no_video(session.mode)
         return await self._webrtc_hub().answer(session, sdp, type)
 
     async def webrtc_peers(self, session_id: str) -> list[dict]:
@@ -239,6 +315,8 @@ class SessionManager:
 
     async def render_offline(self, persona_id: str, mode: str, audio16k: np.ndarray, controls: Controls) -> bytes:
         """The whole clip through one backend, chunk by chunk, muxed to MP4 with its audio."""
+        if mode == AVATAR3D:
+            raise no_video(mode)
         self.store.get(persona_id)
         backend, job_id = self._backend_for(mode) or self.still, None
         if self._gated(mode):

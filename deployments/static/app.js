@@ -1,5 +1,7 @@
 // LockN Bod page: upload a persona, start a session, send speech over the WebSocket,
 // watch over WebRTC (MJPEG in an <img> when WebRTC fails). Plain ES module, no build step.
+// In the avatar3d mode the server sends audio and lip-sync cues instead of video, and
+// avatar3d.js (loaded only then) renders a TalkingHead avatar in the page.
 
 const SESSION_RATE_HZ = 16000; // WAV and microphone audio are resampled to this in the browser
 const CHUNK_S = 0.1; // WAV playback is sent in 100 ms chunks at real-time pace
@@ -8,6 +10,7 @@ const CONNECT_TIMEOUT_MS = 10000;
 const GPU_POLL_MS = 5000;
 const FPS_WINDOW_MS = 1000;
 const LOG_LINES = 50;
+const AVATAR3D = "avatar3d";
 const EMOTIONS = ["neutral", "happy", "sad", "angry", "surprised", "thinking",
   "disgust", "fear", "surprise", "contempt"];
 
@@ -128,6 +131,9 @@ class Page {
     this.playback = null; // {cancelled} while a WAV is being sent
     this.mic = null; // {context, stream, node} while the microphone is on
     this.gpuTimer = null;
+    this.avatar3d = null; // Avatar3d (avatar3d.js) while a session of that mode shows its avatar
+    this.early3d = null; // server messages that came while avatar3d.js was loading
+    this.awaitingMode = false; // an avatar3d session waits for session_ready before choosing its view
   }
 
   async init() {
@@ -141,12 +147,25 @@ class Page {
     $("interrupt").addEventListener("click", () => this.interrupt());
     $("emotion").addEventListener("change", () => this.sendEmotion());
     $("intensity").addEventListener("change", () => this.sendEmotion());
+    $("mode").addEventListener("change", () => this.onModeChange());
+    $("headaudio").addEventListener("change", () => this.avatar3d?.setHeadAudio($("headaudio").checked));
     window.addEventListener("pagehide", () => this.teardown());
     await this.loadModes();
+    this.onModeChange();
     this.pollGpu();
   }
 
   // ---------------- persona, mode ----------------
+  /** avatar3d needs no portrait: Start is enabled without one there. */
+  canStart() {
+    return !this.session && (this.personaId !== null || $("mode").value === AVATAR3D);
+  }
+
+  onModeChange() {
+    $("headaudio-label").hidden = $("mode").value !== AVATAR3D;
+    $("start").disabled = !this.canStart();
+  }
+
   onRealPersonChange() {
     const real = $("real-person").checked;
     $("consent-label").hidden = !real;
@@ -182,7 +201,10 @@ class Page {
         option.title = m.available ? m.description || m.name : m.reason;
         select.append(option);
       }
-      const first = modes.find((m) => m.available && m.name !== "still") || modes.find((m) => m.available);
+      // The default stays a video mode where there is one; avatar3d is picked by hand.
+      const video = (m) => m.available && m.name !== "still" && m.name !== AVATAR3D;
+      const first = modes.find(video) || modes.find((m) => m.available && m.name !== "still")
+        || modes.find((m) => m.available);
       if (first) select.value = first.name;
     } catch (err) {
       log(`cannot list modes: ${err.message}`, true);
@@ -191,16 +213,19 @@ class Page {
 
   // ---------------- session ----------------
   async startSession() {
-    if (!this.personaId || this.session) return;
+    if (!this.canStart()) return;
+    const mode = $("mode").value;
     $("start").disabled = true;
+    const request = {
+      persona_id: this.personaId, mode, emotion: $("emotion").value,
+      intensity: Number($("intensity").value), sample_rate_hz: SESSION_RATE_HZ,
+    };
+    if (mode === AVATAR3D) delete request.persona_id; // the avatar is a GLB, not a portrait
     try {
       this.session = await api("/v1/sessions", {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({
-          persona_id: this.personaId, mode: $("mode").value, emotion: $("emotion").value,
-          intensity: Number($("intensity").value), sample_rate_hz: SESSION_RATE_HZ,
-        }),
+        body: JSON.stringify(request),
       });
     } catch (err) {
       $("start").disabled = false;
@@ -210,8 +235,9 @@ class Page {
     log(`session ${this.session.session_id}`);
     for (const id of ["stop", "play", "mic", "interrupt"]) $(id).disabled = false;
     this.frames = new FrameCounter((fps) => { $("fig-fps").textContent = fps.toFixed(1); });
+    this.awaitingMode = mode === AVATAR3D; // session_ready says whether the server runs it
     this.openSocket();
-    await this.watch();
+    if (!this.awaitingMode) await this.watch();
   }
 
   openSocket() {
@@ -225,7 +251,8 @@ class Page {
 
   onSocketMessage(msg) {
     if (typeof msg.data !== "string") {
-      if (this.transport === "mjpeg") this.frames.frame(); // WebRTC frames are counted on the video
+      if (this.avatar3d || this.early3d) this.to3d("onBinary", msg.data); // "BODA" audio; others ignored
+      else if (this.transport === "mjpeg") this.frames.frame(); // WebRTC frames are counted on the video
       return;
     }
     const event = JSON.parse(msg.data);
@@ -234,13 +261,31 @@ class Page {
       case "mode_changed":
         $("fig-mode").textContent = event.mode;
         log(`mode ${event.mode}${event.reason ? ` (${event.reason})` : ""}`);
+        this.followMode(event);
         break;
       case "speech_started":
+        this.to3d("onSpeechStarted", event);
         this.onSpeechStarted();
         break;
       case "speech_ended":
+        this.to3d("onSpeechEnded", event);
         this.utteranceSentAt = null;
         log(`speech ended${event.reason ? ` (${event.reason})` : ""}`);
+        break;
+      case "visemes":
+        this.to3d("onVisemes", event);
+        break;
+      case "words":
+        this.to3d("onWords", event);
+        break;
+      case "mood":
+        this.to3d("onMood", event);
+        break;
+      case "gesture":
+        this.to3d("onGesture", event);
+        break;
+      case "retract":
+        this.to3d("onRetract", event);
         break;
       case "error":
         log(`error ${event.code}: ${event.reason || event.error}`, true);
@@ -249,6 +294,61 @@ class Page {
         this.endSession(event.reason);
         break;
     }
+  }
+
+  /** Shows the 3D avatar while the server runs avatar3d, the video otherwise. */
+  followMode(event) {
+    if (!this.session) return;
+    if (event.mode === AVATAR3D) {
+      this.awaitingMode = false;
+      if (!this.avatar3d) this.show3d(event.avatar_url || "/v1/avatars/default/glb");
+    } else if (this.avatar3d || this.awaitingMode) {
+      this.awaitingMode = false;
+      this.hide3d();
+      this.watch();
+    }
+  }
+
+  /** Hands a server message to the 3D avatar; kept while its code is still loading. */
+  to3d(method, event) {
+    if (this.avatar3d) this.avatar3d[method](event);
+    else if (this.early3d) this.early3d.push([method, event]);
+  }
+
+  async show3d(avatarUrl) {
+    this.early3d = [];
+    this.setTransport("websocket-3d");
+    this.frames.stop(); // the page renders; there are no frames to count
+    $("fig-fps").textContent = "rendered in this browser";
+    let Avatar3d;
+    try {
+      ({ Avatar3d } = await import("/static/avatar3d.js"));
+    } catch (err) {
+      log(`cannot load the 3D avatar code: ${err.message}`, true);
+      this.early3d = null;
+      return;
+    }
+    if (!this.session || this.transport !== "websocket-3d") { // ended meanwhile
+      this.early3d = null;
+      return;
+    }
+    const avatar = new Avatar3d($("avatar3d"), {
+      log, headAudio: $("headaudio").checked,
+      contextRate: Number(new URLSearchParams(location.search).get("a3d_rate")) || null, // tests: force a rate
+    });
+    this.avatar3d = avatar;
+    window.lockn = { ...(window.lockn || {}), avatar3d: avatar };
+    for (const [method, event] of this.early3d) avatar[method](event);
+    this.early3d = null;
+    log("loading the 3D avatar");
+    await avatar.load(withToken(avatarUrl));
+  }
+
+  hide3d() {
+    if (this.avatar3d) this.avatar3d.dispose();
+    this.avatar3d = null;
+    this.early3d = null;
+    if (window.lockn) window.lockn.avatar3d = null;
   }
 
   onSpeechStarted() {
@@ -265,12 +365,14 @@ class Page {
     this.teardown();
     log(`session ended: ${reason}`);
     await api(session.urls.self, { method: "DELETE" }).catch(() => {});
-    $("start").disabled = !this.personaId;
+    $("start").disabled = !this.canStart();
   }
 
   teardown() {
     this.stopPlayback();
     this.stopMic(false);
+    this.hide3d();
+    this.awaitingMode = false;
     if (this.pc) this.pc.close();
     if (this.ws) this.ws.close();
     if (this.frames) this.frames.stop();
@@ -284,8 +386,9 @@ class Page {
   setTransport(name) {
     this.transport = name;
     $("fig-transport").textContent = name;
-    $("video").hidden = name === "mjpeg";
+    $("video").hidden = name === "mjpeg" || name === "websocket-3d";
     $("mjpeg").hidden = name !== "mjpeg";
+    $("avatar3d").hidden = name !== "websocket-3d";
   }
 
   // ---------------- video out ----------------
@@ -457,6 +560,7 @@ class Page {
 
   interrupt() {
     this.stopPlayback();
+    this.avatar3d?.interrupt(); // lips stop now; the server's retract follows
     this.sendEvent({ type: "interrupt" });
     this.utteranceSentAt = null;
     log("interrupt sent");

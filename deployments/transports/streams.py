@@ -5,7 +5,8 @@ The session host publishes frames a little ahead of time with their pts;
 retracted, and interleaves events at their own pts. WebSocket and MJPEG are
 two ways of writing what `paced` yields.
 
-`ahead` is the WebSocket's opt-in client pacing: each item as soon as the host
+`ahead` is the WebSocket's opt-in client pacing, and always avatar3d's (its host already
+sends speech audio only ~1 s ahead, and the page plays it as it comes): each item as soon as the host
 publishes it, a `clock` event so the client knows when a pts is due, and a
 `retract` event where an interrupt takes back frames the client holds. A
 chunk's frames then go out together, with one wake-up of the Router, not one each.
@@ -23,6 +24,7 @@ from models.base import FPS
 from ..api.protocol import (
     FRAME_HEADER,
     FRAME_MAGIC,
+    AudioItem,
     ClockEvent,
     EndItem,
     EventItem,
@@ -52,14 +54,16 @@ class _Due:
 
 @dataclass
 class Out:
-    """One thing to send: a frame (pts, jpeg, audio row or None) or an event (with the pts it
-    applies at, if any: the same as the event's own)."""
+    """One thing to send: a frame (pts, jpeg, audio row or None), an event (with the pts it
+    applies at, if any: the same as the event's own), or avatar3d's audio (`data`: the
+    WebSocket message)."""
 
-    kind: str  # "frame" | "event"
+    kind: str  # "frame" | "event" | "audio"
     pts: int | None = None
     jpeg: bytes = b""
     audio: object = None
     event: ServerEvent | None = None
+    data: bytes = b""
 
 
 class _Pending:
@@ -164,6 +168,8 @@ async def ahead(source: AsyncIterator[HostItem]) -> AsyncIterator[Out]:
                     yield Out("frame", pts=frame_pts, jpeg=jpeg, audio=None if audio is None else audio[i])
             case EventItem(pts=pts, event=event):
                 yield Out("event", pts=pts, event=event)
+            case AudioItem():
+                yield Out("audio", data=item.wire())
             case RetractItem(from_pts=from_pts):
                 yield Out("event", event=RetractEvent(from_pts=from_pts))
             case EndItem(reason=reason):

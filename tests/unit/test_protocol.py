@@ -27,8 +27,10 @@ from deployments.api.protocol import (
     EndOfSpeechEvent,
     EventItem,
     FramesItem,
+    GestureCue,
     InterruptEvent,
     ModeChanged,
+    MoodEvent,
     RetractEvent,
     RetractItem,
     ServerMessage,
@@ -36,7 +38,9 @@ from deployments.api.protocol import (
     SessionReady,
     SpeechEnded,
     SpeechStarted,
+    VisemesEvent,
     WarningEvent,
+    WordsCue,
     protocol_schema,
 )
 from deployments.router import RouterImpl, _parse_event, api
@@ -72,6 +76,18 @@ TODAYS_JSON = [
     (WarningEvent(code="several_faces", reason="3 faces; the largest is used"),
      {"type": "warning", "code": "several_faces", "reason": "3 faces; the largest is used"}),
     (SessionClosed(reason="idle timeout"), {"type": "session_closed", "reason": "idle timeout"}),
+    # avatar3d (new with it: no JSON before the models)
+    (SpeechStarted(pts=12, sample=7680), {"type": "speech_started", "pts": 12, "sample": 7680}),
+    (RetractEvent(from_pts=7, sample=4480), {"type": "retract", "from_pts": 7, "sample": 4480}),
+    (VisemesEvent(sample=7680, visemes=["sil", "PP"], vtimes=[0, 80], vdurations=[80, 60]),
+     {"type": "visemes", "sample": 7680, "visemes": ["sil", "PP"], "vtimes": [0, 80], "vdurations": [80, 60]}),
+    (WordsCue(sample=7680, words=["hi"], wtimes=[0], wdurations=[300]),
+     {"type": "words", "sample": 7680, "words": ["hi"], "wtimes": [0], "wdurations": [300]}),
+    (MoodEvent(emotion="surprised", intensity=0.9, mood="neutral", expression="😱"),
+     {"type": "mood", "emotion": "surprised", "intensity": 0.9, "mood": "neutral", "expression": "😱",
+      "speaking": False}),
+    (GestureCue(name="ok", duration_s=3.0, mirror=False),
+     {"type": "gesture", "name": "ok", "duration_s": 3.0, "mirror": False}),
 ]
 
 
@@ -206,12 +222,14 @@ def test_protocol_json_is_served_next_to_openapi_json():
 def test_protocol_json_names_every_message_and_both_binary_formats():
     schema = json.loads(json.dumps(protocol_schema()))  # as served: plain JSON
     client, server = schema["client_to_server"], schema["server_to_client"]
-    assert set(client["text"]["discriminator"]["mapping"]) == {"emotion", "interrupt", "end_of_speech"}
+    assert set(client["text"]["discriminator"]["mapping"]) == {"emotion", "interrupt", "end_of_speech", "text",
+                                                               "words", "gesture"}
     assert set(server["text"]["discriminator"]["mapping"]) == {e.type for e, _ in TODAYS_JSON}
     assert all(ref.removeprefix("#/$defs/") in schema["$defs"]
                for side in (client, server) for ref in side["text"]["discriminator"]["mapping"].values())
     assert "PCM16LE" in client["binary"]["description"] and "sample_rate_hz" in client["binary"]["description"]
     assert "`<4sQ`" in server["binary"]["description"] and "BODF" in server["binary"]["description"]
+    assert "BODA" in server["binary"]["description"]
     assert (server["binary"]["x-struct"], server["binary"]["x-magic"]) == ("<4sQ", "BODF")
     assert all("type" in schema["$defs"][name]["required"] for name in schema["$defs"])
 
