@@ -511,12 +511,16 @@ class Page {
     if (this.playback === playback) this.playback = null;
   }
 
-  /** Real-time pace: chunk i leaves at start + i·CHUNK_S, so the server's buffer stays short. */
+  /** Real-time pace: chunk i leaves at start + i·CHUNK_S, so the server's buffer stays short.
+   * For the 3D avatar all at once, as a TTS faster than real time sends it: the server paces
+   * what it sends back, and a page busy drawing could otherwise leave a gap that the server
+   * takes for the end of the utterance (a 0.4 s pause). */
   async sendPaced(samples, playback) {
     const chunk = Math.round(CHUNK_S * SESSION_RATE_HZ);
+    const paceMs = this.avatar3d ? 0 : CHUNK_S * 1000;
     const start = performance.now();
     for (let i = 0; i * chunk < samples.length; i++) {
-      const wait = start + i * CHUNK_S * 1000 - performance.now();
+      const wait = start + i * paceMs - performance.now();
       if (wait > 0) await sleep(wait);
       if (playback.cancelled || !this.sendPcm(samples.subarray(i * chunk, (i + 1) * chunk))) return;
     }

@@ -69,10 +69,22 @@ def snapshot(page) -> dict:
     return page.evaluate(f"() => {A3D}.snapshot()")
 
 
-def live_viseme_anims(page) -> list[list[float]]:
-    """ts of the viseme animations in head.animQueue right now."""
-    return page.evaluate(f"""() => {A3D}.head.animQueue
-        .filter(a => a.template.name === 'viseme').map(a => a.ts.slice())""")
+def watch_viseme_anims(page) -> None:
+    """Sample head.animQueue's viseme animations every 20 ms inside the page (a round trip
+    from the test each time could miss a short utterance on a busy machine)."""
+    page.evaluate(f"""() => {{
+        window.__liveVisemes = [];
+        window.__liveTimer = setInterval(() => {{
+            const head = {A3D} && {A3D}.head;
+            const anims = head ? head.animQueue.filter(a => a.template.name === 'viseme') : [];
+            if (anims.length) window.__liveVisemes.push(anims.map(a => a.ts.slice()));
+        }}, 20);
+    }}""")
+
+
+def watched_viseme_anims(page) -> list[list[list[float]]]:
+    """What watch_viseme_anims saw (and stop watching)."""
+    return page.evaluate("() => { clearInterval(window.__liveTimer); return window.__liveVisemes; }")
 
 
 def lips_clear(page) -> bool:
@@ -145,16 +157,14 @@ def test_page_lip_syncs_a_3d_avatar(app, browser_context, tmp_path):  # noqa: F8
 
     # Speech: the server's visemes reach TalkingHead's queue at their times.
     page.set_input_files("#wav-file", str(spoken_wav(tmp_path / "short.wav", SHORT_TEXT, 3.0)))
+    watch_viseme_anims(page)
     page.click("#play")
-    live: list[list[float]] = []
 
     def one_utterance_done() -> bool:
-        anims = live_viseme_anims(page)
-        if anims:
-            live.append(anims)
         return page.evaluate(f"() => {A3D}.snapshot().utterances.some(u => u.done && !u.cancelled)")
 
     wait_until(page, one_utterance_done, SPEECH_TIMEOUT_MS, "an utterance to play to its end")
+    live = watched_viseme_anims(page)
     wait_log(page, "speech ended")
     state = snapshot(page)
     played = [u for u in state["utterances"] if u["done"] and not u["cancelled"]]
@@ -181,7 +191,7 @@ def test_page_lip_syncs_a_3d_avatar(app, browser_context, tmp_path):  # noqa: F8
     # What was seen live in head.animQueue is what the page recorded from it.
     recorded = {tuple(round(t, 3) for t in c["ts"]) for c in state["cues"]}
     seen = [tuple(round(t, 3) for t in ts) for anims in live for ts in anims]
-    assert seen, "head.animQueue never held a viseme while speaking"
+    assert seen, f"head.animQueue never held a viseme while speaking: {len(live)} samples, {played}"
     assert all(ts in recorded for ts in seen)
 
     # The avatar is drawn.
