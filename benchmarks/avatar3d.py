@@ -15,6 +15,11 @@ Prints JSON:
 - hold_back_sweep: for several hold-backs, the share of the time axis where the streamed
   cues have the viseme of the whole-utterance decode (which nothing finalises early):
   how DEFAULT_HOLD_BACK_MS was chosen;
+- whole_sessions: the same through avatar3d sessions themselves (deployments/session/
+  avatar3d.py: tracker, loop, audio and cue messages to a viewer), `sessions` of them in
+  one event loop, each fed speech in real time in 20 ms chunks: process CPU over the wall
+  time per session (% of one core), and the wall ms from each session's first audio to
+  its first `visemes` message (median and worst);
 - machine: cpu count, platform, python and pocketsphinx versions.
 
     python benchmarks/avatar3d.py [--sessions N]   # N overrides the count verified on 2 cores
@@ -186,6 +191,54 @@ def hold_back_sweep(pool: DecoderPool, sentences: list[tuple[str, np.ndarray]]) 
     return sweep
 
 
+def whole_sessions(paragraph: np.ndarray, sessions: int, chunk_ms: int = 20) -> dict:
+    """avatar3d sessions fed in real time; CPU per session and first-cue latency (wall ms)."""
+    import asyncio
+
+    from deployments.api.protocol import EventItem
+    from deployments.session.avatar3d import Avatar3dSession
+    from deployments.session.base import SessionConfig
+    from models.base import Controls
+
+    chunk = RATE * chunk_ms // 1000
+    pool = DecoderPool(size=sessions)
+
+    async def one(index: int) -> float:
+        session = Avatar3dSession(f"h.benchmark{index:04d}xxxxxxxx", "default", RATE, Controls(), SessionConfig(),
+                                  VisemeTracker(pool), "/v1/avatars/default/glb")
+        await session.start()
+        viewer = session.subscribe()
+        first_audio_at, first_cue_at = time.perf_counter(), None
+
+        async def drain():
+            nonlocal first_cue_at
+            while True:
+                item = await viewer.queue.get()
+                if first_cue_at is None and isinstance(item, EventItem) and item.event.type == "visemes":
+                    first_cue_at = time.perf_counter()
+
+        drainer = asyncio.create_task(drain())
+        started = time.perf_counter()
+        for i, start in enumerate(range(0, len(paragraph), chunk)):
+            session.push_audio_16k(paragraph[start:start + chunk])
+            await asyncio.sleep(max(0.0, started + (i + 1) * chunk / RATE - time.perf_counter()))
+        session.end_of_speech()
+        await asyncio.sleep(1.5)  # the tail goes out up to 1 s behind the input
+        drainer.cancel()
+        await session.close()
+        return 1000 * (first_cue_at - first_audio_at)
+
+    async def run() -> list[float]:
+        return await asyncio.gather(*(one(i) for i in range(sessions)))
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    latencies = asyncio.run(run())
+    cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"sessions": sessions, "chunk_ms": chunk_ms, "audio_s": round(len(paragraph) / RATE, 2),
+            "percent_of_one_core_per_session": round(100 * cpu_s / wall_s / sessions, 2),
+            "first_cue_ms": {"median": round(float(np.median(latencies)), 1), "max": round(max(latencies), 1)}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=None, help="sessions to verify on 2 cores")
@@ -216,6 +269,7 @@ def main() -> None:
         "first_cue": {f"chunk_{ms}ms": first_cue(pool, plain[VOICES[0]][0], RATE * ms // 1000) for ms in (20, 200)},
         "timing_error_ms": timing_error(pool, sentences),
         "hold_back_sweep": hold_back_sweep(pool, sentences),
+        "whole_sessions": whole_sessions(paragraph, sessions=4),
     }
     print(json.dumps(report, indent=1))
 

@@ -50,6 +50,10 @@ MODE = "avatar3d"
 LEAD_S = 1.0  # audio and cues go out this far ahead of the clock
 FEED_AHEAD_S = 0.5  # once started, the tracker is fed this far beyond what may go out (its hold-back)
 FEED_CHUNK_SAMPLES = SAMPLE_RATE_HZ // 5  # 200 ms a tracker call: ~14 ms of CPU
+# Once an utterance has started, audio streamed in small pieces (20 ms from a microphone) is
+# fed in pieces of at least this: a loop turn and a thread hop each cost more than the
+# decoding of 20 ms, and the page's pre-roll absorbs the extra delay.
+MIN_FEED_SAMPLES = SAMPLE_RATE_HZ // 10
 SPEAKING_WAKE_S = 0.1  # while speaking, look again this often (audio goes out as the clock moves)
 IDLE_WAKE_S = 1.0
 
@@ -199,6 +203,8 @@ class Avatar3dSession(SessionCore):
         beyond what may go out as the tracker holds back, so buffered audio stays bounded."""
         if u.start_sample is None:
             return True
+        if len(self._speech) < MIN_FEED_SAMPLES and not self._utterance_over(time.time()):
+            return False
         return u.fed_samples < self._horizon_sample() - u.start_sample + FEED_AHEAD_S * SAMPLE_RATE_HZ
 
     async def _feed(self, u: _Utterance, chunk: np.ndarray) -> None:
