@@ -265,3 +265,52 @@ def test_a_phone_cameras_multi_picture_jpeg_is_a_jpeg(store):
     Image.new("RGB", (80, 80), "red").save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 80))])
     record = store.create(buf.getvalue(), real_person=False, consent=None, save=False)
     assert record.source_format == "MPO" and store.load_media(record.persona_id).frames[0][0, 0, 0] > 200
+
+
+# ---- avatar3d's avatars live in the same store ----
+def avatar_glb() -> bytes:
+    from tests.unit.test_avatar_glb import glb
+
+    return glb()
+
+
+def test_an_avatar_is_stored_with_its_licence_and_consent_and_goes_with_its_last_session(store):
+    record = store.create_avatar(avatar_glb(), "CC0-1.0", real_person=True,
+                                 consent="I, Ada Lovelace, consent to this avatar of my face", save=False)
+    assert record.persona_id.startswith("av_") and (record.kind, record.licence) == ("avatar", "CC0-1.0")
+    assert store.load_avatar(record.persona_id) == avatar_glb()
+    store.acquire(record.persona_id, "h.abcdefghijklmnopqrstuv")
+    with pytest.raises(ServiceError) as in_use:
+        store.delete(record.persona_id)
+    assert in_use.value.code == "persona_in_use"
+    assert store.release(record.persona_id, "h.abcdefghijklmnopqrstuv")  # unsaved: deleted with it
+    with pytest.raises(ServiceError) as gone:
+        store.load_avatar(record.persona_id)
+    assert gone.value.code == "unknown_avatar"
+
+
+@pytest.mark.parametrize("licence, real_person, consent, code", [
+    ("", False, None, "licence_required"),
+    (None, False, None, "licence_required"),
+    ("CC0\nand more", False, None, "invalid_licence"),
+    ("x" * 201, False, None, "invalid_licence"),
+    ("CC0-1.0", True, None, "consent_required"),
+])
+def test_an_avatar_without_a_licence_or_consent_is_refused(store, licence, real_person, consent, code):
+    with pytest.raises(ServiceError) as err:
+        store.create_avatar(avatar_glb(), licence, real_person=real_person, consent=consent, save=False)
+    assert err.value.code == code and http_status(code) == 422
+
+
+def test_a_glb_talkinghead_cannot_drive_is_refused_with_what_it_lacks(store):
+    from tests.unit.test_avatar_glb import glb
+
+    with pytest.raises(ServiceError) as err:
+        store.create_avatar(glb(morphs=()), "CC0-1.0", real_person=False, consent=None, save=False)
+    assert err.value.code == "invalid_avatar" and "viseme_aa" in str(err.value)
+    assert not list(store.root.glob("av_*"))
+
+
+def test_the_sweep_deletes_an_unused_unsaved_avatar(store):
+    record = store.create_avatar(avatar_glb(), "CC0-1.0", real_person=False, consent=None, save=False)
+    assert store.sweep_unused(ttl_s=600, now=record.created_at + 601) == [record.persona_id]
