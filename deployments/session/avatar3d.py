@@ -18,7 +18,6 @@ s is due at t0 + s / 16000, the clock video frames use: frame i = samples
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ import numpy as np
 from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
 from models.emotion import talkinghead_mood
 
-from ..api.errors import error_event
 from ..api.protocol import (
     AudioItem,
     GestureCue,
@@ -45,7 +43,6 @@ from ..api.protocol import (
 )
 from .base import SessionConfig, SessionCore
 
-log = logging.getLogger("ray.serve")
 MODE = "avatar3d"
 LEAD_S = 1.0  # audio and cues go out this far ahead of the clock
 FEED_AHEAD_S = 0.5  # once started, the tracker is fed this far beyond what may go out (its hold-back)
@@ -161,18 +158,8 @@ class Avatar3dSession(SessionCore):
                          expression=expression, speaking=self.speaking)
 
     # ---------------- the loop ----------------
-    async def _run(self) -> None:
-        while not self.closed:
-            try:
-                if not await self._step():
-                    await self._sleep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # keep the session alive whatever one step does
-                log.exception("session %s: avatar3d step failed", self.session_id)
-                self._event(error_event("internal", str(err)))
-                self._reset_tracker, self._utterance = True, None
-                await asyncio.sleep(0.04)
+    def _after_failed_step(self) -> None:
+        self._reset_tracker, self._utterance = True, None  # that utterance is lost; the next starts clean
 
     async def _step(self) -> bool:
         """Do the next piece of work; False when there is nothing to do until the clock moves."""
@@ -261,7 +248,7 @@ class Avatar3dSession(SessionCore):
         """How far audio may go out now: LEAD_S ahead of the clock."""
         return int((time.time() - self.clock.t0 + LEAD_S) * SAMPLE_RATE_HZ)
 
-    async def _sleep(self) -> None:
+    async def _sleep_until_next_deadline(self) -> None:
         timeout = SPEAKING_WAKE_S if self._utterance is not None else IDLE_WAKE_S
         if self._utterance is not None and not self._eos:  # the pause that ends an utterance
             timeout = min(timeout, max(0.0, self.last_input_at + self.config.speech_gap_s - time.time()) + 0.001)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,12 +16,13 @@ import numpy as np
 
 from models.base import SAMPLE_RATE_HZ, Controls
 
-from ..api.errors import ServiceError
+from ..api.errors import ServiceError, error_event
 from ..api.protocol import EndItem, EventItem, HostItem, ServerEvent, SessionInfo, session_urls
 from ..inputs.audio_in import StreamResampler
 from ..transports.encode import DEFAULT_JPEG_QUALITY
 from .clock import SessionClock, SpeechBuffer
 
+log = logging.getLogger("ray.serve")
 # The stream resampler may give out a few samples more than a push's share (its filter delay).
 RESAMPLER_SLACK_SAMPLES = 64
 
@@ -95,6 +97,32 @@ class SessionCore:
 
     def _forget_speech(self) -> None:
         """Drop what the subclass holds of speech not yet shown (close and interrupt)."""
+
+    # ---------------- the loop ----------------
+    async def _run(self) -> None:
+        """The most urgent piece of work (`_step`), else sleep until there may be some; one
+        step that fails is told to viewers as an `internal` error and the loop goes on."""
+        while not self.closed:
+            try:
+                if not await self._step():
+                    await self._sleep_until_next_deadline()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # keep streaming whatever happens in one step
+                log.exception("session %s: step failed", self.session_id)
+                self._event(error_event("internal", str(err)))
+                self._after_failed_step()
+                await asyncio.sleep(0.04)
+
+    async def _step(self) -> bool:
+        """Do the most urgent piece of work; False when there is nothing to do yet."""
+        raise NotImplementedError
+
+    async def _sleep_until_next_deadline(self) -> None:
+        raise NotImplementedError
+
+    def _after_failed_step(self) -> None:
+        """What a subclass resets when a step failed."""
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.session_id} {name}")

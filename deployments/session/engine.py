@@ -168,18 +168,6 @@ class Session(SessionCore):
                             fps=FPS, sample_rate_hz=self.sample_rate_hz, placement=self.placement or None)
 
     # ---------------- render loop ----------------
-    async def _run(self) -> None:
-        while not self.closed:
-            try:
-                if not await self._step():
-                    await self._sleep_until_next_deadline()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # keep streaming whatever happens in one step
-                log.exception("session %s: render step failed", self.session_id)
-                self._event(error_event("internal", str(err)))
-                await asyncio.sleep(0.04)
-
     async def _step(self) -> bool:
         """Do the most urgent piece of work; False when there is nothing to do yet."""
         now = time.time()
