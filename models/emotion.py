@@ -22,7 +22,7 @@ ALIASES = {
 }
 
 SUPPORTS_EMOTION = {"still": False, "musetalk": False, "liveportrait": True, "ditto": True, "pattern": False,
-                    "avatar3d": True}
+                    "avatar3d": True, "photoreal": True}
 
 # avatar3d: TalkingHead's moods have these names. Where no mood fits, the avatar keeps a
 # neutral mood and plays an expression animation (an emoji TalkingHead knows) between

@@ -41,6 +41,8 @@ MODES: dict[str, ModeSpec] = {
         ModeSpec("musetalk", "lip sync on a portrait or short video (MuseTalk 1.5)", True,
                  "models.musetalk.pipeline:MuseTalkPipeline",
                  "models.musetalk.config:weight_files"),
+        ModeSpec("photoreal", "LivePortrait's emotion, blinks and head motion with MuseTalk's lips, in one frame",
+                 True, "models.photoreal.pipeline:PhotorealPipeline", "models.photoreal.pipeline:weight_files"),
         ModeSpec("ditto", "audio-driven head motion with emotion control (Ditto)", True,
                  "models.ditto.pipeline:DittoPipeline",
                  "models.ditto.config:weight_files"),

@@ -128,7 +128,7 @@ class ControllerConfig(_Frozen):
 
 
 def default_config() -> ControllerConfig:
-    """The shipped defaults: the three backends at fp16 next to two local LLMs.
+    """The shipped defaults: the four backends at fp16 next to two local LLMs.
 
     Peaks are first guesses from DESIGN; measured profiles override them.
     """
@@ -138,6 +138,17 @@ def default_config() -> ControllerConfig:
             NeighbourSpec(name="vision-llm", port=11441),
         ),
         backends=(
+            BackendSpec(
+                # LivePortrait's and MuseTalk's networks in one process: their peaks added
+                # (a first guess until measured), falling back to either one alone.
+                mode="photoreal",
+                load_time_s=20.0,
+                variants=(
+                    VariantSpec(resolution_px=512, default_peak_bytes=7 * GIB),
+                    VariantSpec(resolution_px=512, fps=20, default_peak_bytes=6 * GIB),
+                ),
+                substitutes=("liveportrait", "musetalk"),
+            ),
             BackendSpec(
                 mode="ditto",
                 load_time_s=20.0,

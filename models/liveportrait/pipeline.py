@@ -90,6 +90,7 @@ class PreparedSource:
     lip_ratio: torch.Tensor  # 1×1 source lip close ratio
     eye_base: torch.Tensor  # 1×21×3 eye MLP output at the source's own openness
     lip_base: torch.Tensor  # 1×21×3 lip MLP output that `lip_delta` subtracts
+    crop: np.ndarray | None = None  # 512×512×3 uint8 RGB: the face crop the networks saw (photoreal reads it)
 
 
 @dataclass
@@ -150,6 +151,7 @@ class LivePortraitPipeline:
             lip_ratio=lip_ratio,
             eye_base=self._eye_mlp(motion.x_s, torch.cat([eye_ratio, eye_ratio.mean(dim=1, keepdim=True)], dim=1)),
             lip_base=self._lip_base(motion.x_s, lip_ratio),
+            crop=crop.image,
         )
         # "warnings": what the caller should tell the user (e.g. several faces, the largest used).
         warnings = [{"code": w.code, "message": w.message} for w in face.warnings]
@@ -243,21 +245,43 @@ class LivePortraitPipeline:
             return torch.zeros(1, *x_s.shape[1:])
         return self._lip_mlp(x_s, torch.cat([lip_ratio, torch.zeros(1, 1)], dim=1))
 
-    @torch.no_grad()
     def _animate(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray, controls: Controls):
-        source: PreparedSource = persona.features[MODE]
         if not len(levels):
             return empty_frames(persona), carry
-        x_d, carry = self.frame_keypoints(source, carry, levels, controls)
+        crops, _, carry = self.render_crops(persona, carry, levels, controls)
+        return np.stack([self.paste(persona, crop) for crop in crops]), carry
+
+    @torch.no_grad()
+    def render_crops(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray,
+                     controls: Controls) -> tuple[np.ndarray, torch.Tensor, LivePortraitCarry]:
+        """The animated face crops before paste-back, N×S×S×3 uint8 RGB (S: the generator's
+        output side, 512 at the official widths), for N = len(levels) lip levels; the driving
+        keypoints they were drawn from (N×21×3, stitched, on the CPU); and the advanced carry.
+        (The photoreal mode redraws their lower face before `paste`.)"""
+        source: PreparedSource = persona.features[MODE]
+        stitched, carry = self.driving_keypoints(persona, carry, levels, controls)
         x_s = source.motion.x_s
-        stitched = self._run_mlp(keypoints.stitching, self.networks.stitching.stitching, x_s.expand(len(x_d), -1, -1), x_d)
-        frames = []
+        crops = []
         for start in range(0, len(stitched), self.config.max_batch):
             batch = stitched[start:start + self.config.max_batch].to(self.networks.device)
-            images = to_uint8(warp_decode(self.networks, source.motion.f_s, x_s.to(self.networks.device), batch,
-                                          self._fp16)["image"])
-            frames += [paste_back(img, source.M_c2o, persona.portrait, source.mask, source.mask_box) for img in images]
-        return np.stack(frames), carry
+            crops.append(to_uint8(warp_decode(self.networks, source.motion.f_s, x_s.to(self.networks.device), batch,
+                                              self._fp16)["image"]))
+        return np.concatenate(crops), stitched, carry
+
+    def driving_keypoints(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray,
+                          controls: Controls) -> tuple[torch.Tensor, LivePortraitCarry]:
+        """The keypoints frames are drawn from, N×21×3 after stitching (CPU), and the advanced carry."""
+        source: PreparedSource = persona.features[MODE]
+        x_d, carry = self.frame_keypoints(source, carry, levels, controls)
+        x_s = source.motion.x_s
+        return self._run_mlp(keypoints.stitching, self.networks.stitching.stitching, x_s.expand(len(x_d), -1, -1),
+                             x_d), carry
+
+    @staticmethod
+    def paste(persona: Persona, crop: np.ndarray) -> np.ndarray:
+        """One animated crop (S×S×3 uint8 RGB) pasted back into the portrait: H×W×3 uint8 RGB."""
+        source: PreparedSource = persona.features[MODE]
+        return paste_back(crop, source.M_c2o, persona.portrait, source.mask, source.mask_box)
 
 
 def target_vector(controls: Controls) -> np.ndarray:

@@ -184,7 +184,7 @@ class MuseTalkPipeline:
 
     def render(self, persona: Persona, carry: Carry, audio16k: np.ndarray, controls: Controls):
         check_audio_chunk(audio16k)
-        carry = self._add_rms(carry, frame_rms(audio16k))
+        carry = self.note_loudness(carry, audio16k)
         first = carry.audio.frames_done
         prompts, stream = self.streamer.push(carry.audio, audio16k)
         return self._frames(persona, replace(carry, audio=stream), first, prompts)
@@ -222,6 +222,14 @@ class MuseTalkPipeline:
         carry = MuseTalkCarry(rms=np.full(len(prompts), np.inf, np.float32))
         frames, _ = self._frames(persona, carry, 0, prompts, fade=False)
         return frames
+
+    def note_loudness(self, carry: MuseTalkCarry, audio16k: np.ndarray) -> MuseTalkCarry:
+        """The carry with the chunk's per-frame loudness, which the silence rule reads."""
+        return self._add_rms(carry, frame_rms(audio16k))
+
+    def speech_weights(self, carry: MuseTalkCarry, first: int, n: int, end: int | None = None) -> list[float]:
+        """How much of the generated face frames first … first+n-1 show (`_speech_weight`)."""
+        return [self._speech_weight(carry, first + k, end) for k in range(n)]
 
     def _add_rms(self, carry: MuseTalkCarry, rms: np.ndarray) -> MuseTalkCarry:
         # Keep the frames before the next to emit that the silence rule and the fade look at.
@@ -261,7 +269,7 @@ class MuseTalkPipeline:
         n_media = len(feats["frames_bgr"])
         media_idx = [cycle_frame(carry.cycle_index + k, n_media) for k in range(n)]
         out = [feats["frames_bgr"][i] for i in media_idx]  # silent frames stay the reference
-        weight = [self._speech_weight(carry, first + k, end) if fade else 1.0 for k in range(n)]
+        weight = self.speech_weights(carry, first, n, end) if fade else [1.0] * n
         speaking = [k for k in range(n) if weight[k] > 0]
         for start in range(0, len(speaking), self.config.batch_size):
             batch = speaking[start : start + self.config.batch_size]
