@@ -136,3 +136,19 @@ def test_the_mouth_region_follows_the_head(still_face, head):
     assert abs(projected[axis]) > 0.5  # the turn moved the mouth (tiny random keypoints: by a pixel or so)
     at_rest = pipeline.mouth_regions(persona, region.rest_keypoints, 512)[0]
     assert at_rest.box == region.box
+
+
+def test_frames_wait_for_the_lookahead_and_an_interrupt_drops_what_it_holds(still_face):
+    pipeline, persona = still_face
+    lookahead = pipeline.lookahead_frames
+    assert lookahead == pipeline.musetalk.lookahead_frames == 3
+    carry = pipeline.start(persona, Controls())
+    out, carry = pipeline.render(persona, carry, speech(8), Controls())
+    assert len(out) == 8 - lookahead  # frame i comes once the audio after it has arrived
+    out, carry = pipeline.render(persona, carry, speech(5, seed=2), Controls())
+    assert len(out) == 5
+    carry = pipeline.interrupt(persona, carry, Controls())
+    out, carry = pipeline.flush(persona, carry, Controls())
+    assert len(out) == 0  # the held frames were dropped, not drawn
+    out, _ = pipeline.render(persona, carry, speech(8, seed=3), Controls())
+    assert len(out) == 8 - lookahead  # a new utterance waits for its own lookahead

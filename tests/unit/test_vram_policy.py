@@ -484,3 +484,18 @@ def test_a_backend_pid_the_device_never_showed_is_never_called_lost():
     for t in (11.0, 12.0, 13.0):
         assert not find(rig.step(t), Action.NOTE, Code.BACKEND_LOST)
     assert rig.controller.state.backends["big"].phase == Phase.RESIDENT
+
+
+def test_photoreal_falls_back_to_liveportrait_then_to_its_lower_fps_variant():
+    """The shipped ladder for photoreal (deployments/vram/config.py): either pipeline alone, or
+    photoreal at 20 fps when substitutes are refused."""
+    from deployments.vram.config import MIB, default_config
+
+    config = default_config().model_copy(update={"policy": small_config().policy,
+                                                 "neighbours": small_config().neighbours})
+    rig = Rig(config, llm_bytes=14 * GIB + 512 * MIB)  # budget 6.5 GiB: photoreal needs 7 at 25 fps
+    load = find(rig.step(0.0, SessionRequest("s1", "photoreal")), Action.LOAD)[0]
+    assert load.mode == "liveportrait"
+    rig = Rig(config, llm_bytes=14 * GIB + 512 * MIB)
+    load = find(rig.step(0.0, SessionRequest("s1", "photoreal", allow_substitute=False)), Action.LOAD)[0]
+    assert (load.mode, load.fps) == ("photoreal", 20)
