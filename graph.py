@@ -72,10 +72,12 @@ def actor_options(num_cpus: float, num_gpus: float = 0.0) -> dict:
     return {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": dict(REPLICA_ENV)}}
 
 
-def backend_kwargs(b: BackendArgs) -> dict:
+def backend_kwargs(b: BackendArgs, args: AppArgs) -> dict:
     """What every backend deployment is built with besides its mode's options: the real
-    pipeline factory (tests construct the deployment with their own) and its persona cache."""
-    return {"pipeline_factory": build_pipeline, "max_personas": b.max_personas_per_replica}
+    pipeline factory (tests construct the deployment with their own), its persona cache, and
+    where the provenance keys are (it marks its sessions' frames) unless provenance is off."""
+    return {"pipeline_factory": build_pipeline, "max_personas": b.max_personas_per_replica,
+            "data_dir": str(args.data_dir) if args.provenance.enabled else None}
 
 
 def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
@@ -92,7 +94,7 @@ def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:
         health_check_period_s=10,
         logging_config=INTERNAL_LOGGING,
     )
-    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, **backend_kwargs(b))
+    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, **backend_kwargs(b, args))
 
 
 def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: Application) -> Application:
@@ -112,7 +114,8 @@ def leased_backend_app(mode: str, b: BackendArgs, args: AppArgs, controller: App
         graceful_shutdown_wait_loop_s=VRAM_SHUTDOWN_WAIT_LOOP_S,
         graceful_shutdown_timeout_s=5.0,
     )
-    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, vram=controller, **backend_kwargs(b))
+    return deployment.bind(mode, str(args.persona_dir), b.options, b.chunk_frames, vram=controller,
+                           **backend_kwargs(b, args))
 
 
 def vram_controller_app(args: AppArgs) -> Application:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -51,8 +52,13 @@ class BackendDeployment:
     """Serve deployment body for one neural mode; see module docstring."""
 
     def __init__(self, mode: str, persona_dir: str, options: dict | None = None, chunk_frames: int | None = None,
-                 *, pipeline_factory: PipelineFactory, max_personas: int = DEFAULT_MAX_PERSONAS):
+                 *, pipeline_factory: PipelineFactory, max_personas: int = DEFAULT_MAX_PERSONAS,
+                 data_dir: str | None = None):
+        """data_dir: where the provenance keys are, to mark frames with their session's tag
+        (`FrameFormat.mark_tag`); None: provenance is off."""
         self.mode = mode
+        self.data_dir = data_dir
+        self._markings: dict[int, Any] = {}
         # A render call may carry several chunks (Session batches them when well ahead):
         # the pipeline still gets one chunk a call, so its batch size and memory peak
         # are those of chunk_frames. None: the call's audio in one piece.
@@ -96,7 +102,7 @@ class BackendDeployment:
         return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
 
     async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
-        """(frames: N×H×W×3 uint8, or EncodedFrames in `fmt`; carry)."""
+        """(frames: N×H×W×3 uint8, or EncodedFrames in `fmt`, marked with fmt.mark_tag; carry)."""
         persona = await self._persona()
         return await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k, controls)
 
@@ -119,11 +125,20 @@ class BackendDeployment:
         persona = await self._persona()
         return await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
 
-    @staticmethod
-    def _rendered(fmt: FrameFormat | None, step, *args) -> tuple[np.ndarray | EncodedFrames, Any]:
-        """A render call's result: the frames, encoded in `fmt` if given, and the carry."""
-        frames, carry = step(*args)
-        return (frames if fmt is None else EncodedFrames.of(frames, fmt)), carry
+    def _rendered(self, fmt: FrameFormat | None, step, *args) -> tuple[np.ndarray | EncodedFrames, Any]:
+        return rendered(fmt, step, *args, marking_for=self._marking)
+
+    def _marking(self, tag: int):
+        """The marking of one session's frames (a few kept: a replica serves a few sessions)."""
+        from .transports.provenance import Provenance
+
+        if tag not in self._markings:
+            if self.data_dir is None:
+                raise RuntimeError("frames asked to be marked, but this backend has no provenance keys")
+            if len(self._markings) >= 64:
+                self._markings.pop(next(iter(self._markings)))
+            self._markings[tag] = Provenance(Path(self.data_dir)).marking(tag)
+        return self._markings[tag]
 
     async def interrupt(self, carry: Any, controls: Controls) -> Any:
         """The carry with what the lookahead held dropped (no frames: nothing is drawn)."""
@@ -193,6 +208,17 @@ def measure_peak_bytes(pid: int) -> int | None:
     return None
 
 
+def rendered(fmt: FrameFormat | None, step, *args, marking_for=None) -> tuple[np.ndarray | EncodedFrames, Any]:
+    """A render call's result: the frames (marked with fmt.mark_tag by `marking_for(tag)`, and
+    encoded, where `fmt` is given), and the carry."""
+    frames, carry = step(*args)
+    if fmt is None:
+        return frames, carry
+    if fmt.mark_tag is not None:
+        frames = marking_for(fmt.mark_tag).apply(frames)
+    return EncodedFrames.of(frames, fmt), carry
+
+
 class LeasedBackendDeployment(BackendDeployment):
     """A backend replica that loads only under a lease from the VramController.
 
@@ -203,7 +229,7 @@ class LeasedBackendDeployment(BackendDeployment):
 
     async def __init__(self, mode: str, persona_dir: str, options: dict | None = None,
                        chunk_frames: int | None = None, *, pipeline_factory: PipelineFactory,
-                       max_personas: int = DEFAULT_MAX_PERSONAS, vram: Any = None):
+                       max_personas: int = DEFAULT_MAX_PERSONAS, vram: Any = None, data_dir: str | None = None):
         self.vram_handle, self.pid = vram, os.getpid()
         lease = await call(vram.lease, mode, self.pid)
         if not lease.granted:
@@ -214,7 +240,8 @@ class LeasedBackendDeployment(BackendDeployment):
             options.setdefault(MEMORY_FRACTION_OPTION, lease.memory_fraction())
         try:
             await asyncio.to_thread(partial(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames,
-                                            pipeline_factory=pipeline_factory, max_personas=max_personas))
+                                            pipeline_factory=pipeline_factory, max_personas=max_personas,
+                                            data_dir=data_dir))
         except Exception as err:
             await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
             raise

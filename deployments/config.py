@@ -84,6 +84,17 @@ class WebRtcArgs(BaseModel):
     connect_timeout_s: float = Field(30.0, gt=0, description="a peer not connected by then is closed")
 
 
+class ProvenanceArgs(BaseModel):
+    """Machine-readable marks on what we render (docs/security.md#provenance)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="false: no marks and no signatures (an operator's explicit choice; "
+                                            "session_ready and /v1/modes say so)")
+    tsa_url: str | None = Field(None, description="an RFC 3161 timestamp authority for C2PA signatures; unset, "
+                                                  "nothing leaves the machine")
+
+
 class EdgeArgs(BaseModel):
     """The HTTP edge (deployments/api/guard.py): which Host names and browser origins are
     served, the API token, and the body size of small requests. docs/security.md#the-http-edge."""
@@ -196,6 +207,7 @@ class AppArgs(BaseModel):
     webrtc: WebRtcArgs = Field(default_factory=WebRtcArgs)
     vram: VramArgs = Field(default_factory=VramArgs)
     edge: EdgeArgs = Field(default_factory=EdgeArgs)
+    provenance: ProvenanceArgs = Field(default_factory=ProvenanceArgs)
 
     @property
     def persona_dir(self) -> Path:

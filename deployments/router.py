@@ -205,7 +205,8 @@ class RouterImpl:
 
     @api.get("/v1/modes")
     async def modes(self):
-        return {"modes": await self._mode_list()}
+        return {"modes": await self._mode_list(),
+                "provenance": {"enabled": self.args.provenance.enabled}}  # off only by an operator's choice
 
     async def _mode_list(self) -> list[dict]:
         at, cached = self._modes

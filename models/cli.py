@@ -5,6 +5,9 @@
     lockn-bod weights fetch MODE ...        download exactly the files a mode needs
     lockn-bod modes [--json]                which modes can run here, and why not
     lockn-bod avatar build [--data-dir var]  build the default avatar3d avatar (GLB)
+    lockn-bod verify FILE [--trust ca.pem] [--data-dir var] [--json]
+                                            C2PA state, invisible mark, ledger entry of a file
+    lockn-bod keys rotate [--data-dir var]  a new C2PA signing certificate from the same local CA
 """
 from __future__ import annotations
 
@@ -130,6 +133,34 @@ def cmd_avatar_build(data_dir: str) -> int:
     return 0
 
 
+def cmd_verify(file: str, trust: str | None, data_dir: str, as_json: bool) -> int:
+    """Prints what FILE says about its provenance; the exit code is the verdict (verify.py)."""
+    from .provenance.keys import keys_dir
+    from .provenance.ledger import Ledger, ledger_path
+    from .provenance.verify import format_report, verify_file
+
+    folder = keys_dir(Path(data_dir))
+    secret_file = folder / "watermark.secret"
+    secret = secret_file.read_bytes() if secret_file.is_file() else None  # the operator's check; others: C2PA only
+    trust_file = Path(trust) if trust else folder / "ca.pem"
+    trust_pem = trust_file.read_bytes() if trust_file.is_file() else None
+    try:
+        report = verify_file(Path(file), trust_pem, secret, Ledger(ledger_path(Path(data_dir))))
+    except (OSError, ValueError) as err:
+        sys.stderr.write(f"lockn-bod verify: {err}\n")
+        return 2
+    sys.stdout.write((json.dumps(report.as_dict(), indent=1) if as_json else format_report(report)) + "\n")
+    return report.verdict
+
+
+def cmd_keys_rotate(data_dir: str) -> int:
+    from .provenance.keys import ensure_keys, rotate_leaf
+
+    ensure_keys(Path(data_dir))
+    sys.stdout.write(f"{rotate_leaf(Path(data_dir))}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockn-bod", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("avatar", help="build the default avatar3d avatar")
     a.add_argument("action", choices=["build"])
     a.add_argument("--data-dir", default="var", help="the server's data folder (default: %(default)s)")
+    v = sub.add_parser("verify", help="what a file says about its provenance (exit 0 consistent, 1 tampered, "
+                                      "3 nothing found)")
+    v.add_argument("file")
+    v.add_argument("--trust", help="a CA certificate (PEM) to trust (default: this server's, under --data-dir)")
+    v.add_argument("--data-dir", default="var", help="the server's data folder: keys and ledger (default: %(default)s)")
+    v.add_argument("--json", action="store_true", help="JSON instead of text")
+    k = sub.add_parser("keys", help="provenance keys")
+    k.add_argument("action", choices=["rotate"])
+    k.add_argument("--data-dir", default="var", help="the server's data folder (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -156,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_modes(args.json)
     if args.command == "avatar":
         return cmd_avatar_build(args.data_dir)
+    if args.command == "verify":
+        return cmd_verify(args.file, args.trust, args.data_dir, args.json)
+    if args.command == "keys":
+        return cmd_keys_rotate(args.data_dir)
     action = cmd_check if args.action == "check" else cmd_fetch
     return action(args.modes, args.cache_dir)
 

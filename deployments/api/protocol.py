@@ -130,6 +130,8 @@ class SessionReady(ServerEvent):
     fps: int
     sample_rate_hz: int = Field(description="the rate of the PCM the client sends")
     placement: dict[str, Any] | None = Field(None, description="where the VRAM controller placed the session")
+    provenance: bool | None = Field(None, description="frames carry the session's invisible mark (false: the "
+                                                      "operator turned provenance off)")
     avatar_url: str | None = Field(None, description="avatar3d: the GLB the page loads")
     output_sample_rate_hz: int | None = Field(None, description="avatar3d: the rate of the audio sent (16000)")
 

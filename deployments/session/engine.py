@@ -122,6 +122,10 @@ class Session(SessionCore):
         self._drop_held = False  # set by interrupt: the backend drops what its lookahead holds
         self._hold_task: asyncio.Task | None = None
         self._render_s_per_frame: float | None = None  # the active backend's speech calls: wall s a frame
+        # Provenance (set by the manager): the session's watermark tag, and the marking of
+        # frames rendered in this process; remote backends mark theirs (FrameFormat.mark_tag).
+        self.mark_tag: int | None = None
+        self.marking = None
         # Why the session shows still frames though it asked for another mode (a warm-up or
         # backend error): told again to every viewer that joins, after session_ready.
         self._still_because: ErrorEvent | None = None
@@ -165,7 +169,8 @@ class Session(SessionCore):
 
     def _ready_event(self) -> SessionReady:
         return SessionReady(session_id=self.session_id, mode=self._active.mode, requested_mode=self.requested_mode,
-                            fps=FPS, sample_rate_hz=self.sample_rate_hz, placement=self.placement or None)
+                            fps=FPS, sample_rate_hz=self.sample_rate_hz, placement=self.placement or None,
+                            provenance=self.mark_tag is not None)
 
     # ---------------- render loop ----------------
     async def _step(self) -> bool:
@@ -281,12 +286,14 @@ class Session(SessionCore):
 
     def _format(self) -> FrameFormat:
         """How a remote backend should send frames: JPEGs, plus raw frames for viewers in this process."""
-        return FrameFormat(self.config.jpeg_quality, raw=any(v.want_raw for v in self._viewers))
+        return FrameFormat(self.config.jpeg_quality, raw=any(v.want_raw for v in self._viewers), mark_tag=self.mark_tag)
 
     async def _encoded(self, frames: np.ndarray | EncodedFrames) -> EncodedFrames:
         """A render's frames as published: a remote backend's come encoded; local ones are encoded here."""
         if isinstance(frames, EncodedFrames):
             return frames
+        if self.marking is not None and len(frames):
+            frames = await asyncio.to_thread(self.marking.apply, frames)
         jpegs = await asyncio.to_thread(self._encoder.encode_batch, frames) if len(frames) else []
         return EncodedFrames(jpegs, frames)
 

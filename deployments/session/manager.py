@@ -35,6 +35,7 @@ from ..inputs.personas import PersonaStore
 from ..rendering.interface import Backend
 from ..rendering.local import LocalBackend
 from ..transports.encode import Mp4Writer
+from ..transports.provenance import FrameMarking, Provenance
 from ..vram.service import HEARTBEAT_PERIOD_S
 from .avatar3d import MODE as AVATAR3D
 from .avatar3d import Avatar3dSession
@@ -98,8 +99,10 @@ class SessionManager:
     def __init__(self, args: AppArgs, store: PersonaStore, *, host_id: str, still: Backend,
                  local: dict[str, Backend] | None = None, remote: dict[str, Backend] | None = None,
                  gate: Any = None, make_webrtc_hub: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, provenance: Provenance | None = None):
+        """provenance: marks, ledger and signatures (transports/provenance.py); None: none."""
         self.args, self.store, self.host_id = args, store, host_id
+        self.provenance = provenance
         self.still, self.local, self.remote = still, dict(local or {}), dict(remote or {})
         self.gate, self.clock = gate, clock
         self.sessions: dict[str, SessionCore] = {}
@@ -127,6 +130,7 @@ class SessionManager:
         session = Session(session_id, persona_id, mode, sample_rate_hz, controls, self.still,
                           backend, self.session_config(mode))
         session.placement = placement
+        self._mark(session, mode)
         try:
             await session.start()
         except Exception:
@@ -152,6 +156,15 @@ class SessionManager:
     def warm_visemes(self) -> None:
         """Make the first decoder now (0.3–0.6 s), so the first avatar3d session need not."""
         self._decoder_pool()
+
+    def _mark(self, session: Session, mode: str) -> None:
+        """The session's watermark tag and its ledger line (frames of avatar3d are drawn by the
+        browser: nothing of ours to mark)."""
+        if self.provenance is None or not self.provenance.enabled:
+            return
+        session.mark_tag = self.provenance.tag(session.session_id)
+        session.marking = self.provenance.marking(session.mark_tag)
+        self.provenance.record("start", session.session_id, session.persona_id, mode, session.mark_tag)
 
     def _check_room(self) -> None:
         """The per-host share of limits.max_sessions: a full host says when to retry."""
@@ -209,6 +222,9 @@ class SessionManager:
     async def _discard(self, session: Session, reason: str) -> None:
         """Close a session that is no longer listed: its persona and VRAM seat go back."""
         await session.close(reason)
+        if self.provenance is not None and isinstance(session, Session):
+            self.provenance.record("end", session.session_id, session.persona_id, session.requested_mode,
+                                   session.mark_tag)
         if session.persona_id != DEFAULT_AVATAR_ID:
             self.store.release(session.persona_id, session.session_id)
         if self._gated(session.requested_mode):
@@ -318,17 +334,23 @@ class SessionManager:
         if mode == AVATAR3D:
             raise no_video(mode)
         self.store.get(persona_id)
-        backend, job_id = self._backend_for(mode) or self.still, None
+        backend, job_id = self._backend_for(mode) or self.still, self._new_id()
         if self._gated(mode):
             # A render job holds a seat like a session: placed, then only a resident backend renders it.
-            job_id = self._new_id()
             await self.gate.place(job_id, mode, allow_still=False,
                                   max_wait_s=self.args.timeouts.backend_ready_timeout_s)
             backend = self.gate.backend(job_id, mode, self.remote)
+        provenance = self.provenance if self.provenance is not None and self.provenance.enabled else None
+        tag = provenance.tag(job_id) if provenance else None
         try:
-            return await render_clip(backend, persona_id, audio16k, controls)
+            if provenance:
+                provenance.record("start", job_id, persona_id, mode, tag)
+            mp4 = await render_clip(backend, persona_id, audio16k, controls, provenance.marking(tag) if provenance else None)
+            return await asyncio.to_thread(provenance.sign_mp4, mp4, tag, mode) if provenance else mp4
         finally:
-            if job_id is not None:
+            if provenance:
+                provenance.record("end", job_id, persona_id, mode, tag)
+            if self._gated(mode):
                 await self.gate.ended(job_id)
 
     # ---------------- housekeeping ----------------
@@ -385,17 +407,25 @@ class SessionManager:
                 pass
 
 
-async def render_clip(backend: Backend, persona_id: str, audio16k: np.ndarray, controls: Controls) -> bytes:
-    """A whole clip in calls of OFFLINE_CHUNK_FRAMES, muxed to MP4 with its (frame-padded) audio."""
+async def render_clip(backend: Backend, persona_id: str, audio16k: np.ndarray, controls: Controls,
+                      marking: FrameMarking | None = None) -> bytes:
+    """A whole clip in calls of OFFLINE_CHUNK_FRAMES, muxed to MP4 with its (frame-padded) audio;
+    each frame marked first where `marking` is given."""
     n = -(-len(audio16k) // SAMPLES_PER_FRAME)
     audio16k = np.pad(audio16k, (0, n * SAMPLES_PER_FRAME - len(audio16k)))
     writer = Mp4Writer()
     carry = await backend.start(persona_id, controls)
     carry = await backend.plan(persona_id, carry, audio16k, controls)  # Ditto: offline motion
     step = OFFLINE_CHUNK_FRAMES * SAMPLES_PER_FRAME
+    def add(frames: np.ndarray) -> None:
+        if marking is not None and len(frames):
+            h, w = frames.shape[1:3]  # H.264 takes even sizes: mark what the file will hold
+            frames = marking.apply(np.ascontiguousarray(frames[:, : h - h % 2, : w - w % 2]))
+        writer.add_frames(frames)
+
     for start in range(0, len(audio16k), step):
         frames, carry = await backend.render(persona_id, carry, audio16k[start : start + step], controls)
-        await asyncio.to_thread(writer.add_frames, frames)
+        await asyncio.to_thread(add, frames)
     tail, _ = await backend.flush(persona_id, carry, controls)
-    await asyncio.to_thread(writer.add_frames, tail)
+    await asyncio.to_thread(add, tail)
     return await asyncio.to_thread(writer.finish, audio16k)

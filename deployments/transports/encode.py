@@ -58,6 +58,7 @@ class FrameFormat:
 
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     raw: bool = False
+    mark_tag: int | None = None  # the session's watermark tag: frames are marked before they are encoded
 
 
 @dataclass

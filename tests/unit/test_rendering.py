@@ -222,10 +222,13 @@ def test_max_personas_per_replica_sizes_serve_multiplexing(store, monkeypatch):
     assert persona.persona_id == store.record.persona_id and persona.media.frames[0].shape == (64, 64, 3)
 
 
-def test_the_graph_gives_backends_the_real_factory_and_the_configured_persona_count():
-    from deployments.config import BackendArgs
+def test_the_graph_gives_backends_the_real_factory_the_persona_count_and_the_keys_folder():
+    from deployments.config import AppArgs, BackendArgs
     from graph import backend_kwargs
     from models.modes import build_pipeline
 
-    assert backend_kwargs(BackendArgs(max_personas_per_replica=3)) == {
-        "pipeline_factory": build_pipeline, "max_personas": 3}
+    args = AppArgs(data_dir="/srv/bod")
+    assert backend_kwargs(BackendArgs(max_personas_per_replica=3), args) == {
+        "pipeline_factory": build_pipeline, "max_personas": 3, "data_dir": "/srv/bod"}
+    off = AppArgs(data_dir="/srv/bod", provenance={"enabled": False})
+    assert backend_kwargs(BackendArgs(), off)["data_dir"] is None

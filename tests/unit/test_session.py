@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deployments.api.errors import ServiceError
-from deployments.backend import BackendDeployment
+from deployments.backend import BackendDeployment, rendered
 from deployments.inputs.audio_in import pcm16_to_float
 from deployments.rendering.local import LocalBackend
 from deployments.api.protocol import EndItem, FramesItem
@@ -170,7 +170,7 @@ class EncodingBackend(LocalBackend):
 
     async def _encoded(self, fmt, step, persona_id, *args):
         self.formats.append(fmt)
-        return BackendDeployment._rendered(fmt, step, await self.personas.get(persona_id), *args)
+        return rendered(fmt, step, await self.personas.get(persona_id), *args)
 
 
 def test_frames_encoded_by_the_backend_are_published_as_they_come(store):
