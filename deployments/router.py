@@ -512,6 +512,12 @@ class RouterImpl:
             pass
         await forwarder.drained(timeout_s=30.0)
 
+    @api.get("/v1/sessions/{session_id}/provenance")
+    async def provenance(self, session_id: str):
+        """The session's newest frame as a JPEG with a signed C2PA manifest declaring its tag."""
+        jpeg = await self._host("provenance_poster", session_id=check_session_id(session_id))
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     # ---------------- WebRTC (the peer lives in the session's host) ----------------
     @api.post("/v1/sessions/{session_id}/webrtc")
     async def webrtc_offer(self, session_id: str, body: SdpOffer):

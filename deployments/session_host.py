@@ -90,6 +90,9 @@ class SessionHostImpl:
     async def webrtc_peers(self, session_id: str) -> list[dict]:
         return await self.manager.webrtc_peers(session_id)
 
+    async def provenance_poster(self, session_id: str) -> bytes:
+        return await self.manager.provenance_poster(session_id)
+
     # ---------------- one-shot render ----------------
     async def render_upload(self, persona_id: str, mode: str, data: bytes, controls: Controls) -> bytes:
         return await self.manager.render_upload(persona_id, mode, data, controls)

@@ -126,6 +126,7 @@ class Session(SessionCore):
         # frames rendered in this process; remote backends mark theirs (FrameFormat.mark_tag).
         self.mark_tag: int | None = None
         self.marking = None
+        self.last_jpeg: bytes | None = None  # the newest frame published (the provenance poster)
         # Why the session shows still frames though it asked for another mode (a warm-up or
         # backend error): told again to every viewer that joins, after session_ready.
         self._still_because: ErrorEvent | None = None
@@ -306,6 +307,7 @@ class Session(SessionCore):
             for i in range(len(frames)):
                 if self._spans:
                     audio[i] = self._spans.popleft()
+        self.last_jpeg = encoded.jpegs[-1]
         pts = list(range(self._produced_pts, self._produced_pts + len(frames)))
         self._produced_pts += len(frames)
         self._publish(FrameBatch(self.clock.t0, pts, encoded.jpegs, audio, encoded.raw))

@@ -321,6 +321,19 @@ class SessionManager:
             self._webrtc = self._make_webrtc_hub()
         return self._webrtc
 
+    # ---------------- provenance ----------------
+    async def provenance_poster(self, session_id: str) -> bytes:
+        """The session's newest frame, signed with a manifest that declares its tag."""
+        session = self.get(session_id)
+        if not isinstance(session, Session):
+            raise no_video(session.mode)
+        if self.provenance is None or not self.provenance.enabled:
+            raise ServiceError("provenance_off", "the operator turned provenance off (provenance.enabled: false)")
+        if session.last_jpeg is None:
+            raise ServiceError("no_frame_yet", "the session has not published a frame yet", retry_after_s=1)
+        return await asyncio.to_thread(self.provenance.poster, session.last_jpeg, session.mark_tag, session_id,
+                                       session.mode)
+
     # ---------------- one-shot render ----------------
     async def render_upload(self, persona_id: str, mode: str, data: bytes, controls: Controls) -> bytes:
         """A one-shot render of an uploaded audio file (any container audio_in takes)."""

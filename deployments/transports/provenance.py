@@ -76,6 +76,18 @@ class Provenance:
         self.ledger.append({"event": event, "tag": tag_hex(tag), "session_id": session_id,
                             "persona_id": persona_id, "mode": mode, "at": time.time()})
 
+    def poster(self, jpeg: bytes, tag: int | None, session_id: str, mode: str) -> bytes:
+        """A live session's signed manifest: its newest frame (marked), as a JPEG whose C2PA
+        manifest declares the session's tag. Live streams have no C2PA format of their own."""
+        from models.provenance import manifest
+
+        payload = {"watermark_tag": tag_hex(tag) if tag is not None else None, "session_id": session_id,
+                   "mode": mode}
+        signed = manifest.sign(jpeg, "image/jpeg", self.keys, payload, self.tsa_url)
+        if signed.warning:
+            log.warning("provenance: %s", signed.warning)
+        return signed.data
+
     def sign_mp4(self, data: bytes, tag: int | None, mode: str) -> bytes:
         """A one-shot render's MP4 with its signed C2PA manifest (unchanged when disabled)."""
         if not self.enabled:

@@ -86,6 +86,12 @@ def test_websocket_mjpeg_and_webrtc_frames_carry_the_session_s_tag(app):
     assert session_tag(secret, sessions[1]) != first
     assert marker(app).read(decoded(mjpeg)).matches(first, max_bit_errors=0)
     assert marker(app).read(np.stack(webrtc)).matches(first)  # through VP8 at aiortc's bitrate
+    poster = httpx.get(f"{base}/v1/sessions/{sessions[0]}/provenance")
+    assert poster.status_code == 200 and poster.headers["content-type"] == "image/jpeg"
+    from models.provenance import manifest
+
+    signed = manifest.read(poster.content, "image/jpeg", load_keys(app["data_dir"]).ca_pem)
+    assert signed.state == "Trusted" and signed.payload["watermark_tag"] == f"{first:014x}"
     for session_id in sessions:
         httpx.delete(f"{base}/v1/sessions/{session_id}")
 

@@ -94,6 +94,25 @@ def test_a_session_s_frames_carry_its_tag_and_two_sessions_differ(manager, tmp_p
     assert report["ledger"][0]["session_id"].startswith("h.")
 
 
+def test_a_live_session_s_poster_is_signed_and_declares_its_tag(manager, tmp_path):
+    async def main():
+        info = await manager.create_session(manager.store.record.persona_id, "still", 16000, Controls())
+        session = manager.get(info["session_id"])
+        viewer = session.subscribe()
+        while session.last_jpeg is None:
+            await asyncio.wait_for(viewer.queue.get(), 5)
+        poster = await manager.provenance_poster(info["session_id"])
+        await manager.shutdown()
+        return poster, session.mark_tag
+
+    poster, tag = asyncio.run(main())
+    path = tmp_path / "poster.jpg"
+    path.write_bytes(poster)
+    code, report = verify(path, tmp_path)
+    assert code == 0 and report["c2pa_state"] == "Trusted"
+    assert report["declared"]["watermark_tag"] == report["watermark_tag"] == tag_hex(tag)
+
+
 def test_unmarked_unsigned_files_are_nothing_found(tmp_path):
     Provenance(tmp_path)  # keys and a ledger exist, but this file never met them
     path = tmp_path / "photo.png"
