@@ -136,3 +136,26 @@ def test_provenance_off_marks_and_signs_nothing(tmp_path):
 
     assert asyncio.run(main()).provenance is False
     assert not (tmp_path / "keys").exists()
+
+
+def test_a_backend_replica_marks_the_frames_it_encodes_with_the_session_s_tag(tmp_path):
+    """The remote path: BackendDeployment marks after the pipeline, before the JPEGs, from the
+    keys in the data folder, for the tag the session's FrameFormat carries."""
+    from deployments.backend import BackendDeployment
+    from deployments.transports.encode import FrameFormat, decode_jpeg
+    from models.modes import build_pipeline
+
+    keys_at = Provenance(tmp_path)  # as the SessionHost does at its start
+    backend = BackendDeployment("pattern", str(tmp_path / "personas"), {"size": 256}, chunk_frames=5,
+                                pipeline_factory=build_pipeline, data_dir=str(tmp_path))
+    pipeline = backend.pipeline
+    persona = pipeline.prepare(None)
+    tag = keys_at.tag("h.someone")
+    encoded, _ = backend._rendered(FrameFormat(90, raw=True, mark_tag=tag), pipeline.idle, persona,
+                                   pipeline.start(persona, Controls()), 25, Controls())
+    frames = np.stack([decode_jpeg(j) for j in encoded.jpegs])
+    assert keys_at.marker.read(frames).matches(tag, max_bit_errors=0)
+    assert keys_at.marker.read(encoded.raw).matches(tag, max_bit_errors=0)  # WebRTC's raw frames too
+    plain, _ = backend._rendered(FrameFormat(90), pipeline.idle, persona, pipeline.start(persona, Controls()), 25,
+                                 Controls())
+    assert not keys_at.marker.read(np.stack([decode_jpeg(j) for j in plain.jpegs])).matches(tag)
