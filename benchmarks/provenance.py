@@ -6,13 +6,17 @@ Prints JSON:
   PSNR (dB) of the marked frame against the original;
 - read_25_frames_512: wall and CPU ms to read 25 marked 512² frames (one second at 25 fps),
   with the gain/offset search, and whether the tag came back;
+- serving (with `--serving`): benchmarks/serving_overhead.py run with marking on and off,
+  alternately, in this one run (pattern backend, 256² frames, server pacing): each run's
+  overhead ratio (graph CPU a frame over in-process), and on/off, the cost of marking as
+  served;
 - sign_ms: C2PA signing (ES256, no thumbnail, no timestamp) of a 10 s 512² MP4 and of one
   512² JPEG, and reading one back with its validation (median of a few);
 - machine: cpu count, platform, python and numpy versions, load average.
 
 Frames are synthetic but natural-ish (gradients, blurred shapes, mild noise).
 
-    python benchmarks/provenance.py
+    python benchmarks/provenance.py [--serving] [--serving-runs 2]
 """
 from __future__ import annotations
 
@@ -114,7 +118,31 @@ def sign_cost() -> dict:
                 "read_mp4": ms(lambda: manifest.read(signed, "video/mp4", keys.ca_pem))}
 
 
+def serving(runs: int) -> dict:
+    """serving_overhead.py with provenance on and off, alternately (each starts its own cluster)."""
+    import statistics
+    import subprocess
+
+    script = str(Path(__file__).resolve().parent / "serving_overhead.py")
+    ratios: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(runs):
+        for state in ("on", "off"):
+            out = subprocess.run([sys.executable, script, "--provenance", state, "--rounds", "3", "--seconds", "20",
+                                  "--idle-seconds", "10", "--still-counts", "4", "--still-seconds", "3"],
+                                 capture_output=True, text=True, check=True).stdout
+            ratios[state].append(json.loads(out[out.index("{"):])["overhead_ratio"])
+    on, off = statistics.median(ratios["on"]), statistics.median(ratios["off"])
+    return {"overhead_ratio_on": ratios["on"], "overhead_ratio_off": ratios["off"],
+            "median_on_over_off": round(on / off, 4)}
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serving", action="store_true", help="also the serving overhead, marking on and off")
+    parser.add_argument("--serving-runs", type=int, default=2)
+    args = parser.parse_args()
     marker = FrameMarker(b"benchmark secret")
     tag = session_tag(b"benchmark ledger", "session-1")
     report = {
@@ -126,6 +154,8 @@ def main() -> None:
         "read_25_frames_512": read_cost(marker, tag),
         "sign_ms": sign_cost(),
     }
+    if args.serving:
+        report["serving"] = serving(args.serving_runs)
     print(json.dumps(report, indent=2))
 
 

@@ -278,7 +278,7 @@ def start_app(args) -> str:
 
     return deploy_app(start_local_serve(), {
         "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
-        "limits": {"max_sessions": 64},
+        "limits": {"max_sessions": 64}, "provenance": {"enabled": args.provenance == "on"},
         "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": args.chunk_frames,
                                  "options": {"size": args.size, "work_ms_per_frame": args.work_ms}}
                      | ({"max_chunks_per_call": args.max_chunks_per_call} if args.max_chunks_per_call else {})},
@@ -303,6 +303,8 @@ def main() -> None:
                         help="the WebSocket's pacing: frames sent when due, or as rendered")
     parser.add_argument("--still-counts", default="4,8,12,16")
     parser.add_argument("--still-seconds", type=float, default=5.0)
+    parser.add_argument("--provenance", choices=["on", "off"], default="on",
+                        help="mark every frame (the default, as served) or not (benchmarks/provenance.py compares)")
     parser.add_argument("--ingress", choices=["haproxy", "serve-proxy"], default="haproxy",
                         help="what serves port 8000: Serve's HAProxy mode, or Serve's own Python proxy")
     args = parser.parse_args()
