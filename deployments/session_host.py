@@ -87,6 +87,9 @@ class SessionHostImpl:
     async def webrtc_offer(self, session_id: str, sdp: str, type: str) -> dict:
         return await self.manager.webrtc_offer(session_id, sdp, type)
 
+    async def webrtc_close(self, session_id: str, peer_id: str) -> None:
+        await self.manager.webrtc_close(session_id, peer_id)
+
     async def webrtc_peers(self, session_id: str) -> list[dict]:
         return await self.manager.webrtc_peers(session_id)
 

@@ -22,7 +22,7 @@ HTTP_STATUS: dict[str, int] = {
     # 401, 403: not from a client or a page this server serves (api/guard.py)
     "unauthorized": 401, "forbidden_host": 403, "forbidden_origin": 403,
     # 404: nothing by that name
-    "not_found": 404, "unknown_persona": 404, "unknown_session": 404, "unknown_avatar": 404,
+    "not_found": 404, "unknown_persona": 404, "unknown_session": 404, "unknown_avatar": 404, "unknown_peer": 404,
     # 409: in conflict with the server's state
     "method_not_allowed": 405, "request_timeout": 408,
     "mode_unavailable": 409, "not_simulated": 409, "persona_in_use": 409, "weights_missing": 409,

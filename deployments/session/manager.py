@@ -312,6 +312,12 @@ class SessionManager:
             raise no_video(session.mode)
         return await self._webrtc_hub().answer(session, sdp, type)
 
+    async def webrtc_close(self, session_id: str, peer_id: str) -> None:
+        self.get(session_id)
+        if self._webrtc is None:
+            raise ServiceError("unknown_peer", f"no WebRTC peer {peer_id!r} in this session")
+        await self._webrtc.close_peer(session_id, peer_id)
+
     async def webrtc_peers(self, session_id: str) -> list[dict]:
         self.get(session_id)
         return self._webrtc.peers(session_id) if self._webrtc is not None else []

@@ -430,3 +430,10 @@ class WebRtcHub:
     def peers(self, session_id: str) -> list[dict]:
         return [p.info() for p in self._peers.get(session_id, {}).values()]
 
+    async def close_peer(self, session_id: str, peer_id: str) -> None:
+        """A client ends its peer (WHEP's DELETE of the resource)."""
+        peer = self._peers.get(session_id, {}).get(peer_id)
+        if peer is None:
+            raise ServiceError("unknown_peer", f"no WebRTC peer {peer_id!r} in this session")
+        await self._close(peer, "closed by the client")
+

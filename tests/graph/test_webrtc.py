@@ -70,8 +70,9 @@ class WebRtcClient:
         self.answer: dict = {}
         self._tasks: list[asyncio.Task] = []
 
-    async def connect(self, timeout_s: float = 20.0) -> float:
-        """Offer, answer, connect; returns seconds from sending the offer to the answer."""
+    async def connect(self, timeout_s: float = 20.0, whep: bool = False) -> float:
+        """Offer, answer, connect; returns seconds from sending the offer to the answer.
+        whep: as a WHEP player does (the SDP itself, 201 with a Location to DELETE)."""
         video = self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
         if self.video_codec:
@@ -82,11 +83,20 @@ class WebRtcClient:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with httpx.AsyncClient(base_url=self.base, timeout=timeout_s) as http:
             t_offer = time.perf_counter()  # after the client's own set-up (its TLS context takes ~100 ms)
-            r = await http.post(f"/v1/sessions/{self.session_id}/webrtc",
-                                json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
-        assert r.status_code == 200, r.text
+            if whep:
+                r = await http.post(f"/v1/sessions/{self.session_id}/whep", content=self.pc.localDescription.sdp,
+                                    headers={"content-type": "application/sdp"})
+            else:
+                r = await http.post(f"/v1/sessions/{self.session_id}/webrtc",
+                                    json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
+        assert r.status_code == (201 if whep else 200), r.text
         answered_s = time.perf_counter() - t_offer
-        self.answer = r.json()
+        if whep:
+            assert r.headers["content-type"].startswith("application/sdp")
+            self.location = r.headers["location"]
+            self.answer = {"sdp": r.text, "type": "answer", "peer_id": self.location.rsplit("/", 1)[1]}
+        else:
+            self.answer = r.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], self.answer["type"]))
         return answered_s
 
@@ -236,6 +246,32 @@ def test_offer_answer_then_video_and_audio_arrive(app, codec):
     assert len(client.got.audio) >= 100
     assert [p["peer_id"] for p in live] == [client.answer["peer_id"]]
     assert live[0]["connection_state"] == "connected"
+
+
+def test_a_whep_player_gets_video_and_audio_and_deletes_its_resource(app):
+    async def main():
+        async with pattern_session(app) as (session_id, _, _):
+            client = WebRtcClient(app["base"], session_id)
+            try:
+                await client.connect(whep=True)
+                await client.wait_for(lambda g: len(g.video) >= 25 and len(g.audio) >= 25, 30, "25 video frames")
+                live = peers(app, session_id)
+                async with httpx.AsyncClient(base_url=app["base"]) as http:
+                    deleted = await http.delete(client.location)
+                    again = await http.delete(client.location)
+                    wrong_type = await http.post(f"/v1/sessions/{session_id}/whep", content="v=0",
+                                                 headers={"content-type": "text/plain"})
+                await wait_until(lambda: not peers(app, session_id), 10, "the peer to go")
+                return client, live, deleted, again, wrong_type
+            finally:
+                await client.close()
+
+    client, live, deleted, again, wrong_type = asyncio.run(main())
+    assert client.location == f"/v1/sessions/{client.session_id}/whep/{client.answer['peer_id']}"
+    assert [p["peer_id"] for p in live] == [client.answer["peer_id"]]
+    assert deleted.status_code == 204
+    assert (again.status_code, again.json()["code"]) == (404, "unknown_peer")
+    assert (wrong_type.status_code, wrong_type.json()["code"]) == (415, "unsupported_media_type")
 
 
 def test_audio_and_video_stay_within_one_frame(app):
