@@ -58,6 +58,7 @@ class BackendDeployment:
         (`FrameFormat.mark_tag`); None: provenance is off."""
         self.mode = mode
         self.data_dir = data_dir
+        self._provenance: Any = None  # made on the first marked frame: one marker (and its layout cache)
         self._markings: dict[int, Any] = {}
         # A render call may carry several chunks (Session batches them when well ahead):
         # the pipeline still gets one chunk a call, so its batch size and memory peak
@@ -135,9 +136,11 @@ class BackendDeployment:
         if tag not in self._markings:
             if self.data_dir is None:
                 raise RuntimeError("frames asked to be marked, but this backend has no provenance keys")
+            if self._provenance is None:
+                self._provenance = Provenance(Path(self.data_dir))
             if len(self._markings) >= 64:
                 self._markings.pop(next(iter(self._markings)))
-            self._markings[tag] = Provenance(Path(self.data_dir)).marking(tag)
+            self._markings[tag] = self._provenance.marking(tag)
         return self._markings[tag]
 
     async def interrupt(self, carry: Any, controls: Controls) -> Any:

@@ -15,6 +15,21 @@ from models.base import FPS, SAMPLE_RATE_HZ
 DEFAULT_JPEG_QUALITY = 80
 
 
+def same_frame(frame: np.ndarray, last: np.ndarray | None) -> bool:
+    """Whether `frame` (H×W×3 uint8) holds the same pixels as `last`: what lets an unchanged
+    frame (still mode, a held pose) reuse the work done on the last one."""
+    if last is None or frame.shape != last.shape:
+        return False
+    # Views of one buffer (still mode broadcasts the portrait) need no byte compare.
+    same_view = (frame.__array_interface__["data"][0] == last.__array_interface__["data"][0]
+                 and frame.strides == last.strides)
+    if same_view:
+        return True
+    # Animated frames almost always differ: a strided sample rejects them cheaply,
+    # and only a match pays for the full byte compare.
+    return np.array_equal(frame[::16, ::16], last[::16, ::16]) and np.array_equal(frame, last)
+
+
 class JpegEncoder:
     """Encodes frames once; an unchanged frame (still mode, a held pose) reuses the last bytes."""
 
@@ -33,17 +48,7 @@ class JpegEncoder:
         return self._last_jpeg
 
     def _same_as_last(self, frame: np.ndarray) -> bool:
-        last = self._last_frame
-        if last is None or frame.shape != last.shape:
-            return False
-        # Views of one buffer (still mode broadcasts the portrait) need no byte compare.
-        same_view = (frame.__array_interface__["data"][0] == last.__array_interface__["data"][0]
-                     and frame.strides == last.strides)
-        if same_view:
-            return True
-        # Animated frames almost always differ: a strided sample rejects them cheaply,
-        # and only a match pays for the full byte compare.
-        return np.array_equal(frame[::16, ::16], last[::16, ::16]) and np.array_equal(frame, last)
+        return same_frame(frame, self._last_frame)
 
     def encode_batch(self, frames: np.ndarray) -> list[bytes]:
         """frames: N×H×W×3 uint8 -> N JPEGs."""

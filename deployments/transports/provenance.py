@@ -19,6 +19,8 @@ from models.provenance.keys import Keys, ensure_keys
 from models.provenance.ledger import Ledger, ledger_path
 from models.provenance.watermark import MIN_SIDE, FrameMarker, session_tag
 
+from .encode import same_frame
+
 log = logging.getLogger("ray.serve")
 
 
@@ -42,8 +44,7 @@ class FrameMarking:
         return np.stack([self._one(frame) for frame in frames])
 
     def _one(self, frame: np.ndarray) -> np.ndarray:
-        last = self._last_in
-        if last is not None and last.shape == frame.shape and (last is frame or np.array_equal(last, frame)):
+        if same_frame(frame, self._last_in):
             return self._last_out
         self._last_in, self._last_out = frame, self.marker.embed(frame, self.tag)
         return self._last_out
