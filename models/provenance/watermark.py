@@ -36,6 +36,16 @@ re-encodes at small sizes.
 
 False matches: unmarked content decodes to about 32 of 64 bits wrong; accepting a tag within
 8 of 64 bit errors matches a wrong candidate with probability ≈ 3e-10 per candidate.
+
+Is there a mark at all (without a candidate tag to compare)? The search picks the hypothesis
+whose sync bits agree, so on unmarked content the sync bits alone pass about one time in four.
+The reader therefore also gives a ``strength``: each bit's score divided by its standard
+deviation were the content unmarked (the keyed dither makes each block's pooled phasor point
+anywhere, so a bit's score is then a sum of random projections), averaged over the 64 bits.
+Unmarked content gives ≈ 1.0 (0.8 for pure noise, lifted by the search; at most 1.15 in 300
+random keys on photos, clips and flat frames), marked content 2–11 (a 128² frame through JPEG
+q50: 2.0; a 256² clip at q50: 5; a 512² frame at q50: 8). Dividing by the pooled phasors' own size, not by the frame count,
+keeps a still clip (the same frame 50 times) from looking 50 times as sure.
 """
 from __future__ import annotations
 
@@ -65,6 +75,10 @@ LUMA_OF_ROW_SUMS = np.tile(LUMA_WEIGHTS, BLOCK) / np.float32(BLOCK * BLOCK)
 GAIN_RANGE = (0.8, 1.25)
 GAIN_STEP = 0.006  # relative; a 0.6 % gain error turns a 128-level span by ~0.13 of a step
 PHASE_STEPS = 64  # offset search: 64 rotations of a step (≈ 0.1 level at step 6)
+# A reading below this strength is "no mark found" (unmarked content ≈ 1.0; see the module notes).
+MIN_STRENGTH = 1.6
+# Of the 8 sync bits: more wrong than this and the decoded tag is noise.
+MAX_SYNC_ERRORS = 1
 
 
 def session_tag(secret: bytes, session_id: str) -> int:
@@ -148,13 +162,22 @@ class Reading:
     bit_errors_sync: how many of the 8 sync bits came out wrong (0 on a marked clip);
     confidence: mean agreement of the blocks with their bit's decision, 0..1 (≈1 clean,
     near 0 for unmarked content, though the search biases it slightly up);
-    frames: how many frames contributed.
+    frames: how many frames contributed;
+    strength: how far the bits stand out from what unmarked content gives (≈1 unmarked, see
+    the module notes).
     """
 
     tag: int | None
     bit_errors_sync: int
     confidence: float
     frames: int
+    strength: float = 0.0
+
+    @property
+    def found(self) -> bool:
+        """A mark is there: the sync bits agree and the bits stand out from unmarked content."""
+        return (self.tag is not None and self.bit_errors_sync <= MAX_SYNC_ERRORS
+                and self.strength >= MIN_STRENGTH)
 
     def matches(self, tag: int, max_bit_errors: int = 8) -> bool:
         """True when the decoded 64 bits (sync + tag) are within max_bit_errors of those of `tag`."""
@@ -258,16 +281,19 @@ class FrameMarker:
             raise ValueError("read() needs frames of one size")
         layout = self.layout(height, width)
         means = np.stack([block_mean_luma(f, layout) for f in frames]).reshape(len(frames), -1)  # (F, blocks)
-        scores, votes = self.best_hypothesis(means.astype(np.float64), layout)
+        scores, votes, null_std = self.best_hypothesis(means.astype(np.float64), layout)
         bits = (scores < 0).astype(np.uint8)  # positive real part: near the 0 lattice
         sync_expected = payload_bits(0)[:SYNC_BITS]
         confidence = float(np.mean(np.abs(scores) / votes))
+        strength = float(np.mean(np.abs(scores) / np.maximum(null_std, 1e-12)))
         return Reading(tag=bits_to_int(bits[SYNC_BITS:]),
                        bit_errors_sync=int(np.count_nonzero(bits[:SYNC_BITS] != sync_expected)),
-                       confidence=round(confidence, 4), frames=len(frames))
+                       confidence=round(confidence, 4), frames=len(frames), strength=round(strength, 3))
 
-    def best_hypothesis(self, means: np.ndarray, layout: BlockLayout) -> tuple[np.ndarray, np.ndarray]:
-        """Search gain and offset; -> (per-bit soft scores (64,), votes behind each bit (64,)).
+    def best_hypothesis(self, means: np.ndarray,
+                        layout: BlockLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Search gain and offset; -> per-bit soft scores, votes behind each bit, and each
+        score's standard deviation on unmarked content (all (64,)).
 
         means: (F, blocks) float64 block means of the frames read.
         """
@@ -278,7 +304,7 @@ class FrameMarker:
         sync_sign = 1.0 - 2.0 * payload_bits(0)[:SYNC_BITS].astype(np.float64)  # bit 0 -> +1, bit 1 -> -1
         rotations = np.exp(-2j * np.pi * np.arange(PHASE_STEPS) / PHASE_STEPS)  # (P,) offset hypotheses
         votes = layout.blocks_per_bit * frame_count
-        best = (-np.inf, None)
+        best = (-np.inf, None, None)
         for gain in gain_grid():
             phase = 2 * np.pi * means / (gain * self.step) - dither_phase  # (F, blocks)
             phasors = np.exp(1j * phase).sum(axis=0)  # pool over frames first: (blocks,)
@@ -289,8 +315,12 @@ class FrameMarker:
                          + (sync_sign[:, None] * scores[:SYNC_BITS]).sum(axis=0))  # (P,)
             index = int(np.argmax(objective))
             if objective[index] > best[0]:
-                best = (objective[index], scores[:, index] * votes)
-        return best[1], votes
+                best = (objective[index], scores[:, index] * votes, phasors)
+        _, scores, phasors = best
+        # Unmarked, a block's pooled phasor has a uniformly random angle: its projection on
+        # any axis has variance |phasor|²/2, and a bit's score sums its blocks'.
+        null_std = np.sqrt(np.bincount(bit_index, np.abs(phasors) ** 2, PAYLOAD_BITS) / 2)
+        return scores, votes, null_std
 
 
 def gain_grid() -> np.ndarray:

@@ -147,6 +147,31 @@ def test_unmarked_never_matches(marker):
         assert reading.confidence < 0.3
 
 
+@pytest.mark.parametrize("frames", [
+    pytest.param(lambda: [natural_frame(300, 300, seed=21)], id="photo"),
+    pytest.param(lambda: [natural_frame(128, 128, seed=22)], id="smallest"),
+    pytest.param(lambda: [np.full((256, 256, 3), 120, np.uint8)], id="flat"),
+    pytest.param(lambda: frame_clip(6, 256, 256, seed=23), id="clip"),
+    pytest.param(lambda: [natural_frame(256, 256, seed=24)] * 20, id="still-clip"),
+])
+def test_unmarked_content_is_never_found(frames):
+    """Without a tag to compare: 40 random keys, and not one reads a mark (sync bits alone
+    passed about one in four: the search picks the hypothesis whose sync bits agree)."""
+    clip = frames()
+    rng = np.random.default_rng(5)
+    readings = [FrameMarker(rng.bytes(32)).read(clip) for _ in range(40)]
+    assert not any(reading.found for reading in readings)
+    assert max(reading.strength for reading in readings) < 1.3
+
+
+def test_marked_content_is_found_after_jpeg(marker):
+    for side, quality in [(128, 50), (300, 30), (512, 75)]:
+        reading = marker.read([jpeg(marker.embed(natural_frame(side, side, seed=side), TAG), quality)])
+        assert reading.found and reading.tag == TAG, (side, quality, reading)
+    still = [marker.embed(natural_frame(256, 256, seed=3), TAG)] * 20
+    assert marker.read(still).strength == pytest.approx(marker.read(still[:1]).strength, rel=1e-6)
+
+
 def test_other_key_does_not_read(marked_clip):
     reading = FrameMarker(b"another secret").read(marked_clip[:5])
     assert not reading.matches(TAG)
