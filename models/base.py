@@ -61,12 +61,23 @@ class WeightsMissingError(PipelineError):
     code = "weights_missing"
 
 
+# How far a `pose` event may turn the head from the portrait's own pose, in degrees: beyond
+# these the warp of one portrait tears (LivePortrait's own retargeting UI stays within them).
+POSE_LIMITS_DEG = {"pitch": 20.0, "yaw": 30.0, "roll": 20.0}
+# `gaze` targets are points in [-1, 1]²: x to the viewer's right, y up; ±1 is the eyes' full
+# turn (models/gaze.py), (0, 0) the camera. "away" looks up and to the viewer's right.
+GAZE_AWAY = (0.7, 0.45)
+
+
 @dataclass(frozen=True)
 class Controls:
     """What the session asks of the next render chunk.
 
     emotion: one of EMOTIONS; intensity in [0, 1].
-    head_*_deg: extra head pose offsets where a backend supports them.
+    head_*_deg: extra head pose offsets where a backend supports them (a `pose` event),
+      within POSE_LIMITS_DEG; backends ease toward them.
+    listening: the user is talking: eye contact, calmer idle motion, a nod now and then.
+    gaze_x, gaze_y: where the eyes look, in [-1, 1] (0, 0: the camera); backends ease toward it.
     """
 
     emotion: str = "neutral"
@@ -74,12 +85,21 @@ class Controls:
     head_pitch_deg: float = 0.0
     head_yaw_deg: float = 0.0
     head_roll_deg: float = 0.0
+    listening: bool = False
+    gaze_x: float = 0.0
+    gaze_y: float = 0.0
 
     def __post_init__(self):
         if self.emotion not in EMOTIONS:
             raise ValueError(f"unknown emotion {self.emotion!r}; expected one of {', '.join(EMOTIONS)}")
         if not 0.0 <= self.intensity <= 1.0:
             raise ValueError(f"intensity must be in [0, 1], got {self.intensity}")
+        for axis, limit in POSE_LIMITS_DEG.items():
+            value = getattr(self, f"head_{axis}_deg")
+            if not -limit <= value <= limit:
+                raise ValueError(f"head {axis} must be within ±{limit:g}°, got {value}")
+        if not (-1.0 <= self.gaze_x <= 1.0 and -1.0 <= self.gaze_y <= 1.0):
+            raise ValueError(f"gaze must be within [-1, 1], got ({self.gaze_x}, {self.gaze_y})")
 
 
 @dataclass

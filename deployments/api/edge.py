@@ -26,7 +26,7 @@ HTTP_STATUS: dict[str, int] = {
     # 409: in conflict with the server's state
     "method_not_allowed": 405, "request_timeout": 408,
     "mode_unavailable": 409, "not_simulated": 409, "persona_in_use": 409, "weights_missing": 409,
-    "mode_has_no_video": 409, "avatar3d_only": 409, "provenance_off": 409, "no_frame_yet": 409,
+    "mode_has_no_video": 409, "avatar3d_only": 409, "control_not_supported": 409, "provenance_off": 409, "no_frame_yet": 409,
     "length_required": 411,
     # 413: over a limit of size or length
     "too_large": 413, "too_long": 413,

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from models.base import GAZE_AWAY, POSE_LIMITS_DEG
+
 FRAME_MAGIC = b"BODF"
 FRAME_HEADER = struct.Struct("<4sQ")  # magic, frame index (pts): 12 bytes, then a JPEG
 AUDIO_MAGIC = b"BODA"  # avatar3d: the same header with the first sample's index, then PCM16LE 16 kHz
@@ -103,8 +105,52 @@ class GestureEvent(Message):
     mirror: bool = False
 
 
+class ListeningEvent(Message):
+    """The user started (`active`: true) or stopped talking: the avatar listens (eye contact,
+    calmer idle motion, a nod now and then), then eases back to idle."""
+
+    type: Literal["listening"] = "listening"
+    active: bool
+
+
+GAZE_TARGETS = ("camera", "away", "point")
+
+
+class GazeEvent(Message):
+    """Where the eyes look: the camera, away (up and aside), or a point (`x`, `y`)."""
+
+    type: Literal["gaze"] = "gaze"
+    target: Literal[GAZE_TARGETS]  # type: ignore[valid-type]
+    x: float | None = Field(None, ge=-1.0, le=1.0, description="`point`: to the viewer's right, −1 to 1 "
+                                                                "(±1: the eyes' full turn)")
+    y: float | None = Field(None, ge=-1.0, le=1.0, description="`point`: up, −1 to 1")
+
+    @model_validator(mode="after")
+    def _point_has_coordinates(self) -> "GazeEvent":
+        if (self.target == "point") != (self.x is not None and self.y is not None):
+            raise ValueError("`x` and `y` go with target `point`, and only with it")
+        return self
+
+    def point(self) -> tuple[float, float]:
+        """The gaze as a point in [-1, 1]² ((0, 0): the camera)."""
+        if self.target == "point":
+            return self.x, self.y
+        return GAZE_AWAY if self.target == "away" else (0.0, 0.0)
+
+
+class PoseEvent(Message):
+    """Turn the head by these angles from the portrait's own pose (eased); zeros: back to rest."""
+
+    type: Literal["pose"] = "pose"
+    yaw_deg: float = Field(0.0, ge=-POSE_LIMITS_DEG["yaw"], le=POSE_LIMITS_DEG["yaw"],
+                           description="to the viewer's right is positive")
+    pitch_deg: float = Field(0.0, ge=-POSE_LIMITS_DEG["pitch"], le=POSE_LIMITS_DEG["pitch"],
+                             description="down is positive")
+    roll_deg: float = Field(0.0, ge=-POSE_LIMITS_DEG["roll"], le=POSE_LIMITS_DEG["roll"])
+
+
 ControlEvent = Annotated[Union[EmotionEvent, InterruptEvent, EndOfSpeechEvent, TextEvent, WordsEvent,
-                               GestureEvent], Field(discriminator="type")]
+                               GestureEvent, ListeningEvent, GazeEvent, PoseEvent], Field(discriminator="type")]
 CONTROL_EVENT = TypeAdapter(ControlEvent)
 
 
@@ -219,6 +265,31 @@ class GestureCue(ServerEvent):
     mirror: bool
 
 
+class ListeningCue(ServerEvent):
+    """avatar3d: the client's `listening`, for the page (eye contact and nods)."""
+
+    type: Literal["listening"] = "listening"
+    active: bool
+
+
+class GazeCue(ServerEvent):
+    """avatar3d: the client's `gaze`, resolved to a point (`x`, `y` in [-1, 1]; 0, 0: the camera)."""
+
+    type: Literal["gaze"] = "gaze"
+    target: str
+    x: float
+    y: float
+
+
+class PoseCue(ServerEvent):
+    """avatar3d: the client's `pose`: head angles from rest, in degrees."""
+
+    type: Literal["pose"] = "pose"
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+
+
 class ErrorEvent(ServerEvent):
     """A message was refused, or the session failed or was shed (it goes on in still mode)."""
 
@@ -245,7 +316,8 @@ class SessionClosed(ServerEvent):
 
 ServerMessage = Annotated[
     Union[SessionReady, ClockEvent, ModeChanged, SpeechStarted, SpeechEnded, RetractEvent, ErrorEvent,
-          WarningEvent, SessionClosed, VisemesEvent, WordsCue, MoodEvent, GestureCue],
+          WarningEvent, SessionClosed, VisemesEvent, WordsCue, MoodEvent, GestureCue, ListeningCue, GazeCue,
+          PoseCue],
     Field(discriminator="type")]
 SERVER_EVENT = TypeAdapter(ServerMessage)
 
@@ -344,6 +416,9 @@ class SessionInfo(BaseModel):
     buffered_audio_s: float
     speaking: bool
     created_at: float
+    listening: bool = False
+    gaze: tuple[float, float] = (0.0, 0.0)  # where the eyes are asked to look, x right, y up
+    pose_deg: dict[str, float] = {}  # the head offsets asked for: pitch, yaw, roll
     urls: dict[str, str] = {}
 
 

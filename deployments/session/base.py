@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -148,11 +148,25 @@ class SessionCore:
         self._wake.set()
 
     def set_emotion(self, value: str, intensity: float) -> None:
+        self._change_controls(emotion=value, intensity=intensity)
+
+    def set_listening(self, active: bool) -> None:
+        """The user started or stopped talking (the backend eases in and out of listening)."""
+        self._change_controls(listening=active)
+
+    def set_gaze(self, target: str, x: float, y: float) -> None:
+        """Where the eyes look, a point in [-1, 1]² (`target` names it for the page: camera,
+        away, point)."""
+        self._change_controls(gaze_x=x, gaze_y=y)
+
+    def set_pose(self, pitch_deg: float, yaw_deg: float, roll_deg: float) -> None:
+        """Head angles from the portrait's own pose (the backend eases toward them)."""
+        self._change_controls(head_pitch_deg=pitch_deg, head_yaw_deg=yaw_deg, head_roll_deg=roll_deg)
+
+    def _change_controls(self, **changes) -> None:
+        """The controls every next render gets (they travel with each backend call)."""
         self.last_input_at = time.time()
-        self.controls = Controls(emotion=value, intensity=intensity,
-                                 head_pitch_deg=self.controls.head_pitch_deg,
-                                 head_yaw_deg=self.controls.head_yaw_deg,
-                                 head_roll_deg=self.controls.head_roll_deg)
+        self.controls = replace(self.controls, **changes)
 
     def end_of_speech(self) -> None:
         self.last_input_at = time.time()
@@ -229,6 +243,9 @@ class SessionCore:
             emotion=self.controls.emotion, intensity=self.controls.intensity, viewers=self.viewers,
             frames_out=self.produced_frames, buffered_audio_s=len(self._speech) / SAMPLE_RATE_HZ,
             speaking=self.speaking, created_at=self.created_at, urls=session_urls(self.session_id),
+            listening=self.controls.listening, gaze=(self.controls.gaze_x, self.controls.gaze_y),
+            pose_deg={"pitch": self.controls.head_pitch_deg, "yaw": self.controls.head_yaw_deg,
+                      "roll": self.controls.head_roll_deg},
         )
 
     def expired(self, now: float, idle_ttl_s: float, disconnect_grace_s: float) -> str | None:

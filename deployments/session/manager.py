@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 
 from models.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Controls
-from models.modes import build_pipeline
+from models.modes import build_pipeline, supports_control
 
 from ..api.errors import ServiceError, error_event
 from ..api.protocol import (
@@ -24,8 +24,11 @@ from ..api.protocol import (
     EndItem,
     EndOfSpeechEvent,
     EventItem,
+    GazeEvent,
     GestureEvent,
     InterruptEvent,
+    ListeningEvent,
+    PoseEvent,
     TextEvent,
     WordsEvent,
 )
@@ -273,6 +276,22 @@ class SessionManager:
                 session.end_of_speech()
             case TextEvent() | WordsEvent() | GestureEvent():
                 self._avatar3d_control(session, event)
+            case ListeningEvent(active=active):
+                session.set_listening(active)  # every mode takes it; those that cannot listen ignore it
+            case GazeEvent():
+                self._check_control(session, "gaze")
+                session.set_gaze(event.target, *event.point())
+            case PoseEvent(pitch_deg=pitch, yaw_deg=yaw, roll_deg=roll):
+                self._check_control(session, "pose")
+                session.set_pose(pitch, yaw, roll)
+
+    @staticmethod
+    def _check_control(session: SessionCore, control: str) -> None:
+        """Refuse a control the session's mode cannot show (by the mode asked for: a session
+        streaming still frames while its backend loads takes them)."""
+        if not supports_control(session.requested_mode, control):
+            raise ServiceError("control_not_supported", f"`{control}` events move the eyes or head; "
+                                                        f"{session.requested_mode} mode cannot (see /v1/modes)")
 
     @staticmethod
     def _avatar3d_control(session: SessionCore, event: ControlEvent) -> None:

@@ -27,10 +27,13 @@ from deployments.api.protocol import (
     EndOfSpeechEvent,
     EventItem,
     FramesItem,
+    GazeCue,
     GestureCue,
     InterruptEvent,
+    ListeningCue,
     ModeChanged,
     MoodEvent,
+    PoseCue,
     RetractEvent,
     RetractItem,
     ServerMessage,
@@ -88,6 +91,10 @@ TODAYS_JSON = [
       "speaking": False}),
     (GestureCue(name="ok", duration_s=3.0, mirror=False),
      {"type": "gesture", "name": "ok", "duration_s": 3.0, "mirror": False}),
+    (ListeningCue(active=True), {"type": "listening", "active": True}),
+    (GazeCue(target="away", x=0.7, y=0.45), {"type": "gaze", "target": "away", "x": 0.7, "y": 0.45}),
+    (PoseCue(yaw_deg=10.0, pitch_deg=-5.0, roll_deg=0.0),
+     {"type": "pose", "yaw_deg": 10.0, "pitch_deg": -5.0, "roll_deg": 0.0}),
 ]
 
 
@@ -223,7 +230,7 @@ def test_protocol_json_names_every_message_and_both_binary_formats():
     schema = json.loads(json.dumps(protocol_schema()))  # as served: plain JSON
     client, server = schema["client_to_server"], schema["server_to_client"]
     assert set(client["text"]["discriminator"]["mapping"]) == {"emotion", "interrupt", "end_of_speech", "text",
-                                                               "words", "gesture"}
+                                                               "words", "gesture", "listening", "gaze", "pose"}
     assert set(server["text"]["discriminator"]["mapping"]) == {e.type for e, _ in TODAYS_JSON}
     assert all(ref.removeprefix("#/$defs/") in schema["$defs"]
                for side in (client, server) for ref in side["text"]["discriminator"]["mapping"].values())
