@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 from scipy.special import softmax
 
+from ..liveportrait.expression import pose_offsets_deg
+
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
 NEUTRAL = CLASSES.index("neutral")
 LOGIT = 8.0  # the reference's logit for a chosen class
@@ -68,5 +70,5 @@ def pose_controls(pitch_deg: float = 0.0, yaw_deg: float = 0.0, roll_deg: float 
 
 def controls_to_ditto(controls) -> tuple[np.ndarray, dict]:
     """models.base.Controls -> (emotion vector (8,), MotionStitch control kwargs)."""
-    pose = pose_controls(controls.head_pitch_deg, controls.head_yaw_deg, controls.head_roll_deg)
+    pose = pose_controls(*pose_offsets_deg(controls))
     return emotion_vector(controls.emotion, controls.intensity), pose

@@ -83,6 +83,8 @@ from ..face.paste_back import paste_back, warp_mask
 from ..liveportrait.config import LivePortraitConfig
 from ..liveportrait.decode import to_uint8, warp_decode
 from ..liveportrait.loading import LivePortraitNetworks
+from ..attention import AttentionConfig, AttentionState, attention_frames, start_attention
+from ..liveportrait.expression import gaze_offsets, pose_offsets_deg
 from ..liveportrait.motion import IdleMotionConfig, idle_head_deg
 from ..liveportrait.pipeline import network_config
 from ..liveportrait.source import autocast_for, image_to_tensor
@@ -124,6 +126,7 @@ class DittoPipelineConfig:
     crop: CropParams = SOURCE_CROP
     idle: DittoIdleConfig = field(default_factory=DittoIdleConfig)
     emotion_time_constant_s: float = 0.3
+    attention: AttentionConfig = field(default_factory=AttentionConfig)  # listening and gaze
     max_batch: int = 8  # frames per W + G batch
     fp16: bool = True  # renderer under autocast, on CUDA only
     clip: np.ndarray | None = None  # (2, 265) v_min/v_max from the official cfg, if it has them
@@ -156,6 +159,7 @@ class DittoCarry:
     sway_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sway of the last frame
     head_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))  # Controls.head_* offsets shown, eased
     planned: np.ndarray | None = None  # (n, 265) a one-shot render's motion not yet drawn (`plan`)
+    attention: AttentionState = field(default_factory=AttentionState)  # listening and gaze shown now
 
 
 def _frames_of_features(audio_frames: int) -> int:
@@ -252,7 +256,8 @@ class DittoPipeline:
                               rng=random.Random(source.seed))
         stitch.d0 = vec_to_info(rest.copy())  # until the first stream's first frame replaces it
         return DittoCarry(features=self.features.start(), motion=None, stitch=stitch,
-                          emotion=emotion_vector(controls.emotion, controls.intensity), last=rest)
+                          emotion=emotion_vector(controls.emotion, controls.intensity), last=rest,
+                          attention=start_attention(source.seed, FPS, self.config.attention))
 
     def plan(self, persona: Persona, carry: DittoCarry, audio16k: np.ndarray, controls: Controls) -> DittoCarry:
         """A one-shot render's whole clip: its motion, from the offline scheme (module docstring)."""
@@ -299,6 +304,12 @@ class DittoPipeline:
         speech stream is left alone (the session may call this while it fills)."""
         if n <= 0:
             return empty_frames(persona), carry
+        x_s, x_d = self.idle_keypoints(persona, carry, n, controls)
+        return self._render(persona, x_s, x_d), carry
+
+    def idle_keypoints(self, persona: Persona, carry: DittoCarry, n: int,
+                       controls: Controls) -> tuple[np.ndarray, np.ndarray]:
+        """The keypoints of n idle frames, (x_s 1x21x3, x_d n x 21 x 3); advances the carry."""
         source: DittoSource = persona.features[MODE]
         rows, sway = [], []
         rest_lips = carry.stitch.d0["exp"].reshape(-1)[LIP_COLS - EXP_START]
@@ -310,8 +321,7 @@ class DittoPipeline:
             carry.idle_clock += 1
             rows.append(carry.last.copy())
             sway.append(carry.sway_deg.copy())
-        x_s, x_d = self._keypoints(source, carry, np.stack(rows), np.stack(sway), controls)
-        return self._render(persona, x_s, x_d), carry
+        return self._keypoints(source, carry, np.stack(rows), np.stack(sway), controls)
 
     # ---- stages ---------------------------------------------------------------------
 
@@ -385,13 +395,19 @@ class DittoPipeline:
                    controls: Controls) -> tuple[np.ndarray, np.ndarray]:
         """motion: (n, 265) output format; sway_deg: (n, 3) -> (x_s 1x21x3, x_d n x 21 x 3)."""
         mlp = self.networks.stitching.stitching
-        target = np.array([controls.head_pitch_deg, controls.head_yaw_deg, controls.head_roll_deg])
+        target = pose_offsets_deg(controls)  # (3,) [pitch, yaw, roll], LivePortrait's angles
         keep = math.exp(-1.0 / (self.config.emotion_time_constant_s * FPS))
+        attention, carry.attention = attention_frames(carry.attention, len(motion), controls, source.seed, FPS,
+                                                      self.config.attention)
+        gaze_exp = gaze_offsets(attention.gaze).reshape(len(motion), 1, 63)  # (n, 1, 63)
         x_d = []
-        for row, sway in zip(motion, sway_deg):
+        for i, (row, sway) in enumerate(zip(motion, sway_deg)):
             carry.head_deg = target + (carry.head_deg - target) * keep  # a new offset is eased in, as emotion
-            pitch, yaw, roll = carry.head_deg + sway
+            pitch, yaw, roll = carry.head_deg + sway * attention.idle_scale[i]
+            pitch += attention.nod_deg[i]  # a listener's nod: pitch down
             pose = {k: v for k, v in (("delta_pitch", pitch), ("delta_yaw", yaw), ("delta_roll", roll)) if v}
+            if attention.gaze[i].any():
+                pose["delta_exp"] = gaze_exp[i]
             x_d.append(carry.stitch(source.x_s_info, vec_to_info(row.astype(np.float32).copy()), mlp, **pose)[1])
         x_s = transform_keypoint(source.x_s_info).astype(np.float32)
         return x_s, (np.concatenate(x_d) if x_d else np.zeros((0, 21, 3))).astype(np.float32)

@@ -20,6 +20,7 @@ down), 2 = z (depth).
 | mouth_wide   | 14: y, 20: y z                                           | lips stretched sideways ('ee') |
 | mouth_round  | 3: y, 7: y, 14: y, 17: z                                 | lips rounded, pushed out ('oo') |
 | head_pitch/yaw/roll_deg | all 21 (through the rotation R)               | degrees added to the source pose |
+| gaze x, y (`gaze_offsets`) | 11: x y, 15: x y, 13: y, 16: y             | eyes to the viewer's right / up (±1: their full turn) |
 
 Emotion presets (one per tag of models.base.EMOTIONS) are points in this
 control space, scaled by intensity; `approach` moves the current point toward
@@ -74,6 +75,38 @@ _BASIS: dict[str, list[tuple[int, int, float]]] = {
     "mouth_wide": [(20, 1, -0.006), (20, 2, -0.004), (14, 1, -0.006)],
     "mouth_round": [(14, 1, 0.008), (3, 1, -0.004), (7, 1, -0.004), (17, 2, -0.006)],
 }
+
+
+# Gaze, (x, y) at +1: the eyeball keypoints 11 and 15 move across (x) and up (y); the lower
+# lids (13, 16) follow a look up a little, as real lids do. Public LivePortrait editors move
+# the same keypoints for eyeball direction; the sizes are ours (about 15° across, 10° up,
+# at +1, judged on the official weights' crops: more tears the eye region).
+_GAZE_BASIS: dict[str, list[tuple[int, int, float]]] = {
+    "x": [(11, 0, 0.024), (15, 0, 0.024)],
+    "y": [(11, 1, -0.02), (15, 1, -0.02), (13, 1, -0.004), (16, 1, -0.004)],
+}
+
+
+def gaze_offsets(gaze: np.ndarray) -> np.ndarray:
+    """N×2 gaze points (x right, y up, in [-1, 1]) -> N×21×3 float32 exp offsets."""
+    basis2 = np.zeros((2, NUM_KP, 3), np.float32)
+    for row, axis_name in enumerate(("x", "y")):
+        for kp, axis, offset in _GAZE_BASIS[axis_name]:
+            basis2[row, kp, axis] = offset
+    return np.einsum("nc,ckd->nkd", np.asarray(gaze, np.float32), basis2)
+
+
+def pose_offsets_deg(controls) -> np.ndarray:
+    """A `pose` control (models.base.Controls: yaw to the viewer's right, pitch down, roll with
+    the top of the head to the viewer's right) -> (3,) [pitch, yaw, roll] in LivePortrait's
+    angles, which Ditto shares.
+
+    LivePortrait turns row keypoints by (Rz·Ry·Rx)ᵀ with x to the image's right, y down and
+    z away from the camera (a face's front has z < 0). A positive pitch swings the front down
+    and a positive roll swings the top to the right, as our controls mean; a positive yaw
+    swings the front to the image's left, so yaw changes sign.
+    """
+    return np.array([controls.head_pitch_deg, -controls.head_yaw_deg, controls.head_roll_deg])
 
 
 def control_keypoints(name: str) -> list[int]:

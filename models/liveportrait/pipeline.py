@@ -42,6 +42,7 @@ from ..options import override_fields, resolve_device
 from ..base import (
     FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames,
 )
+from ..attention import AttentionConfig, AttentionState, attention_frames, start_attention
 from ..face.analysis import FaceAnalysisConfig, FaceAnalyzer
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import liveportrait_mask_template
@@ -65,6 +66,7 @@ class LivePortraitPipelineConfig:
     lip: LipConfig = field(default_factory=LipConfig)
     blink: BlinkConfig = field(default_factory=BlinkConfig)
     idle: IdleMotionConfig = field(default_factory=IdleMotionConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)  # listening and gaze
     # Lip close ratio (lip gap / mouth width) the lip MLP is asked for at full
     # openness; upstream's retargeting UI spans 0..0.8, speech rarely needs more than half.
     lip_open_ratio: float = 0.45
@@ -100,6 +102,7 @@ class LivePortraitCarry:
     expression: np.ndarray  # (10,) current control vector (expression.CONTROL_NAMES)
     blink: BlinkState
     seed: int
+    attention: AttentionState = field(default_factory=AttentionState)  # listening and gaze shown now
 
 
 class LivePortraitPipeline:
@@ -162,6 +165,7 @@ class LivePortraitPipeline:
         return LivePortraitCarry(
             frame=0, lip_level=0.0, expression=target_vector(controls),
             blink=start_blinks(seed, FPS, self.config.blink), seed=seed,
+            attention=start_attention(seed, FPS, self.config.attention),
         )
 
     def render(self, persona: Persona, carry: LivePortraitCarry, audio16k: np.ndarray, controls: Controls):
@@ -189,10 +193,15 @@ class LivePortraitPipeline:
         vectors = expression.approach(carry.expression, target_vector(controls), n, FPS,
                                       cfg.expression_time_constant_s)  # N×10
         closures, blink = blink_closures(carry.blink, n, carry.seed, FPS, cfg.blink)
-        head = expression.head_offsets_deg(vectors) + idle_head_deg(carry.frame + np.arange(n), carry.seed, FPS, cfg.idle)
-        x_d = posed_keypoints(source.motion, expression.expression_offsets(vectors), head)
+        attention, attention_state = attention_frames(carry.attention, n, controls, carry.seed, FPS, cfg.attention)
+        idle = idle_head_deg(carry.frame + np.arange(n), carry.seed, FPS, cfg.idle) * attention.idle_scale[:, None]
+        head = expression.head_offsets_deg(vectors) + idle  # N×3 [pitch, yaw, roll]
+        head[:, 0] += attention.nod_deg  # a listener's nod: pitch down
+        exp = expression.expression_offsets(vectors) + expression.gaze_offsets(attention.gaze)  # N×21×3
+        x_d = posed_keypoints(source.motion, exp, head)
         x_d = x_d + self.lip_delta(source, levels) + self.eye_delta(source, closures)
-        new_carry = replace(carry, frame=carry.frame + n, expression=vectors[-1] if n else carry.expression, blink=blink)
+        new_carry = replace(carry, frame=carry.frame + n, expression=vectors[-1] if n else carry.expression, blink=blink,
+                            attention=attention_state)
         return x_d, new_carry
 
     def lip_delta(self, source: PreparedSource, levels: np.ndarray) -> torch.Tensor:
@@ -287,7 +296,7 @@ class LivePortraitPipeline:
 def target_vector(controls: Controls) -> np.ndarray:
     """(10,) control vector the session asks for: the emotion preset plus explicit head offsets."""
     v = expression.preset(controls.emotion, controls.intensity).to_vector()
-    v[-3:] += [controls.head_pitch_deg, controls.head_yaw_deg, controls.head_roll_deg]
+    v[-3:] += expression.pose_offsets_deg(controls)
     return v
 
 

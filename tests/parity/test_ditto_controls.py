@@ -44,7 +44,7 @@ def test_tags_intensity_and_mixes():
 def test_controls_to_ditto():
     emo, pose = controls_to_ditto(Controls(emotion="sad", intensity=0.8, head_yaw_deg=5.0))
     assert emo.argmax() == CLASSES.index("sad")
-    assert pose == {"delta_yaw": 5.0}
+    assert pose == {"delta_yaw": -5.0}  # to the viewer's right: a negative LivePortrait yaw
 
 
 def _cfg() -> dict:

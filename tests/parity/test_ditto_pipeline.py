@@ -224,4 +224,38 @@ def test_emotion_and_head_offsets_are_eased_in(pipeline, persona):
     progress = (rows - neutral) @ (target - neutral) / np.sum((target - neutral) ** 2)
     assert np.all(np.diff(progress) > 0) and 0.1 < progress[0] < 0.2 and progress[-1] > 0.95
     _, carry = pipeline.idle(persona, carry, 3, happy)
-    assert 0 < carry.head_deg[1] < 10 and carry.head_deg[0] == carry.head_deg[2] == 0
+    assert -10 < carry.head_deg[1] < 0 and carry.head_deg[0] == carry.head_deg[2] == 0  # yaw to the viewer's right
+
+
+# ---- listening, gaze and pose (docs/api.md#listening-gaze-and-pose) ----------------------
+
+def idle_keypoints(pipeline, persona, controls: Controls, seconds: float) -> np.ndarray:
+    """x_d of `seconds` of idle frames after a start with the default controls: (N, 21, 3)."""
+    carry = pipeline.start(persona, Controls())
+    return pipeline.idle_keypoints(persona, carry, int(seconds * 25), controls)[1]
+
+
+def test_gaze_moves_the_eyes_most_and_toward_the_point(pipeline, persona):
+    rest = idle_keypoints(pipeline, persona, Controls(), 1.0)[-1]
+    right = idle_keypoints(pipeline, persona, Controls(gaze_x=1.0), 1.0)[-1] - rest  # 21×3, after stitching
+    moved = np.abs(right).max(axis=1)
+    assert set(np.argsort(moved)[-2:].tolist()) == {11, 15}  # the stitching MLP nudges the rest a little
+    assert right[[11, 15], 0].min() > 0  # to the viewer's right
+    up = idle_keypoints(pipeline, persona, Controls(gaze_y=1.0), 1.0)[-1] - rest
+    assert up[[11, 15], 1].max() < 0  # up: image y < 0
+
+
+def test_pose_yaw_turns_the_face_to_the_viewers_right(pipeline, persona):
+    rest = idle_keypoints(pipeline, persona, Controls(), 2.0)[-1]
+    front = rest[:, 2] < np.median(rest[:, 2])
+    yawed = idle_keypoints(pipeline, persona, Controls(head_yaw_deg=15.0), 2.0)[-1] - rest
+    assert yawed[front, 0].mean() > yawed[~front, 0].mean()
+
+
+def test_listening_calms_the_sway_and_holds_eye_contact(pipeline, persona):
+    calm = idle_keypoints(pipeline, persona, Controls(), 12.0)
+    listening = idle_keypoints(pipeline, persona, Controls(listening=True), 12.0)
+    sideways = lambda kp: kp[25:, :, 0].mean(axis=1)  # noqa: E731 (the head's sideways travel, after 1 s)
+    assert sideways(listening).std() < 0.5 * sideways(calm).std()
+    looking_away = idle_keypoints(pipeline, persona, Controls(listening=True, gaze_x=1.0, gaze_y=0.5), 12.0)
+    assert np.abs(looking_away[50:] - listening[50:]).max() < 1e-4  # eye contact wins while listening

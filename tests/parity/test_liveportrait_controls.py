@@ -68,7 +68,7 @@ def test_every_emotion_has_a_preset_scaled_by_intensity():
         assert not ex.preset(emotion, 0.0).to_vector().any()
     happy = target_vector(Controls(emotion="happy", intensity=0.8, head_yaw_deg=10))
     assert happy[ex.CONTROL_NAMES.index("smile")] == pytest.approx(0.8)
-    assert happy[ex.CONTROL_NAMES.index("head_yaw_deg")] == pytest.approx(10.0)
+    assert happy[ex.CONTROL_NAMES.index("head_yaw_deg")] == pytest.approx(-10.0)  # viewer's right: LivePortrait yaw < 0
 
 
 def test_emotion_transitions_are_smooth():

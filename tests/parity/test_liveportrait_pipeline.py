@@ -337,3 +337,55 @@ def test_prepare_runs_the_face_models_and_reports_persona_errors(tmp_path):
     with pytest.raises(PersonaError) as err:
         pipeline.prepare(persona.media, "nobody")
     assert err.value.code == "no_face"
+
+
+# ---- listening, gaze and pose (docs/api.md#listening-gaze-and-pose) ----------------------
+
+def idle_keypoints(pipeline, persona, controls: Controls, seconds: float) -> np.ndarray:
+    """The driving keypoints (before stitching) of `seconds` of idle frames from a session that
+    started with the default controls and then got `controls`: (N, 21, 3)."""
+    source = persona.features["liveportrait"]
+    x_d, _ = pipeline.frame_keypoints(source, pipeline.start(persona, Controls()), np.zeros(int(seconds * 25)),
+                                      controls)
+    return x_d.numpy()
+
+
+def test_gaze_moves_the_eye_keypoints_toward_the_point(tiny):
+    pipeline, persona = tiny
+    rest = idle_keypoints(pipeline, persona, Controls(), 1.0)[-1]
+    for x, y in [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)]:
+        moved = idle_keypoints(pipeline, persona, Controls(gaze_x=x, gaze_y=y), 1.0)[-1] - rest  # 21×3
+        changed = set(np.nonzero(np.abs(moved).max(axis=1) > 1e-6)[0].tolist())
+        assert changed == {11, 13, 15, 16} if y else changed == {11, 15}
+        eyes = moved[[11, 15]].mean(axis=0)
+        if x:
+            assert np.sign(eyes[0]) == np.sign(x)  # x: to the image's (the viewer's) right
+        else:
+            assert np.sign(eyes[1]) == -np.sign(y)  # up is image y < 0
+
+
+def test_pose_turns_the_face_the_documented_way(tiny):
+    pipeline, persona = tiny
+    rest = idle_keypoints(pipeline, persona, Controls(), 2.0)[-1]
+    front = rest[:, 2] < np.median(rest[:, 2])  # z < 0 faces the camera
+    yawed = idle_keypoints(pipeline, persona, Controls(head_yaw_deg=15.0), 2.0)[-1] - rest
+    assert yawed[front, 0].mean() > yawed[~front, 0].mean()  # the face turns to the viewer's right
+    pitched = idle_keypoints(pipeline, persona, Controls(head_pitch_deg=15.0), 2.0)[-1] - rest
+    assert pitched[front, 1].mean() > pitched[~front, 1].mean()  # the face tips down
+    eased = idle_keypoints(pipeline, persona, Controls(head_yaw_deg=15.0), 0.2) - idle_keypoints(
+        pipeline, persona, Controls(), 0.2)
+    steps = np.abs(eased[:, front, 0].mean(axis=1))
+    assert np.all(np.diff(steps) > 0) and steps[0] < 0.3 * np.abs(yawed[front, 0].mean())  # eased in
+
+
+def test_listening_calms_the_idle_motion_and_nods(tiny):
+    pipeline, persona = tiny
+    calm = idle_keypoints(pipeline, persona, Controls(), 20.0)
+    listening = idle_keypoints(pipeline, persona, Controls(listening=True, gaze_x=1.0), 20.0)
+    sideways = lambda kp: kp[25:, :, 0].mean(axis=1)  # noqa: E731 (the head's sideways travel, after 1 s)
+    assert sideways(listening).std() < 0.5 * sideways(calm).std()  # idle yaw and roll to a quarter
+    eye_contact = idle_keypoints(pipeline, persona, Controls(listening=True), 20.0)
+    assert np.abs(listening[50:] - eye_contact[50:]).max() < 1e-4  # the gaze at x = 1 waits: eyes on the camera
+    carry = pipeline.start(persona, Controls(listening=True))
+    _, carry = pipeline.frame_keypoints(persona.features["liveportrait"], carry, np.zeros(500), Controls(listening=True))
+    assert carry.attention.nods.count >= 3  # nods in 20 s
