@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from collections.abc import Callable
 from functools import partial
@@ -37,6 +38,7 @@ from models.base import SAMPLES_PER_FRAME, Controls, Persona, plan_clip
 from .inputs.personas import PersonaStore
 from .ray_private import call
 from .rendering.local import persona_warnings
+from .serving_metrics import replica_metrics
 from .transports.encode import EncodedFrames, FrameFormat
 
 log = logging.getLogger("ray.serve")
@@ -58,6 +60,7 @@ class BackendDeployment:
         (`FrameFormat.mark_tag`); None: provenance is off."""
         self.mode = mode
         self.data_dir = data_dir
+        self.metrics = replica_metrics()  # render time and frames per call
         self._provenance: Any = None  # made on the first marked frame: one marker (and its layout cache)
         self._markings: dict[int, Any] = {}
         # A render call may carry several chunks (Session batches them when well ahead):
@@ -105,7 +108,11 @@ class BackendDeployment:
     async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
         """(frames: N×H×W×3 uint8, or EncodedFrames in `fmt`, marked with fmt.mark_tag; carry)."""
         persona = await self._persona()
-        return await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k, controls)
+        started = time.perf_counter()
+        frames, carry = await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k,
+                                                controls)
+        self.metrics.backend_render(self.mode, time.perf_counter() - started, len(frames))
+        return frames, carry
 
     def _render_chunks(self, persona: Persona, carry: Any, audio16k: np.ndarray, controls: Controls):
         """pipeline.render over the call's audio (samples,), one chunk_frames chunk at a time."""
@@ -124,7 +131,10 @@ class BackendDeployment:
 
     async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
-        return await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
+        started = time.perf_counter()
+        frames, carry = await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
+        self.metrics.backend_render(self.mode, time.perf_counter() - started, len(frames))
+        return frames, carry
 
     def _rendered(self, fmt: FrameFormat | None, step, *args) -> tuple[np.ndarray | EncodedFrames, Any]:
         return rendered(fmt, step, *args, marking_for=self._marking)

@@ -23,6 +23,7 @@ from .api.protocol import ControlEvent
 from .config import AppArgs
 from .inputs.personas import PersonaStore
 from .rendering.remote import RemoteBackend
+from .serving_metrics import PrometheusServingMetrics
 from .session.manager import SessionManager, local_backends
 from .transports.provenance import Provenance
 from .vram.data import Decision
@@ -44,6 +45,7 @@ class SessionHostImpl:
             # The VramController's handle when it runs: sessions of GPU modes are placed by it.
             gate=VramGate(vram, app_args) if vram is not None else None,
             provenance=Provenance.from_args(app_args),  # makes the keys on the first start
+            metrics=PrometheusServingMetrics(),
         )
         self._sweeper = asyncio.get_event_loop().create_task(self.manager.run_sweeper())
         if "avatar3d" in app_args.modes():  # its first decoder takes 0.3–0.6 s: not in a session's way

@@ -95,8 +95,13 @@ def start_local_serve(log_to_driver: bool = False) -> str:
     import ray
     from ray import serve
 
+    # Prometheus metrics (the VRAM controller's and deployments/serving_metrics.py) on a
+    # loopback port of their own, reported every second so a test can scrape them.
+    os.environ.setdefault("LOCKN_TEST_METRICS_PORT", str(_free_port()))
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, log_to_driver=log_to_driver)
+             configure_logging=False, log_to_driver=log_to_driver,
+             _metrics_export_port=int(os.environ["LOCKN_TEST_METRICS_PORT"]),
+             _system_config={"metrics_report_interval_ms": 1000})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return f"http://127.0.0.1:{port}"

@@ -16,6 +16,8 @@ import numpy as np
 
 from models.base import SAMPLE_RATE_HZ, Controls
 
+from ..serving_metrics import NoServingMetrics, ServingMetrics
+
 from ..api.errors import ServiceError, error_event
 from ..api.protocol import EndItem, EventItem, HostItem, ServerEvent, SessionInfo, session_urls
 from ..inputs.audio_in import StreamResampler
@@ -70,6 +72,7 @@ class SessionCore:
         self.requested_mode, self.sample_rate_hz = requested_mode, sample_rate_hz
         self.controls, self.config = controls, config
         self.placement: dict | None = None  # the VRAM controller's decision, where it placed the session
+        self.metrics: ServingMetrics = NoServingMetrics()  # set by the manager
         self.clock = SessionClock()
         self.created_at = time.time()
         self.last_input_at = self.created_at

@@ -7,6 +7,7 @@ rendered and silence where the session was idle.
 """
 from __future__ import annotations
 
+import collections
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,12 +31,18 @@ class SessionClock:
 
 
 class SpeechBuffer:
-    """16 kHz float32 speech waiting to be rendered, cut into whole frames."""
+    """16 kHz float32 speech waiting to be rendered, cut into whole frames.
+
+    It also remembers when each push arrived, so that `last_taken_arrival` says when the
+    last sample of the latest take came in (the audio-in → frame-out latency metric).
+    """
 
     def __init__(self, max_samples: int):
         self.max_samples = max_samples
         self._chunks: list[np.ndarray] = []
         self._size = 0
+        self._arrivals: collections.deque[list] = collections.deque()  # [end offset in the buffer, wall s]
+        self.last_taken_arrival: float | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -51,11 +58,12 @@ class SpeechBuffer:
                 f"speech buffer full ({self.max_samples / 16000:.0f} s buffered); send audio closer to real time"
             )
 
-    def push(self, samples: np.ndarray) -> None:
+    def push(self, samples: np.ndarray, now: float | None = None) -> None:
         self.check_room(len(samples))
         if len(samples):
             self._chunks.append(samples.astype(np.float32, copy=False))
             self._size += len(samples)
+            self._arrivals.append([self._size, time.time() if now is None else now])
 
     def take_frames(self, n: int) -> np.ndarray:
         """The first n whole frames of audio: (640·n,) float32."""
@@ -74,6 +82,7 @@ class SpeechBuffer:
 
     def clear(self) -> None:
         self._chunks, self._size = [], 0
+        self._arrivals.clear()
 
     def _take(self, n: int) -> np.ndarray:
         if n == 0:
@@ -82,4 +91,16 @@ class SpeechBuffer:
         head, rest = data[:n], data[n:]
         self._chunks = [rest] if len(rest) else []
         self._size = len(rest)
+        self._note_taken(n)
         return np.ascontiguousarray(head)
+
+    def _note_taken(self, n: int) -> None:
+        """The first push that reaches past sample n − 1 brought the last sample taken."""
+        while self._arrivals and self._arrivals[0][0] < n:
+            self._arrivals.popleft()
+        if self._arrivals:
+            self.last_taken_arrival = self._arrivals[0][1]
+            if self._arrivals[0][0] == n:
+                self._arrivals.popleft()
+        for entry in self._arrivals:
+            entry[0] -= n

@@ -122,6 +122,7 @@ class Session(SessionCore):
         self._drop_held = False  # set by interrupt: the backend drops what its lookahead holds
         self._hold_task: asyncio.Task | None = None
         self._render_s_per_frame: float | None = None  # the active backend's speech calls: wall s a frame
+        self._first_frame_measured = False
         # Provenance (set by the manager): the session's watermark tag, and the marking of
         # frames rendered in this process; remote backends mark theirs (FrameFormat.mark_tag).
         self.mark_tag: int | None = None
@@ -226,6 +227,7 @@ class Session(SessionCore):
 
     async def _render_speech(self, audio16k: np.ndarray) -> None:
         epoch, backend, started = self._epoch, self._active, time.perf_counter()
+        arrived = self._speech.last_taken_arrival  # when the last sample of this audio came in
         self._spans.extend(audio16k.reshape(-1, SAMPLES_PER_FRAME))
         frames, carry = await self._render_with_fallback(
             lambda b, c: b.render(self.persona_id, c, audio16k, self.controls, self._format()))
@@ -237,7 +239,7 @@ class Session(SessionCore):
         if len(frames) and not self._speaking:
             self._speaking = True
             self._event(SpeechStarted(pts=self._produced_pts))
-        await self._emit(frames, speech=True)
+        await self._emit(frames, speech=True, audio_arrived=arrived)
 
     async def _finish_utterance(self) -> None:
         epoch = self._epoch
@@ -298,7 +300,8 @@ class Session(SessionCore):
         jpegs = await asyncio.to_thread(self._encoder.encode_batch, frames) if len(frames) else []
         return EncodedFrames(jpegs, frames)
 
-    async def _emit(self, frames: np.ndarray | EncodedFrames, speech: bool) -> None:
+    async def _emit(self, frames: np.ndarray | EncodedFrames, speech: bool, audio_arrived: float | None = None) -> None:
+        """Publish frames with their audio; `audio_arrived`: when the speech they show came in."""
         if not len(frames):
             return
         encoded = await self._encoded(frames)
@@ -311,6 +314,18 @@ class Session(SessionCore):
         pts = list(range(self._produced_pts, self._produced_pts + len(frames)))
         self._produced_pts += len(frames)
         self._publish(FrameBatch(self.clock.t0, pts, encoded.jpegs, audio, encoded.raw))
+        self._measure(pts, audio_arrived)
+
+    def _measure(self, pts: list[int], audio_arrived: float | None) -> None:
+        """Serving metrics of frames just published (serving_metrics.py)."""
+        now, mode = time.time(), self._active.mode
+        late = sum(1 for p in pts if now > self.clock.due(p) + 1 / FPS)
+        self.metrics.frames_published(mode, len(pts), late, len(self._viewers))
+        if not self._first_frame_measured:
+            self._first_frame_measured = True
+            self.metrics.first_frame(mode, now - self.created_at)
+        if audio_arrived is not None:
+            self.metrics.audio_to_frame(mode, self.clock.due(pts[-1]) - audio_arrived)
 
     async def _sleep_until_next_deadline(self) -> None:
         """Nothing to do: sleep until the scheduler's next deadline, or until input wakes the loop."""

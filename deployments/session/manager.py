@@ -36,6 +36,7 @@ from ..config import AppArgs
 from ..inputs.audio_in import decode_to_16k, pcm16_to_float
 from ..inputs.personas import PersonaStore
 from ..rendering.interface import Backend
+from ..serving_metrics import NoServingMetrics, ServingMetrics
 from ..rendering.local import LocalBackend
 from ..transports.encode import Mp4Writer
 from ..transports.provenance import FrameMarking, Provenance
@@ -102,10 +103,13 @@ class SessionManager:
     def __init__(self, args: AppArgs, store: PersonaStore, *, host_id: str, still: Backend,
                  local: dict[str, Backend] | None = None, remote: dict[str, Backend] | None = None,
                  gate: Any = None, make_webrtc_hub: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time, provenance: Provenance | None = None):
-        """provenance: marks, ledger and signatures (transports/provenance.py); None: none."""
+                 clock: Callable[[], float] = time.time, provenance: Provenance | None = None,
+                 metrics: ServingMetrics | None = None):
+        """provenance: marks, ledger and signatures (transports/provenance.py); None: none.
+        metrics: where sessions report frames and latencies (serving_metrics.py); None: nowhere."""
         self.args, self.store, self.host_id = args, store, host_id
         self.provenance = provenance
+        self.metrics = metrics or NoServingMetrics()
         self.still, self.local, self.remote = still, dict(local or {}), dict(remote or {})
         self.gate, self.clock = gate, clock
         self.sessions: dict[str, SessionCore] = {}
@@ -132,7 +136,7 @@ class SessionManager:
         self.store.acquire(persona_id, session_id)
         session = Session(session_id, persona_id, mode, sample_rate_hz, controls, self.still,
                           backend, self.session_config(mode))
-        session.placement = placement
+        session.placement, session.metrics = placement, self.metrics
         self._mark(session, mode)
         try:
             await session.start()
@@ -407,10 +411,18 @@ class SessionManager:
         now_s = self.clock() if now_s is None else now_s
         self._heartbeat_if_due(now_s)
         closed = await self._close_expired(now_s)
+        self.metrics.sessions(self.sessions_by_mode())
         # This host's sessions' markers count only while it beats: a crashed host's are orphans.
         await asyncio.to_thread(self.store.heartbeat, self.host_id)
         await asyncio.to_thread(self.store.sweep_unused, self.args.timeouts.unused_persona_ttl_s)
         return closed
+
+    def sessions_by_mode(self) -> dict[str, int]:
+        """Live sessions by the mode streaming now, every mode this host serves included."""
+        counts = dict.fromkeys([*self.args.modes(), "still"], 0)
+        for session in self.sessions.values():
+            counts[session.mode] = counts.get(session.mode, 0) + 1
+        return counts
 
     async def _close_expired(self, now_s: float) -> list[str]:
         t, closed = self.args.timeouts, []

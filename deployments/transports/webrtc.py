@@ -53,6 +53,7 @@ from models.base import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from ..api.errors import ServiceError
 from ..api.protocol import EndItem, FramesItem, HostItem, RetractItem
 from ..config import WebRtcArgs
+from ..serving_metrics import NoServingMetrics, ServingMetrics
 from ..session.clock import SessionClock
 from ..session.engine import Session, Viewer
 
@@ -76,12 +77,15 @@ class SessionFeed:
     Reads the session viewer's queue; honours retracts; ends when the session does.
     """
 
-    def __init__(self, viewer: Viewer, clock: SessionClock):
+    def __init__(self, viewer: Viewer, clock: SessionClock, metrics: ServingMetrics | None = None):
         self.viewer, self.clock = viewer, clock
+        self.metrics = metrics or NoServingMetrics()
         self.start_pts: int | None = None
         self.end_reason: str | None = None
         self._frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # pts -> (H×W×3 uint8, 640 float32)
         self._changed = asyncio.Event()
+        # When each track took a frame's media: the A/V offset metric pairs them by pts.
+        self._handed: dict[str, dict[int, float]] = {"video": {}, "audio": {}}
 
     async def run(self) -> None:
         """Ingest the viewer's items until the session ends (the peer cancels this on close)."""
@@ -145,6 +149,7 @@ class SessionFeed:
             pts = min(later) if later else None
             wait_s = FEED_POLL_S if pts is None else self.clock.due(pts) - time.time()
             if pts is not None and wait_s <= 0:
+                self._note_handed("video", pts)
                 return pts, self._frames[pts][0]
             await self._wait_changed(wait_s)
 
@@ -163,7 +168,20 @@ class SessionFeed:
         if self.end_reason is not None:
             raise MediaStreamError(self.end_reason)
         entry = self._frames.get(pts)
+        self._note_handed("audio", pts)
         return entry[1] if entry is not None else np.zeros(SAMPLES_PER_FRAME, np.float32)
+
+    def _note_handed(self, track: str, pts: int) -> None:
+        """A track took frame `pts`'s media now; once both have, the audio's lead or lag over
+        the video is the peer's A/V offset (skipped video frames have no pair)."""
+        now = time.time()
+        other = self._handed["audio" if track == "video" else "video"].pop(pts, None)
+        if other is None:
+            self._handed[track][pts] = now
+            for old in [p for p in self._handed[track] if p < pts - KEEP_PAST_FRAMES]:
+                del self._handed[track][old]
+            return
+        self.metrics.webrtc_av_offset(now - other if track == "audio" else other - now)
 
     def _has_after(self, pts: int) -> bool:
         return any(p > pts for p in self._frames)
@@ -302,7 +320,7 @@ class Peer:
 
     def __init__(self, peer_id: str, session: Session, pc: RTCPeerConnection, viewer: Viewer):
         self.peer_id, self.session, self.pc, self.viewer = peer_id, session, pc, viewer
-        self.feed = SessionFeed(viewer, session.clock)
+        self.feed = SessionFeed(viewer, session.clock, session.metrics)
         self.video = SessionVideoTrack(self.feed)
         self.audio = SessionAudioTrack(self.feed)
         self.created_at = time.time()

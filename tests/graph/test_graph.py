@@ -483,3 +483,50 @@ def test_every_replica_runs_with_the_graphs_malloc_settings(app):
     assert all(MALLOC_ENV.items() <= env.items() for env in replicas.values()), \
         {t: {k: v for k, v in env.items() if k.startswith("MALLOC_")} for t, env in replicas.items()}
     close(app, session_id)
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """Prometheus text -> {mode tag: value summed over replicas} for one metric name."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, value = line[len(name) + 1:].rsplit("} ", 1)
+        mode = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("mode=")), "")
+        values[mode] = values.get(mode, 0.0) + float(value)
+    return values
+
+
+def test_serving_metrics_reach_prometheus_during_a_session(app):
+    """deployments/serving_metrics.py, scraped from the test cluster's metrics endpoint while a
+    pattern session speaks (Ray prefixes every name with `ray_`)."""
+    base, session_id = app["base"], pattern_session(app)
+
+    async def speak():
+        async with await open_ws(base, session_id) as ws:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.in_mode("pattern"), 30)
+            pcm = coded_pcm16(50)
+            for i in range(10):
+                await ws.send(pcm[i * 3200:(i + 1) * 3200].tobytes())
+            await ws.send(json.dumps({"type": "end_of_speech"}))
+            await viewer.recv_until(lambda v: v.has("speech_ended"), 30)
+
+            wanted = {"ray_lockn_sessions": 1, "ray_lockn_frames_rendered_total": 50,
+                      "ray_lockn_frames_sent_total": 50, "ray_lockn_first_frame_seconds_count": 1,
+                      "ray_lockn_audio_to_frame_seconds_count": 1, "ray_lockn_backend_render_seconds_count": 1,
+                      "ray_lockn_backend_batch_frames_count": 1}
+            deadline, found = time.time() + 30, {}
+            while time.time() < deadline:  # metrics reach the endpoint every second (conftest)
+                text = httpx.get(f"http://127.0.0.1:{os.environ['LOCKN_TEST_METRICS_PORT']}/metrics", timeout=5).text
+                found = {name: metric_values(text, name).get("pattern", 0.0) for name in wanted}
+                if all(found[name] >= least for name, least in wanted.items()):
+                    return text, found
+                await asyncio.sleep(1)  # the viewer stays: the session stays live meanwhile
+            raise AssertionError(f"metrics not all there after 30 s: {found}")
+
+    text, found = asyncio.run(speak())
+    latency = metric_values(text, "ray_lockn_audio_to_frame_seconds_sum")["pattern"] / found[
+        "ray_lockn_audio_to_frame_seconds_count"]
+    assert 0.0 < latency < 2.0  # audio sent faster than real time waits for its frame's due time
+    close(app, session_id)
