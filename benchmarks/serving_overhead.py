@@ -44,7 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,8 @@ sys.path.insert(0, str(ROOT))
 from deployments.transports.encode import JpegEncoder  # noqa: E402
 from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia  # noqa: E402
 from models.testing import PatternPipeline  # noqa: E402
-from tests.graph_client import WsViewer, create_persona, create_session, open_ws  # noqa: E402
+from lockn_bod_client import LockNBodClient, SessionStream, VideoFrame  # noqa: E402
+from tests.graph_client import create_persona  # noqa: E402
 from tests.streaming import coded_pcm16, frame_info  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -128,13 +128,26 @@ async def idling_cpu_per_s(seconds: float) -> float:
     return sum((await idling_cpu_per_s_by_process(seconds)).values())
 
 
+async def until(stream: SessionStream, done, timeout_s: float, frames: list | None = None) -> None:
+    """Read the stream until `done(message)`; video frames go into `frames`."""
+    async def read():
+        while True:
+            message = await stream.recv()
+            if frames is not None and isinstance(message, VideoFrame):
+                frames.append(message)
+            if done(message):
+                return
+    await asyncio.wait_for(read(), timeout_s)
+
+
 async def warm_up_backend(base: str, persona: str) -> None:
     """One session opened and closed: the backend replica starts and stays up (Serve's
     downscale delay is 30 s), so the next background reading has every replica of the path."""
-    session_id = create_session(base, persona, "pattern")["session_id"]
-    async with await open_ws(base, session_id) as ws:
-        await WsViewer(ws).recv_until(lambda v: v.in_mode("pattern"), 120)
-    httpx.delete(f"{base}/v1/sessions/{session_id}")
+    async with LockNBodClient(base) as client:
+        session_id = (await client.create_session(persona, "pattern"))["session_id"]
+        async with client.connect(session_id) as stream:
+            await until(stream, lambda m: stream.mode == "pattern", 120)
+        await client.delete_session(session_id)
     await asyncio.sleep(SETTLE_S)
 
 
@@ -178,25 +191,34 @@ async def graph_rounds(base: str, persona: str, args) -> dict:
 async def speech_round(base: str, persona: str, seconds: float, pacing: str, feed: str, idle_s: float) -> dict:
     """One session: idling (the speech-over-idle baseline), then `seconds` of speech; the
     cluster's CPU by process over the speech, and the speech frames as the client saw them."""
-    session_id = create_session(base, persona, "pattern")["session_id"]
     n = int(seconds * 25)
-    try:
-        async with await open_ws(base, session_id, pacing) as ws:
-            viewer = WsViewer(ws)
-            await viewer.recv_until(lambda v: v.in_mode("pattern"), 120)
-            idle_cpu_per_s = await idling_cpu_per_s(idle_s)
-            before, t_send = cluster_cpu_by_process(), time.time()
-            sending = asyncio.create_task(send_speech(ws, coded_pcm16(n), feed, t_send))
-            await viewer.recv_until(lambda v: v.has("speech_ended"), seconds + 60)
-            await sending
-            wall = time.time() - t_send
-            after = cluster_cpu_by_process()
-    finally:
-        httpx.delete(f"{base}/v1/sessions/{session_id}")
+    async with LockNBodClient(base) as client:
+        session_id = (await client.create_session(persona, "pattern"))["session_id"]
+        try:
+            async with client.connect(session_id, pacing=pacing) as stream:
+                await until(stream, lambda m: stream.mode == "pattern", 120)
+                # Client pacing: the stream's playout buffer drops what a retract takes back.
+                frames: list[VideoFrame] = []
+                idle_task = asyncio.create_task(idling_cpu_per_s(idle_s))
+                reading = asyncio.create_task(until(stream, lambda m: idle_task.done(), idle_s + 60, frames))
+                idle_cpu_per_s = await idle_task
+                await reading
+                frames.clear()
+                before, t_send = cluster_cpu_by_process(), time.time()
+                sending = asyncio.create_task(send_speech(stream, coded_pcm16(n), feed, t_send))
+                await until(stream, lambda m: getattr(m, "type", None) == "speech_ended", seconds + 60, frames)
+                await sending
+                wall = time.time() - t_send
+                after = cluster_cpu_by_process()
+                if stream.playout is not None:
+                    kept = {id(f) for f in stream.playout.frames}
+                    frames = [f for f in frames if id(f) in kept]  # the frames still held, not retracted
+        finally:
+            await client.delete_session(session_id)
     await asyncio.sleep(SETTLE_S)  # the session's teardown is not the next background reading
-    speech = [(p, t) for p, jpeg, t in viewer.frames if frame_info(jpeg)[0]]
+    speech = [(f.pts, f.t_recv) for f in frames if frame_info(f.jpeg)[0]]
     if pacing == "client":  # a frame is shown when it is due, or on arrival if it came late
-        speech = [(p, max(t, viewer.due(p))) for p, t in speech]
+        speech = [(p, max(t, stream.clock.due(p))) for p, t in speech]
     return {"before": before, "after": after, "wall": wall, "speech": speech, "t_send": t_send,
             "idle_cpu_per_s": idle_cpu_per_s}
 
@@ -224,13 +246,13 @@ def round_figures(speech: dict, background_before: dict, background_after: dict,
     }
 
 
-async def send_speech(ws, pcm, feed: str, t_send: float) -> None:
+async def send_speech(stream: SessionStream, pcm, feed: str, t_send: float) -> None:
     """The speech in 200 ms messages, then end_of_speech; at once, or each when it would be spoken."""
     for i in range(0, len(pcm) // SAMPLES_PER_FRAME, 5):
-        await ws.send(pcm[i * SAMPLES_PER_FRAME:(i + 5) * SAMPLES_PER_FRAME].tobytes())
+        await stream.send_pcm(pcm[i * SAMPLES_PER_FRAME:(i + 5) * SAMPLES_PER_FRAME])
         if feed == "realtime":
             await asyncio.sleep(max(0.0, t_send + (i + 5) / 25 - time.time()))
-    await ws.send(json.dumps({"type": "end_of_speech"}))
+    await stream.end_of_speech()
 
 
 def net_by_process(before: dict, after: dict, background: dict, wall: float, frames: int) -> dict[str, float]:
@@ -251,26 +273,28 @@ def off_path(net: dict[str, float]) -> float:
 
 async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict:
     """n still sessions with one WebSocket viewer each: worst lateness against the 25 fps clock."""
-    sessions = [create_session(base, persona, "still")["session_id"] for _ in range(n)]
-    viewers = []
-    try:
-        sockets = [await open_ws(base, s) for s in sessions]
-        viewers = [WsViewer(ws) for ws in sockets]
-        await asyncio.gather(*(v.recv_until(lambda v: len(v.frames) >= 10, 30) for v in viewers))
-        for v in viewers:
-            v.frames.clear()
-        await asyncio.gather(*(v.recv_until(lambda v: len(v.frames) >= seconds * 25, seconds + 30) for v in viewers))
-        late_ms, gaps = 0.0, 0
-        for v in viewers:
-            (p0, _, t0), frames = v.frames[0], v.frames
-            late_ms = max(late_ms, max(1000 * ((t - t0) - (p - p0) / 25) for p, _, t in frames))
-            gaps += sum(b[0] - a[0] - 1 for a, b in zip(frames, frames[1:]))
-        for ws in sockets:
-            await ws.close()
-        return {"sessions": n, "max_late_ms": late_ms, "skipped_frames": gaps}
-    finally:
-        for s in sessions:
-            httpx.delete(f"{base}/v1/sessions/{s}")
+    async with LockNBodClient(base) as client:
+        sessions = [(await client.create_session(persona, "still"))["session_id"] for _ in range(n)]
+        try:
+            streams = [await client.connect(s) for s in sessions]
+
+            async def frames_of(stream: SessionStream, count: int) -> list[VideoFrame]:
+                got: list[VideoFrame] = []
+                await until(stream, lambda m: len(got) >= count, seconds + 30, got)
+                return got
+
+            await asyncio.gather(*(frames_of(s, 10) for s in streams))
+            late_ms, gaps = 0.0, 0
+            for frames in await asyncio.gather(*(frames_of(s, int(seconds * 25)) for s in streams)):
+                p0, t0 = frames[0].pts, frames[0].t_recv
+                late_ms = max(late_ms, max(1000 * ((f.t_recv - t0) - (f.pts - p0) / 25) for f in frames))
+                gaps += sum(b.pts - a.pts - 1 for a, b in zip(frames, frames[1:]))
+            for stream in streams:
+                await stream.close()
+            return {"sessions": n, "max_late_ms": late_ms, "skipped_frames": gaps}
+        finally:
+            for s in sessions:
+                await client.delete_session(s)
 
 
 def start_app(args) -> str:

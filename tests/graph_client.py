@@ -1,17 +1,34 @@
-"""A real client of the running app, for graph tests and benchmarks: HTTP, WebSocket, MJPEG."""
+"""The graph tests' and benchmarks' helpers, on the project's client (lockn_bod_client).
+
+REST calls go through `LockNBodClient`; `open_ws` gives the raw websockets connection (the
+tests check the wire itself: close codes, headers, refused messages), and `WsViewer` parses
+what it receives with the client's parser and keeps a client-paced playout buffer with the
+client's `PlayoutBuffer`. MJPEG has no client API: `mjpeg_frames` reads it over httpx.
+"""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
-import json
 import time
 
 import httpx
 import numpy as np
-import websockets
 from PIL import Image
 
-from deployments.api.protocol import AUDIO_MAGIC, FRAME_HEADER, FRAME_MAGIC
+from lockn_bod_client import AudioChunk, LockNBodClient, PlayoutBuffer, VideoFrame, parse_message
+
+
+def run_sync(coro):
+    """Run a client coroutine to its end from sync code, inside a running event loop or not
+    (in a thread of its own, as the sync httpx calls these helpers replaced blocked)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _call(base: str, method: str, *args, **kwargs):
+    async with LockNBodClient(base) as client:
+        return await getattr(client, method)(*args, **kwargs)
 
 
 def portrait_png(size: int = 64, seed: int = 0) -> bytes:
@@ -21,21 +38,22 @@ def portrait_png(size: int = 64, seed: int = 0) -> bytes:
 
 
 def create_persona(base: str, save: bool = False, size: int = 64) -> str:
-    r = httpx.post(f"{base}/v1/personas", files={"image": ("p.png", portrait_png(size), "image/png")},
-                   data={"real_person": "false", "save": str(save).lower()})
-    assert r.status_code == 201, r.text
-    return r.json()["persona_id"]
+    """A random (not a real person's) portrait uploaded; its persona_id. Raises LockNBodError if refused."""
+    record = run_sync(_call(base, "create_persona", portrait_png(size), real_person=False, save=save))
+    return record["persona_id"]
 
 
 def create_session(base: str, persona_id: str, mode: str, **extra) -> dict:
-    r = httpx.post(f"{base}/v1/sessions", json={"persona_id": persona_id, "mode": mode, **extra})
-    assert r.status_code == 201, r.text
-    return r.json()
+    """POST /v1/sessions: the 201 body. Raises LockNBodError if refused."""
+    return run_sync(_call(base, "create_session", persona_id, mode, **extra))
+
+
+def delete_session(base: str, session_id: str) -> None:
+    run_sync(_call(base, "delete_session", session_id))
 
 
 def ws_url(base: str, session_id: str, pacing: str | None = None) -> str:
-    query = f"?pacing={pacing}" if pacing else ""
-    return base.replace("http://", "ws://") + f"/v1/sessions/{session_id}/ws{query}"
+    return LockNBodClient(base).ws_url(session_id, pacing)
 
 
 class WsViewer:
@@ -53,6 +71,7 @@ class WsViewer:
         self.events: list[dict] = []
         self.sequence: list[str] = []
         self.t0: float | None = None  # from a `clock` event (client pacing only)
+        self.playout = PlayoutBuffer()  # the client's playout buffer: what a client-paced player holds
 
     def due(self, pts: int) -> float:
         return self.t0 + pts / 25
@@ -68,19 +87,22 @@ class WsViewer:
             except asyncio.TimeoutError:
                 raise TimeoutError(f"condition not met in {timeout_s} s; {len(self.frames)} frames, "
                                    f"last events: {self.events[-5:]}") from None
-            if isinstance(message, bytes):
-                magic, index = FRAME_HEADER.unpack_from(message)
-                assert magic in (FRAME_MAGIC, AUDIO_MAGIC)
-                media = self.frames if magic == FRAME_MAGIC else self.audio
-                media.append((index, message[FRAME_HEADER.size:], time.time()))
-                self.sequence.append("frame" if magic == FRAME_MAGIC else "audio")
+            parsed = parse_message(message)
+            if isinstance(parsed, VideoFrame):
+                self.frames.append((parsed.pts, parsed.jpeg, parsed.t_recv))
+                self.playout.add(parsed)
+                self.sequence.append("frame")
+            elif isinstance(parsed, AudioChunk):
+                self.audio.append((parsed.sample, parsed.pcm16, parsed.t_recv))
+                self.sequence.append("audio")
             else:
-                event = json.loads(message) | {"t_recv": time.time()}
+                event = parsed.data | {"t_recv": parsed.t_recv}
                 self.events.append(event)
-                self.sequence.append(event["type"])
-                if event["type"] == "clock":
+                self.sequence.append(parsed.type)
+                if parsed.type == "clock":
                     self.t0 = event["t0"]
-                elif event["type"] == "retract":
+                elif parsed.type == "retract":
+                    self.playout.retract(event["from_pts"])
                     self.frames = [f for f in self.frames if f[0] < event["from_pts"]]
 
     def in_mode(self, mode: str) -> bool:
@@ -122,7 +144,8 @@ async def stop_task(task: asyncio.Task) -> None:
 
 
 async def open_ws(base: str, session_id: str, pacing: str | None = None):
-    return await websockets.connect(ws_url(base, session_id, pacing), max_size=None)
+    """The session's raw WebSocket, opened as LockNBodClient opens it."""
+    return await LockNBodClient(base).open_websocket(session_id, pacing)
 
 
 def deploy_still_app(ray_serve: str, data_dir, router_replicas: int = 2) -> dict:
