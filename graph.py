@@ -77,7 +77,7 @@ def backend_kwargs(b: BackendArgs, args: AppArgs) -> dict:
     pipeline factory (tests construct the deployment with their own), its persona cache, and
     where the provenance keys are (it marks its sessions' frames) unless provenance is off."""
     return {"pipeline_factory": build_pipeline, "max_personas": b.max_personas_per_replica,
-            "data_dir": str(args.data_dir) if args.provenance.enabled else None}
+            "data_dir": str(args.data_dir) if args.provenance.enabled else None, "batch_sessions": b.batch_sessions}
 
 
 def backend_app(mode: str, b: BackendArgs, args: AppArgs) -> Application:

@@ -37,6 +37,7 @@ from models.base import SAMPLES_PER_FRAME, Controls, Persona, plan_clip
 
 from .inputs.personas import PersonaStore
 from .ray_private import call
+from .rendering.batcher import RenderBatcher
 from .rendering.local import persona_warnings
 from .serving_metrics import replica_metrics
 from .transports.encode import EncodedFrames, FrameFormat
@@ -55,9 +56,11 @@ class BackendDeployment:
 
     def __init__(self, mode: str, persona_dir: str, options: dict | None = None, chunk_frames: int | None = None,
                  *, pipeline_factory: PipelineFactory, max_personas: int = DEFAULT_MAX_PERSONAS,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, batch_sessions: int = 1):
         """data_dir: where the provenance keys are, to mark frames with their session's tag
-        (`FrameFormat.mark_tag`); None: provenance is off."""
+        (`FrameFormat.mark_tag`); None: provenance is off. batch_sessions: render calls of up
+        to this many sessions that queue while one renders go to the pipeline together
+        (rendering/batcher.py); 1: each call on its own."""
         self.mode = mode
         self.data_dir = data_dir
         self.metrics = replica_metrics()  # render time and frames per call
@@ -75,6 +78,7 @@ class BackendDeployment:
         self.store = PersonaStore(persona_dir)
         self.max_personas = max_personas
         self.get_persona = multiplexed(self._prepare_persona, max_personas)
+        self.batcher = RenderBatcher(self._render_jobs, batch_sessions) if batch_sessions > 1 else None
 
     async def _prepare_persona(self, persona_id: str) -> Persona:
         """A persona (multiplex id) prepared for this pipeline; Serve's LRU keeps it (`get_persona`)."""
@@ -108,6 +112,8 @@ class BackendDeployment:
     async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
         """(frames: N×H×W×3 uint8, or EncodedFrames in `fmt`, marked with fmt.mark_tag; carry)."""
         persona = await self._persona()
+        if self.batcher is not None:
+            return await self.batcher.submit(persona, carry, audio16k, controls, fmt)
         started = time.perf_counter()
         frames, carry = await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k,
                                                 controls)
@@ -116,14 +122,35 @@ class BackendDeployment:
 
     def _render_chunks(self, persona: Persona, carry: Any, audio16k: np.ndarray, controls: Controls):
         """pipeline.render over the call's audio (samples,), one chunk_frames chunk at a time."""
-        if self.chunk_frames is None:
-            return self.pipeline.render(persona, carry, audio16k, controls)
-        step, batches = self.chunk_frames * SAMPLES_PER_FRAME, []
-        for start in range(0, max(1, len(audio16k)), step):
-            frames, carry = self.pipeline.render(persona, carry, audio16k[start:start + step], controls)
+        batches = []
+        for chunk in chunks_of(audio16k, self.chunk_frames):
+            frames, carry = self.pipeline.render(persona, carry, chunk, controls)
             batches.append(frames)
-        drawn = [frames for frames in batches if len(frames)] or batches[:1]  # a lookahead may hold all of a chunk
-        return (np.concatenate(drawn) if len(drawn) > 1 else drawn[0]), carry
+        return joined(batches), carry
+
+    def _render_jobs(self, jobs: list[tuple]) -> list[tuple[np.ndarray | EncodedFrames, Any]]:
+        """Several sessions' render calls (persona, carry, audio16k, controls, fmt) at once (in
+        the worker thread): chunk k of every call that has one goes to `render_batch` together.
+        A pipeline without `render_batch` renders them one after the other."""
+        started = time.perf_counter()
+        render_batch = getattr(self.pipeline, "render_batch", None)
+        if render_batch is None:
+            results = [self._rendered(fmt, self._render_chunks, persona, carry, audio16k, controls)
+                       for persona, carry, audio16k, controls, fmt in jobs]
+        else:
+            chunks = [chunks_of(audio16k, self.chunk_frames) for _, _, audio16k, _, _ in jobs]
+            carries, drawn = [carry for _, carry, _, _, _ in jobs], [[] for _ in jobs]
+            for k in range(max(len(c) for c in chunks)):
+                now = [i for i in range(len(jobs)) if k < len(chunks[i])]
+                outputs = render_batch([(jobs[i][0], carries[i], chunks[i][k], jobs[i][3]) for i in now])
+                for i, (frames, carry) in zip(now, outputs):
+                    drawn[i].append(frames)
+                    carries[i] = carry
+            results = [self._rendered(job[4], lambda frames, carry: (frames, carry), joined(frames), carry)
+                       for job, frames, carry in zip(jobs, drawn, carries)]
+        self.metrics.backend_render(self.mode, time.perf_counter() - started, sum(len(f) for f, _ in results),
+                                    sessions=len(jobs))
+        return results
 
     async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
@@ -131,6 +158,10 @@ class BackendDeployment:
 
     async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
+        if self.batcher is not None and getattr(self.pipeline, "idle_is_silence", False):
+            # Idle frames are most frames when many sessions wait for speech: batch them too.
+            return await self.batcher.submit(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls,
+                                             fmt)
         started = time.perf_counter()
         frames, carry = await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
         self.metrics.backend_render(self.mode, time.perf_counter() - started, len(frames))
@@ -219,6 +250,21 @@ def measure_peak_bytes(pid: int) -> int | None:
     except ImportError:
         pass
     return None
+
+
+def chunks_of(audio16k: np.ndarray, chunk_frames: int | None) -> list[np.ndarray]:
+    """A call's audio (samples,) in pieces of chunk_frames frames (None: one piece); an empty
+    call is one empty piece, so the pipeline still sees it."""
+    if chunk_frames is None:
+        return [audio16k]
+    step = chunk_frames * SAMPLES_PER_FRAME
+    return [audio16k[start:start + step] for start in range(0, max(1, len(audio16k)), step)]
+
+
+def joined(batches: list[np.ndarray]) -> np.ndarray:
+    """The frames of a call's chunks in one array (a lookahead may hold all of a chunk)."""
+    drawn = [frames for frames in batches if len(frames)] or batches[:1]
+    return np.concatenate(drawn) if len(drawn) > 1 else drawn[0]
 
 
 def rendered(fmt: FrameFormat | None, step, *args, marking_for=None) -> tuple[np.ndarray | EncodedFrames, Any]:

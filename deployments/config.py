@@ -55,6 +55,9 @@ class BackendArgs(BaseModel):
     max_personas_per_replica: int = Field(
         4, ge=1, description="prepared personas a replica keeps (Serve's multiplexing, least recently used "
                              "dropped); calls for a persona go to a replica that holds it")
+    batch_sessions: int = Field(
+        1, ge=1, le=32, description="render calls of up to this many sessions that queue while the replica "
+                                    "renders are drawn in one network pass (1: off; docs/architecture.md)")
     options: dict = Field(default_factory=dict, description="keyword options of the pipeline")
 
 

@@ -11,6 +11,7 @@ VRAM controller's `lockn_vram_*` (docs/architecture.md#metrics lists them).
 | `lockn_audio_to_frame_seconds` | histogram | mode | speech audio received to the frame that shows it being due |
 | `lockn_backend_render_seconds` | histogram | mode | one render call in a backend replica (a chunk of frames) |
 | `lockn_backend_batch_frames` | histogram | mode | frames in one backend render call |
+| `lockn_backend_batch_sessions` | histogram | mode | sessions whose chunks one batched render call drew together |
 | `lockn_webrtc_av_offset_seconds` | histogram | | a WebRTC peer: how far apart a frame's audio and its video went to aiortc |
 
 Ray Serve adds the deployment and replica tags. Sessions and backends get a sink
@@ -38,7 +39,7 @@ class ServingMetrics(Protocol):
 
     def audio_to_frame(self, mode: str, seconds: float) -> None: ...
 
-    def backend_render(self, mode: str, seconds: float, frames: int) -> None: ...
+    def backend_render(self, mode: str, seconds: float, frames: int, sessions: int = 1) -> None: ...
 
     def webrtc_av_offset(self, seconds: float) -> None: ...
 
@@ -58,7 +59,7 @@ class NoServingMetrics:
     def audio_to_frame(self, mode: str, seconds: float) -> None:
         pass
 
-    def backend_render(self, mode: str, seconds: float, frames: int) -> None:
+    def backend_render(self, mode: str, seconds: float, frames: int, sessions: int = 1) -> None:
         pass
 
     def webrtc_av_offset(self, seconds: float) -> None:
@@ -90,6 +91,9 @@ class PrometheusServingMetrics:
                                          tag_keys=by_mode, description="one render call in a backend replica")
         self._batch = metrics.Histogram("lockn_backend_batch_frames", boundaries=BATCH_BOUNDARIES,
                                         tag_keys=by_mode, description="frames in one backend render call")
+        self._batch_sessions = metrics.Histogram("lockn_backend_batch_sessions", boundaries=BATCH_BOUNDARIES,
+                                                 tag_keys=by_mode,
+                                                 description="sessions drawn together in one batched render call")
         self._av_offset = metrics.Histogram("lockn_webrtc_av_offset_seconds", boundaries=AV_OFFSET_BOUNDARIES_S,
                                             description="a WebRTC peer: how far apart a frame's audio and video went out")
 
@@ -111,9 +115,10 @@ class PrometheusServingMetrics:
     def audio_to_frame(self, mode: str, seconds: float) -> None:
         self._audio_to_frame.observe(seconds, tags={"mode": mode})
 
-    def backend_render(self, mode: str, seconds: float, frames: int) -> None:
+    def backend_render(self, mode: str, seconds: float, frames: int, sessions: int = 1) -> None:
         self._render.observe(seconds, tags={"mode": mode})
         self._batch.observe(frames, tags={"mode": mode})
+        self._batch_sessions.observe(sessions, tags={"mode": mode})
 
     def webrtc_av_offset(self, seconds: float) -> None:
         self._av_offset.observe(abs(seconds))  # Ray's histograms take positive boundaries only

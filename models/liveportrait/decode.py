@@ -15,7 +15,8 @@ from .source import autocast_for
 def warp_decode(
     nets: LivePortraitNetworks, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor, fp16: bool = False
 ) -> dict[str, torch.Tensor]:
-    """f_s: 1×C×D×64×64, x_s: 1×21×3, x_d: B×21×3 -> W's outputs plus 'image' B×3×512×512 in (0, 1)."""
+    """f_s: 1×C×D×64×64, x_s: 1×21×3 (one source for every frame), or B× each (a source per
+    frame: several sessions in one batch); x_d: B×21×3 -> W's outputs plus 'image' B×3×512×512 in (0, 1)."""
     b = x_d.shape[0]
     feature = f_s.expand(b, *f_s.shape[1:])
     kp_source = x_s.expand(b, *x_s.shape[1:]).to(nets.dtype)

@@ -110,6 +110,7 @@ class LivePortraitPipeline:
 
     mode = MODE
     lookahead_frames = 0
+    idle_is_silence = True  # idle(n) renders n frames of silence: a backend may batch it as a render
 
     def __init__(
         self,
@@ -172,6 +173,23 @@ class LivePortraitPipeline:
         check_audio_chunk(audio16k)
         levels, lip_level = lip_levels(audio16k, carry.lip_level, self.config.lip)
         return self._animate(persona, replace(carry, lip_level=lip_level), levels, controls)
+
+    def render_batch(self, jobs: list[tuple[Persona, LivePortraitCarry, np.ndarray, Controls]]
+                     ) -> list[tuple[np.ndarray, LivePortraitCarry]]:
+        """Several sessions' chunks at once (the backend's cross-session batching): each job's
+        (persona, carry, audio16k, controls) gives what `render` would, and every job's frames
+        go through W+G together, in batches of `max_batch` frames, so N sessions cost about
+        one session's network calls."""
+        motions = []  # per job: (persona, stitched keypoints N_i×21×3, the advanced carry)
+        for persona, carry, audio16k, controls in jobs:
+            check_audio_chunk(audio16k)
+            levels, lip_level = lip_levels(audio16k, carry.lip_level, self.config.lip)
+            stitched, carry = self.driving_keypoints(persona, replace(carry, lip_level=lip_level), levels, controls)
+            motions.append((persona, stitched, carry))
+        crops = self.draw_crops([(persona.features[MODE], stitched) for persona, stitched, _ in motions])
+        return [(np.stack([self.paste(persona, crop) for crop in job_crops]) if len(job_crops)
+                 else empty_frames(persona), carry)
+                for (persona, _, carry), job_crops in zip(motions, crops)]
 
     def flush(self, persona: Persona, carry: LivePortraitCarry, controls: Controls):
         return empty_frames(persona), carry  # no lookahead: nothing held back
@@ -267,15 +285,30 @@ class LivePortraitPipeline:
         output side, 512 at the official widths), for N = len(levels) lip levels; the driving
         keypoints they were drawn from (N×21×3, stitched, on the CPU); and the advanced carry.
         (The photoreal mode redraws their lower face before `paste`.)"""
-        source: PreparedSource = persona.features[MODE]
         stitched, carry = self.driving_keypoints(persona, carry, levels, controls)
-        x_s = source.motion.x_s
-        crops = []
-        for start in range(0, len(stitched), self.config.max_batch):
-            batch = stitched[start:start + self.config.max_batch].to(self.networks.device)
-            crops.append(to_uint8(warp_decode(self.networks, source.motion.f_s, x_s.to(self.networks.device), batch,
-                                              self._fp16)["image"]))
-        return np.concatenate(crops), stitched, carry
+        (crops,) = self.draw_crops([(persona.features[MODE], stitched)])
+        return crops, stitched, carry
+
+    @torch.no_grad()
+    def draw_crops(self, jobs: list[tuple[PreparedSource, torch.Tensor]]) -> list[np.ndarray]:
+        """W+G for every job's stitched keypoints (N_i×21×3), all jobs' frames in batches of
+        `max_batch` (a batch may mix sessions: each frame carries its own source volume and
+        keypoints) -> per job, N_i×S×S×3 uint8 RGB crops."""
+        device = self.networks.device
+        owners = [(source, i) for source, stitched in jobs for i in range(len(stitched))]  # per frame
+        driving = torch.cat([stitched for _, stitched in jobs]) if owners else torch.zeros(0, 21, 3)
+        drawn = []
+        for start in range(0, len(owners), self.config.max_batch):
+            sources = [source for source, _ in owners[start:start + self.config.max_batch]]
+            # One session's frames share its volume (1×, expanded as a view); mixed ones stack theirs.
+            shared = all(source is sources[0] for source in sources)
+            f_s = torch.cat([source.motion.f_s for source in (sources[:1] if shared else sources)]).to(device)
+            x_s = torch.cat([source.motion.x_s for source in (sources[:1] if shared else sources)]).to(device)
+            x_d = driving[start:start + len(sources)].to(device)  # B×21×3
+            drawn.append(to_uint8(warp_decode(self.networks, f_s, x_s, x_d, self._fp16)["image"]))
+        frames = np.concatenate(drawn) if drawn else np.zeros((0, 0, 0, 3), np.uint8)
+        ends = np.cumsum([len(stitched) for _, stitched in jobs])
+        return np.split(frames, ends[:-1]) if len(jobs) else []
 
     def driving_keypoints(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray,
                           controls: Controls) -> tuple[torch.Tensor, LivePortraitCarry]:

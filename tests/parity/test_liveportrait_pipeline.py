@@ -389,3 +389,44 @@ def test_listening_calms_the_idle_motion_and_nods(tiny):
     carry = pipeline.start(persona, Controls(listening=True))
     _, carry = pipeline.frame_keypoints(persona.features["liveportrait"], carry, np.zeros(500), Controls(listening=True))
     assert carry.attention.nods.count >= 3  # nods in 20 s
+
+
+# ---- cross-session batching (the backend's batch_sessions) ----------------------------------
+
+@pytest.mark.slow  # the real tiny W and G on CPU: about a minute on 2 cores
+@pytest.mark.parametrize("onednn", [False, True])
+def test_a_batch_of_sessions_renders_what_each_session_renders_alone(onednn, real_tiny_two_personas):
+    """fp32 on CPU, the real tiny W and G: three sessions of two personas, their chunks in one
+    W+G pass, frame for frame and carry for carry as three separate renders.
+
+    PyTorch's own CPU kernels compute each frame the same whatever else is in the batch:
+    identical. oneDNN's (the default on CPU) block the work by batch size, and a frame's
+    floats move by ~4e-6: a pixel here and there lands one grey level off."""
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        together, alone = batched_and_alone(*real_tiny_two_personas)
+    assert len(together) == 3
+    for (frames, carry), (want_frames, want_carry) in zip(together, alone):
+        assert frames.shape == want_frames.shape
+        diff = np.abs(frames.astype(np.int16) - want_frames)
+        if onednn:
+            assert diff.max() <= 1 and np.mean(diff > 0) < 1e-4
+        else:
+            assert not diff.any()
+        assert pickle.dumps(carry) == pickle.dumps(want_carry)
+
+
+@pytest.fixture(scope="module")
+def real_tiny_two_personas():
+    pipeline, first = make_tiny(real_renderer=True)
+    rng = np.random.default_rng(1)
+    second = pipeline.prepare(PersonaMedia([rng.integers(0, 256, (*PORTRAIT_HW, 3), dtype=np.uint8)]), "p2")
+    return pipeline, first, second
+
+
+def batched_and_alone(pipeline, first, second):
+    """Three sessions' chunks rendered together and one by one: ([(frames, carry)] × 2)."""
+    controls = [Controls(emotion="happy"), Controls(listening=True, head_yaw_deg=10), Controls(gaze_x=0.5)]
+    jobs = [(persona, pipeline.start(persona, c), audio, c)
+            for persona, c, audio in zip((first, second, first), controls, (speech(3), speech(2, 0.1), speech(3)))]
+    alone = [pipeline.render(persona, carry, audio, c) for persona, carry, audio, c in jobs]
+    return pipeline.render_batch(jobs), alone

@@ -229,6 +229,7 @@ def test_the_graph_gives_backends_the_real_factory_the_persona_count_and_the_key
 
     args = AppArgs(data_dir="/srv/bod")
     assert backend_kwargs(BackendArgs(max_personas_per_replica=3), args) == {
-        "pipeline_factory": build_pipeline, "max_personas": 3, "data_dir": "/srv/bod"}
+        "pipeline_factory": build_pipeline, "max_personas": 3, "data_dir": "/srv/bod", "batch_sessions": 1}
+    assert backend_kwargs(BackendArgs(batch_sessions=8), args)["batch_sessions"] == 8
     off = AppArgs(data_dir="/srv/bod", provenance={"enabled": False})
     assert backend_kwargs(BackendArgs(), off)["data_dir"] is None
