@@ -288,7 +288,8 @@ class LeasedBackendDeployment(BackendDeployment):
 
     async def __init__(self, mode: str, persona_dir: str, options: dict | None = None,
                        chunk_frames: int | None = None, *, pipeline_factory: PipelineFactory,
-                       max_personas: int = DEFAULT_MAX_PERSONAS, vram: Any = None, data_dir: str | None = None):
+                       max_personas: int = DEFAULT_MAX_PERSONAS, vram: Any = None, data_dir: str | None = None,
+                       batch_sessions: int = 1):
         self.vram_handle, self.pid = vram, os.getpid()
         lease = await call(vram.lease, mode, self.pid)
         if not lease.granted:
@@ -300,7 +301,7 @@ class LeasedBackendDeployment(BackendDeployment):
         try:
             await asyncio.to_thread(partial(BackendDeployment.__init__, self, mode, persona_dir, options, chunk_frames,
                                             pipeline_factory=pipeline_factory, max_personas=max_personas,
-                                            data_dir=data_dir))
+                                            data_dir=data_dir, batch_sessions=batch_sessions))
         except Exception as err:
             await call(vram.report_loaded, mode, False, self.pid, None, f"{type(err).__name__}: {err}")
             raise

@@ -233,3 +233,15 @@ def test_the_graph_gives_backends_the_real_factory_the_persona_count_and_the_key
     assert backend_kwargs(BackendArgs(batch_sessions=8), args)["batch_sessions"] == 8
     off = AppArgs(data_dir="/srv/bod", provenance={"enabled": False})
     assert backend_kwargs(BackendArgs(), off)["data_dir"] is None
+
+
+def test_both_backend_deployments_take_every_keyword_the_graph_gives():
+    import inspect
+
+    from deployments.backend import LeasedBackendDeployment
+    from deployments.config import AppArgs, BackendArgs
+    from graph import backend_kwargs
+
+    given = set(backend_kwargs(BackendArgs(), AppArgs()))
+    for deployment in (BackendDeployment, LeasedBackendDeployment):
+        assert given <= set(inspect.signature(deployment.__init__).parameters), deployment.__name__
