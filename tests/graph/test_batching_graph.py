@@ -28,7 +28,9 @@ def app(ray_serve, tmp_path_factory):
         "enable_test_modes": True,
         "limits": {"max_sessions": SESSIONS + 2},
         "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": 5, "max_replicas": 1,
-                                 "batch_sessions": SESSIONS, "options": {"size": 64}}},
+                                 "batch_sessions": SESSIONS,
+                                 # 3 ms of CPU a frame: calls last long enough for others to queue
+                                 "options": {"size": 64, "work_ms_per_frame": 3.0}}},
     }
     base = deploy_app(ray_serve, args)
     return {"base": base, "persona": create_persona(base, save=True)}
@@ -66,6 +68,7 @@ def test_eight_sessions_speaking_at_once_keep_exact_sync_with_batching_on(app):
         calls = metric_values(text, "ray_lockn_backend_batch_sessions_count").get("pattern", 0.0)
         batched = sessions_sum - calls  # sessions beyond one per call: > 0 when calls were shared
         time.sleep(1)
-    assert batched > 0, "no render call drew more than one session"
+    lines = [line for line in text.splitlines() if line.startswith("ray_lockn_backend_batch_sessions")]
+    assert batched > 0, f"no render call drew more than one session: {lines}"
     for session_id in sessions:
         httpx.delete(f"{base}/v1/sessions/{session_id}")
