@@ -13,7 +13,9 @@ s is due at t0 + s / 16000, the clock video frames use: frame i = samples
 - `text` (the sentence) makes the tracker align it instead of guessing phones;
   `words` (a TTS's word timings) pass through for TalkingHead's word mode;
 - interrupt: `retract` and `speech_ended` (interrupted) at once; the tracker is
-  reset by the loop before it is fed again (a feed may be running in a thread).
+  reset by the loop before it is fed again (a feed may be running in a thread);
+- `listening`, `gaze` and `pose` are passed on as cues for the page (eye contact and nods,
+  where the eyes look, head angles); a viewer that joins later is told the state in force.
 """
 from __future__ import annotations
 
@@ -29,9 +31,12 @@ from models.emotion import talkinghead_mood
 
 from ..api.protocol import (
     AudioItem,
+    GazeCue,
     GestureCue,
     GestureEvent,
+    ListeningCue,
     MoodEvent,
+    PoseCue,
     RetractEvent,
     ServerEvent,
     SessionReady,
@@ -95,6 +100,9 @@ class Avatar3dSession(SessionCore):
         self._pending_words: WordsEvent | None = None
         self._reset_tracker = False  # set by interrupt; done by the loop
         self._epoch = 0  # bumped by interrupt: a feed begun before it is dropped
+        # The last `gaze` as the page got it; None until one came (the page keeps TalkingHead's
+        # own idle gaze until then, which an explicit `camera` is not: it holds eye contact).
+        self._gaze: GazeCue | None = None
 
     async def start(self) -> None:
         self._spawn(self._run(), "avatar3d loop")
@@ -110,6 +118,19 @@ class Avatar3dSession(SessionCore):
     def set_emotion(self, value: str, intensity: float) -> None:
         super().set_emotion(value, intensity)
         self._event(self._mood_event())
+
+    def set_listening(self, active: bool) -> None:
+        super().set_listening(active)
+        self._event(ListeningCue(active=active))
+
+    def set_gaze(self, target: str, x: float, y: float) -> None:
+        super().set_gaze(target, x, y)
+        self._gaze = GazeCue(target=target, x=x, y=y)
+        self._event(self._gaze)
+
+    def set_pose(self, pitch_deg: float, yaw_deg: float, roll_deg: float) -> None:
+        super().set_pose(pitch_deg, yaw_deg, roll_deg)
+        self._event(self._pose_cue())
 
     def set_text(self, text: str) -> None:
         """The sentence of the utterance not yet started, or else of the next one (the loop
@@ -150,7 +171,24 @@ class Avatar3dSession(SessionCore):
         ready = SessionReady(session_id=self.session_id, mode=MODE, requested_mode=MODE, fps=FPS,
                              sample_rate_hz=self.sample_rate_hz, avatar_url=self.avatar_url,
                              output_sample_rate_hz=SAMPLE_RATE_HZ)
-        return [ready, self._mood_event()]
+        return [ready, self._mood_event(), *self._attention_cues()]
+
+    def _attention_cues(self) -> list[ServerEvent]:
+        """The listening, gaze and pose in force, for a viewer that joins: only what differs
+        from a page's own start (not listening, TalkingHead's idle gaze, the head at rest)."""
+        cues: list[ServerEvent] = []
+        if self.controls.listening:
+            cues.append(ListeningCue(active=True))
+        if self._gaze is not None:
+            cues.append(self._gaze)
+        pose = self._pose_cue()
+        if (pose.yaw_deg, pose.pitch_deg, pose.roll_deg) != (0.0, 0.0, 0.0):
+            cues.append(pose)
+        return cues
+
+    def _pose_cue(self) -> PoseCue:
+        c = self.controls
+        return PoseCue(yaw_deg=c.head_yaw_deg, pitch_deg=c.head_pitch_deg, roll_deg=c.head_roll_deg)
 
     def _mood_event(self) -> MoodEvent:
         mood, expression = talkinghead_mood(self.controls.emotion, self.controls.intensity)

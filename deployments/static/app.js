@@ -284,6 +284,15 @@ class Page {
       case "gesture":
         this.to3d("onGesture", event);
         break;
+      case "listening":
+        this.to3d("onListening", event);
+        break;
+      case "gaze":
+        this.to3d("onGaze", event);
+        break;
+      case "pose":
+        this.to3d("onPose", event);
+        break;
       case "retract":
         this.to3d("onRetract", event);
         break;

@@ -12,6 +12,8 @@
 // - Utterances play one after another: the next waits (buffering) until the previous has drained.
 // - The AudioContext is asked for 16 kHz; where the browser forces its own rate (Safari: 48 kHz) the audio is
 //   resampled here, since the worklet plays samples as they come.
+// - `listening`, `gaze` and `pose` events steer the eyes and head (see "listening, gaze and pose" below).
+import { Euler, Quaternion } from "three";
 import { TalkingHead } from "talkinghead";
 
 export const OUTPUT_RATE_HZ = 16000; // the server's audio clock
@@ -26,6 +28,30 @@ const VENDOR = "/static/vendor";
 const HEADAUDIO_NODE = `${VENDOR}/@met4citizen/headaudio/dist/headaudio.min.mjs`;
 const HEADAUDIO_WORKLET = `${VENDOR}/@met4citizen/headaudio/dist/headworklet.min.mjs`;
 const HEADAUDIO_MODEL = `${VENDOR}/@met4citizen/headaudio/dist/model-en-mixed.bin`;
+// Listening, gaze and pose. A held look is a TalkingHead animation that lasts LOOK_HOLD_MS; it is pushed again
+// every LOOK_REFRESH_MS, so it holds until the next event, and each refresh gets TalkingHead's small random
+// variation (a held look that never moves looks frozen).
+const LOOK_REFRESH_MS = 4000;
+const LOOK_HOLD_MS = LOOK_REFRESH_MS + 1000;
+const LISTEN_EASE_MS = 400; // the head settles toward the viewer this fast when listening starts
+const NOD_GAP_MS = [2000, 6000]; // a listening nod comes after a random gap in this range
+const POSE_TAU_MS = 300; // time constant of the head's easing toward a pose
+const POSE_LIMITS_DEG = { yaw: 30, pitch: 20, roll: 20 }; // as the server's
+const DEG = Math.PI / 180;
+// While listening: the head eases to rest (facing the viewer) with only a little sway, and the eyes keep
+// contact. Not TalkingHead's lookAtCamera: its eyes are set as offsets from the head, so they would miss the
+// camera once a `pose` turns the head; `eyeContact` aims them from the head's real rotation every frame.
+const LISTEN_TEMPLATE = {
+  name: "lockn-listening", dt: [LISTEN_EASE_MS, LOOK_HOLD_MS],
+  vs: {
+    bodyRotateX: [[-0.02, 0.04]], bodyRotateY: [[-0.05, 0.05]], bodyRotateZ: [[-0.03, 0.03]],
+    eyeContact: [1], headMove: [0], // headMove 0: no head turns of TalkingHead's own meanwhile
+  },
+};
+// A small nod: ~3-4 degrees down and back in ~0.7 s (TalkingHead's own "yes" is a double nod of 6-11 degrees).
+const NOD_TEMPLATE = {
+  name: "lockn-nod", dt: [[250, 350], [350, 450]], vs: { headMove: [0], headRotateX: [[0.05, 0.065], 0] },
+};
 
 /** Parses a binary server message: {magic, sample, pcm: Int16Array} or null when it is too short. */
 export function parseBinary(buffer) {
@@ -109,6 +135,10 @@ export class StreamResampler {
   }
 }
 
+function clamp(value, low, high) {
+  return Math.min(high, Math.max(low, value));
+}
+
 function concatPcm(chunks) {
   const total = chunks.reduce((n, c) => n + c.length, 0);
   const out = new Int16Array(total);
@@ -175,6 +205,15 @@ export class Avatar3d {
     this.moodKey = null; // the mood event last applied
     this.seenAnims = new WeakSet();
     this.disposed = false;
+    this.listening = false;
+    this.gaze = null; // {target, x, y} from the last gaze event; null: TalkingHead's own idle gaze
+    this.heldLook = null; // the animation holding the current look, in head.animQueue
+    this.lookTimer = null;
+    this.nodTimer = null;
+    this.pose = { target: { yaw: 0, pitch: 0, roll: 0 }, current: { yaw: 0, pitch: 0, roll: 0 } }; // radians
+    this.poseRotation = new Quaternion();
+    this.poseEuler = new Euler();
+    this.lastFrameAt = null; // performance.now() at the last frame
     this.onResume = () => this.resumeAudio();
     this.state = {
       phase: "idle", // idle | loading | ready | error | disposed
@@ -186,6 +225,12 @@ export class Avatar3d {
       mood: null, // {mood, intensity, emotion, expression}
       expressionsPlayed: [],
       gestures: [],
+      listening: false,
+      gaze: null, // {target, x, y, screen: [x, y] or null} as applied
+      look: null, // what holds the look now: "listening" | "camera" | "point" | null (TalkingHead's idle)
+      nods: 0,
+      pose: { yaw: 0, pitch: 0, roll: 0 }, // degrees asked
+      poseApplied: { yaw: 0, pitch: 0, roll: 0 }, // degrees the head is turned by now (eased)
       utterances: [], // summaries, newest last
       cues: [], // viseme animations as TalkingHead queued them: {utterance, sample, viseme, ts}
       interrupts: 0,
@@ -218,6 +263,8 @@ export class Avatar3d {
       }
       await this.head.showAvatar({ url: avatarUrl, body: "F", lipsyncLang: "en", avatarMood: "neutral" });
       if (this.disposed) return;
+      // TalkingHead calls opt.update once a frame, after it has posed the bones and before it draws.
+      this.head.opt.update = (dt) => this.onFrame(dt);
       await this.openStream("visemes");
       this.state.phase = "ready";
       document.addEventListener("pointerdown", this.onResume);
@@ -225,6 +272,8 @@ export class Avatar3d {
       this.log(`3D avatar ready (audio at ${this.state.contextRate} Hz${this.state.resampling ? ", resampled here" : ""})`);
       if (this.pendingMood) this.onMood(this.pendingMood);
       this.pendingMood = null;
+      this.applyLook(); // listening or gaze that came while loading
+      this.scheduleNod();
       this.pump();
     } catch (err) {
       this.state.phase = "error";
@@ -257,6 +306,7 @@ export class Avatar3d {
     this.state.resampling = rate !== OUTPUT_RATE_HZ;
     if (this.headAudioWanted) await this.attachHeadAudio();
     else this.detachHeadAudio();
+    this.applyLook(); // streamStart turned the head to the camera for a moment, replacing a held lookAt
   }
 
   resumeAudio() {
@@ -291,8 +341,7 @@ export class Avatar3d {
       };
       // Streamed speech runs worklet -> analyser -> speech gain: HeadAudio listens there.
       head.audioSpeechGainNode.connect(node);
-      head.opt.update = node.update.bind(node);
-      this.headAudio = node;
+      this.headAudio = node; // onFrame() calls its update()
       this.log("browser lip sync (HeadAudio) on");
     } catch (err) {
       this.headAudioWanted = false;
@@ -305,7 +354,6 @@ export class Avatar3d {
     if (!this.headAudio) return;
     try { this.head.audioSpeechGainNode.disconnect(this.headAudio); } catch (err) { /* graph rebuilt */ }
     this.headAudio.onvalue = null;
-    if (this.head.opt.update) this.head.opt.update = null;
     this.headAudio = null;
   }
 
@@ -461,6 +509,7 @@ export class Avatar3d {
     if (!this.ready || !event.name) return;
     const duration = Number.isFinite(event.duration_s) ? event.duration_s : 3;
     this.head.playGesture(event.name, duration, Boolean(event.mirror));
+    this.applyLook(); // an emoji gesture (the nods yes/no) turns the head to the camera for a moment
     this.state.gestures.push({ name: event.name, duration, mirror: Boolean(event.mirror), at: performance.now() });
   }
 
@@ -471,7 +520,132 @@ export class Avatar3d {
     const expression = this.pendingExpression;
     this.pendingExpression = null;
     this.head.playGesture(expression);
+    this.applyLook(); // an emoji turns the head to the camera for a moment, replacing a held lookAt
     this.state.expressionsPlayed.push({ expression, at: performance.now() });
+  }
+
+  // ---------------- listening, gaze and pose ----------------
+  // Listening wins over gaze while it lasts (as in the video modes); pose adds to whatever the head does.
+
+  onListening(event) {
+    this.listening = Boolean(event.active);
+    this.state.listening = this.listening;
+    this.applyLook();
+    this.scheduleNod();
+  }
+
+  onGaze(event) {
+    const x = clamp(Number(event.x) || 0, -1, 1);
+    const y = clamp(Number(event.y) || 0, -1, 1);
+    this.gaze = { target: event.target, x, y };
+    this.applyLook();
+  }
+
+  onPose(event) {
+    const angle = (value, limit) => clamp(Number(value) || 0, -limit, limit);
+    const asked = {
+      yaw: angle(event.yaw_deg, POSE_LIMITS_DEG.yaw),
+      pitch: angle(event.pitch_deg, POSE_LIMITS_DEG.pitch),
+      roll: angle(event.roll_deg, POSE_LIMITS_DEG.roll),
+    };
+    this.state.pose = asked;
+    this.pose.target = { yaw: asked.yaw * DEG, pitch: asked.pitch * DEG, roll: asked.roll * DEG };
+  }
+
+  /** What should hold the eyes now: listening, then an explicit gaze, else nothing (TalkingHead's idle). */
+  wantedLook() {
+    if (this.listening) return "listening";
+    if (!this.gaze) return null;
+    const atCamera = this.gaze.target === "camera" || (this.gaze.x === 0 && this.gaze.y === 0);
+    return atCamera ? "camera" : "point";
+  }
+
+  /**
+   * (Re)starts the animation that holds the look, replacing the last one; called on each change, every
+   * LOOK_REFRESH_MS while a look is held, and after TalkingHead's own brief lookAtCamera (streamStart, emoji
+   * gestures) replaced a held lookAt.
+   */
+  applyLook() {
+    clearTimeout(this.lookTimer);
+    this.lookTimer = null;
+    if (!this.ready) return; // load() applies it
+    const look = this.wantedLook();
+    this.dropHeldLook();
+    this.state.look = look;
+    this.state.gaze = this.gaze && { ...this.gaze, screen: null };
+    if (look === null) return; // back to TalkingHead's idle eyes and head
+    const head = this.head;
+    if (look === "listening") {
+      head.animQueue.push(head.animFactory(LISTEN_TEMPLATE));
+    } else if (look === "camera") {
+      head.makeEyeContact(LOOK_HOLD_MS); // the eyes stay on the viewer; the head keeps its idle motion
+    } else {
+      const [px, py] = this.screenPoint(this.gaze.x, this.gaze.y);
+      this.state.gaze.screen = [px, py];
+      head.lookAt(px, py, LOOK_HOLD_MS); // head and eyes turn there; no idle head motion meanwhile
+    }
+    this.heldLook = head.animQueue[head.animQueue.length - 1]; // each of the three pushes one animation
+    this.lookTimer = setTimeout(() => this.applyLook(), LOOK_REFRESH_MS);
+  }
+
+  dropHeldLook() {
+    const i = this.heldLook ? this.head.animQueue.indexOf(this.heldLook) : -1;
+    if (i !== -1) this.head.animQueue.splice(i, 1);
+    this.heldLook = null;
+  }
+
+  /**
+   * A gaze point -> the page coordinates TalkingHead's lookAt takes: (x, y) in [-1, 1]² spans the avatar's
+   * canvas (x to the right, y up), so the avatar looks at that point of its own picture.
+   */
+  screenPoint(x, y) {
+    const rect = this.node.getBoundingClientRect();
+    return [rect.left + (1 + x) / 2 * rect.width, rect.top + (1 - y) / 2 * rect.height];
+  }
+
+  /** While listening, a small nod after a random gap, again and again; none while the avatar speaks. */
+  scheduleNod() {
+    clearTimeout(this.nodTimer);
+    this.nodTimer = null;
+    if (!this.ready || !this.listening) return;
+    const gap = NOD_GAP_MS[0] + Math.random() * (NOD_GAP_MS[1] - NOD_GAP_MS[0]);
+    this.nodTimer = setTimeout(() => {
+      if (!this.head.isSpeaking) {
+        this.head.animQueue.push(this.head.animFactory(NOD_TEMPLATE));
+        this.state.nods += 1;
+      }
+      this.scheduleNod();
+    }, gap);
+  }
+
+  /** Once a frame: the head eased toward the pose; HeadAudio's update where it is attached. */
+  onFrame(dt) {
+    // TalkingHead caps dt at two frames; the easing follows the wall clock, however slowly frames come.
+    const now = performance.now();
+    this.turnHead(this.lastFrameAt === null ? dt : now - this.lastFrameAt);
+    this.lastFrameAt = now;
+    if (this.headAudio) this.headAudio.update(dt);
+  }
+
+  /**
+   * Eases the pose offset toward its target and turns the Head bone by it, after TalkingHead has set the bone
+   * for this frame (it sets it afresh every frame, so the offset never accumulates). Not its headRotateX/Y/Z
+   * values: its nods and head turns animate those to absolute values and back to 0, which would wipe the pose;
+   * an offset on the bone adds to all of them, and eye contact, which reads the bone, still finds the camera.
+   */
+  turnHead(dt) {
+    const { target, current } = this.pose;
+    const k = 1 - Math.exp(-Math.min(dt, 1000) / POSE_TAU_MS);
+    for (const axis of ["yaw", "pitch", "roll"]) {
+      current[axis] += (target[axis] - current[axis]) * k;
+      if (Math.abs(target[axis] - current[axis]) < 1e-4) current[axis] = target[axis];
+      this.state.poseApplied[axis] = current[axis] / DEG;
+    }
+    if (!current.yaw && !current.pitch && !current.roll) return;
+    // In the head's frame (as TalkingHead's own head values): +x pitches down, +y turns toward the viewer's
+    // right, +z rolls the top of the head toward the viewer's left (so roll, top to the right, is -z).
+    this.poseEuler.set(current.pitch, current.yaw, -current.roll, "YXZ");
+    this.head.objectHead.quaternion.multiply(this.poseRotation.setFromEuler(this.poseEuler));
   }
 
   // ---------------- playback ----------------
@@ -629,6 +803,8 @@ export class Avatar3d {
     for (const u of this.queue) if (u.timer) clearTimeout(u.timer);
     this.queue = [];
     this.segment = null;
+    clearTimeout(this.lookTimer);
+    clearTimeout(this.nodTimer);
     document.removeEventListener("pointerdown", this.onResume);
     document.removeEventListener("keydown", this.onResume);
     if (this.head) {

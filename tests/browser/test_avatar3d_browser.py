@@ -3,8 +3,10 @@
 Picks avatar3d on the real app (no persona), plays speech from a WAV, and checks that
 TalkingHead's animation queue holds the server's visemes at their times (within 1 ms of the
 utterance's playback start), that the mood follows an emotion event, that Interrupt clears the
-lips, and that the avatar is drawn (a screenshot under artifacts/browser/). State is read
-from `window.lockn.avatar3d` ({head, state}); frame rates are never asserted (SwiftShader).
+lips, and that the avatar is drawn (a screenshot under artifacts/browser/); and that `listening`,
+`gaze` and `pose` events reach TalkingHead as the page's docs say (its calls, its animation queue,
+the Head bone's rotation on screen). State is read from `window.lockn.avatar3d` ({head, state});
+frame rates are never asserted (SwiftShader).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,6 +43,7 @@ SHORT_TEXT = "The quick brown fox jumps over the lazy dog."
 LONG_TEXT = ("Peter Piper picked a peck of pickled peppers. A peck of pickled peppers Peter Piper picked. "
              "If Peter Piper picked a peck of pickled peppers, where is the peck Peter Piper picked?")
 A3D = "(window.lockn && window.lockn.avatar3d)"
+LOOK_HOLD_MS = 5000  # how long each held look of the page lasts (its LOOK_REFRESH_MS + 1000)
 
 
 def spoken_wav(path: Path, text: str, seconds: float) -> Path:
@@ -234,3 +238,173 @@ def test_page_lip_syncs_a_3d_avatar(app, browser_context, tmp_path, context_rate
     wait_log(page, "session ended")
     assert page.evaluate("() => window.lockn.avatar3d") is None
     assert not errors, errors
+
+
+def open_avatar3d(page, app: str) -> None:  # noqa: F811 (app: the fixture's URL)
+    """Starts an avatar3d session in the page and waits for its avatar."""
+    page.goto(f"{app}/")
+    page.wait_for_selector("#mode option[value=avatar3d]:not([disabled])", state="attached", timeout=UI_TIMEOUT_MS)
+    page.select_option("#mode", "avatar3d")
+    page.click("#start")
+    page.wait_for_function(f"() => {A3D} && ['ready', 'error'].includes({A3D}.state.phase)", timeout=LOAD_TIMEOUT_MS)
+    state = snapshot(page)
+    assert state["phase"] == "ready", f"the avatar did not load: {state['error']}"
+
+
+def spy_on_head(page) -> None:
+    """Records TalkingHead's look calls in window.__calls: {fn, args}."""
+    page.evaluate(f"""() => {{
+        const head = {A3D}.head;
+        window.__calls = [];
+        for (const fn of ['lookAt', 'lookAtCamera', 'makeEyeContact']) {{
+            const original = head[fn].bind(head);
+            head[fn] = (...args) => {{ window.__calls.push({{ fn, args }}); return original(...args); }};
+        }}
+    }}""")
+
+
+def calls(page, fn: str) -> list[list]:
+    return page.evaluate(f"() => window.__calls.filter(c => c.fn === '{fn}').map(c => c.args)")
+
+
+def held(page, name: str) -> dict | None:
+    """TalkingHead's queued animation `name`: {"left": ms it still runs, "length": ms in all}; None
+    when none is queued."""
+    return page.evaluate(f"""() => {{
+        const head = {A3D}.head;
+        const anim = head.animQueue.find(a => a.template.name === '{name}');
+        return anim ? {{ left: anim.ts[anim.ts.length - 1] - head.animClock,
+                         length: anim.ts[anim.ts.length - 1] - anim.ts[0] }} : null;
+    }}""")
+
+
+def holds(page, name: str) -> bool:
+    """TalkingHead runs `name` for at least the page's hold, and still does."""
+    anim = held(page, name)
+    return anim is not None and anim["length"] >= LOOK_HOLD_MS - 1 and anim["left"] > 0  # ts: floats from animClock
+
+
+# Where a point in front of the face, and one above the head, move on screen when the page's pose
+# offset is taken off the Head bone (as TalkingHead set it this frame) and put back on: the offset's
+# effect alone, whatever TalkingHead's own head motion is doing meanwhile.
+POSE_ON_SCREEN_JS = """async () => {
+    const { Euler, Matrix4, Quaternion, Vector3 } = await import('three');
+    const a3d = window.lockn.avatar3d, head = a3d.head, bone = head.objectHead, camera = head.camera;
+    const p = a3d.state.poseApplied, deg = Math.PI / 180;
+    const offset = new Quaternion().setFromEuler(new Euler(p.pitch * deg, p.yaw * deg, -p.roll * deg, 'YXZ'));
+    bone.updateWorldMatrix(true, false);
+    const parent = bone.parent.matrixWorld;
+    const withPose = new Matrix4().multiplyMatrices(parent, new Matrix4().compose(bone.position, bone.quaternion, bone.scale));
+    const without = bone.quaternion.clone().multiply(offset.clone().invert());
+    const withoutPose = new Matrix4().multiplyMatrices(parent, new Matrix4().compose(bone.position, without, bone.scale));
+    const centre = new Vector3().setFromMatrixPosition(withoutPose);
+    const toCamera = camera.position.clone().sub(centre).normalize();
+    const points = { front: centre.clone().addScaledVector(toCamera, 0.2), top: centre.clone().add(new Vector3(0, 0.2, 0)) };
+    const inverse = withoutPose.clone().invert();
+    const moved = {};
+    for (const [name, world] of Object.entries(points)) {
+        const before = world.clone().project(camera);
+        const after = world.clone().applyMatrix4(inverse).applyMatrix4(withPose).project(camera);
+        moved[name] = [after.x - before.x, after.y - before.y];  // NDC: x to the right, y up
+    }
+    return moved;
+}"""
+
+
+def test_listening_gaze_and_pose_steer_the_3d_avatar(app, browser_context):  # noqa: F811
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    events = record_server_events(page)
+    open_avatar3d(page, app)
+    spy_on_head(page)
+    sid = next(e for e in events if e.get("type") == "session_ready")["session_id"]
+
+    def send(body: dict) -> None:
+        r = httpx.post(f"{app}/v1/sessions/{sid}/events", json=body, timeout=10)
+        assert r.status_code < 300, r.text
+
+    def wait_state(expression: str, what: str, timeout_ms: int = 10_000) -> None:
+        try:
+            page.wait_for_function(f"() => {{ const s = {A3D}.state; return {expression}; }}", timeout=timeout_ms)
+        except Exception as err:
+            raise AssertionError(f"timed out waiting for {what}: {snapshot(page)}") from err
+
+    # Listening: the head settles facing the viewer, the eyes keep contact, a nod every 2-6 s; held
+    # past the page's refresh; off again on `active: false`.
+    send({"type": "listening", "active": True})
+    wait_state("s.listening && s.look === 'listening'", "listening")
+    assert holds(page, "lockn-listening")
+    wait_state("s.nods >= 1", "a listening nod", timeout_ms=8000)
+    time.sleep(4.5)  # past LOOK_REFRESH_MS: still held, and the head has stopped wandering
+    assert holds(page, "lockn-listening")
+    still = page.evaluate(f"() => ['X', 'Y', 'Z'].map(a => {A3D}.head.mtAvatar['bodyRotate' + a].value)")
+    assert all(abs(v) < 0.1 for v in still), still  # TalkingHead's idle wander reaches ±0.3 in Y
+    send({"type": "listening", "active": False})
+    wait_state("!s.listening && s.look === null", "listening off")
+    assert held(page, "lockn-listening") is None
+    nods = snapshot(page)["nods"]
+    assert page.evaluate(f"() => {A3D}.nodTimer") is None
+
+    # Gaze at a point: TalkingHead's lookAt at that point of the canvas, held and refreshed.
+    send({"type": "gaze", "target": "point", "x": 0.6, "y": -0.4})
+    wait_state("s.look === 'point'", "the gaze point")
+    rect = page.locator("#avatar3d").bounding_box()
+    x, y, hold = calls(page, "lookAt")[-1]
+    assert x == pytest.approx(rect["x"] + 0.8 * rect["width"], abs=1)
+    assert y == pytest.approx(rect["y"] + 0.7 * rect["height"], abs=1)
+    assert hold == LOOK_HOLD_MS and holds(page, "lookat")
+    time.sleep(5.0)
+    assert len(calls(page, "lookAt")) >= 2, "the held look is refreshed"
+    target = page.evaluate(f"""() => {{
+        const a = {A3D}.head.animQueue.find(a => a.template.name === 'lookat');
+        return a.vs.bodyRotateY[a.vs.bodyRotateY.length - 1];
+    }}""")
+    if held(page, "lookat")["left"] < LOOK_HOLD_MS - 1500:  # not just refreshed: the head has reached it
+        value = page.evaluate(f"() => {A3D}.head.mtAvatar.bodyRotateY.value")
+        assert value == pytest.approx(target, abs=0.02)
+    send({"type": "gaze", "target": "away"})
+    wait_state("s.gaze && s.gaze.target === 'away'", "gaze away")
+    x, y, _ = calls(page, "lookAt")[-1]
+    assert (x, y) == (pytest.approx(rect["x"] + 0.85 * rect["width"], abs=1),
+                      pytest.approx(rect["y"] + 0.275 * rect["height"], abs=1))
+
+    # Gaze at the camera: eye contact held (the head keeps its idle motion); the lookAt is dropped.
+    send({"type": "gaze", "target": "camera"})
+    wait_state("s.look === 'camera'", "gaze camera")
+    assert calls(page, "makeEyeContact")[-1][0] == LOOK_HOLD_MS
+    assert holds(page, "eyecontact") and held(page, "lookat") is None
+
+    # Pose: the Head bone turns by the offset, eased; yaw to the viewer's right, pitch down, roll with
+    # the top of the head to the viewer's right.
+    for axis, field, limit in (("yaw", "yaw_deg", 30), ("pitch", "pitch_deg", 20), ("roll", "roll_deg", 20)):
+        send({"type": "pose", field: limit * 0.75})
+        wait_state(f"Math.abs(s.poseApplied.{axis} - {limit * 0.75}) < 0.2", f"the pose's {axis}")
+        moved = page.evaluate(POSE_ON_SCREEN_JS)
+        print(f"pose {axis} {limit * 0.75}°: on screen (NDC) {moved}")
+        if axis == "yaw":
+            assert moved["front"][0] > 0.02, moved  # the face turns to the viewer's right
+        elif axis == "pitch":
+            assert moved["front"][1] < -0.02, moved  # ... tips down
+        else:
+            assert moved["top"][0] > 0.02, moved  # the top of the head leans to the viewer's right
+    send({"type": "pose"})
+    wait_state("Object.values(s.poseApplied).every(v => Math.abs(v) < 0.05)", "the head back at rest")
+
+    # HeadAudio, where it attaches, is still updated each frame (the page's frame hook calls it).
+    if page.evaluate(f"async () => {{ await {A3D}.setHeadAudio(true); return !!{A3D}.headAudio; }}"):
+        page.evaluate(f"""() => {{
+            const node = {A3D}.headAudio, update = node.update.bind(node);
+            window.__headAudioUpdates = 0;
+            node.update = (dt) => {{ window.__headAudioUpdates += 1; return update(dt); }};
+        }}""")
+        page.wait_for_function("() => window.__headAudioUpdates >= 3", timeout=10_000)
+        page.evaluate(f"() => {A3D}.setHeadAudio(false)")
+
+    sent = [e["type"] for e in events if e.get("type") in ("listening", "gaze", "pose")]
+    assert sent == ["listening", "listening", "gaze", "gaze", "gaze", "pose", "pose", "pose", "pose"], sent
+    assert snapshot(page)["nods"] == nods, "no nods after listening ended"
+    assert not errors, errors
+    page.click("#stop")
+    wait_log(page, "session ended")
+

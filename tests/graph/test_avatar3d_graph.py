@@ -143,6 +143,50 @@ def test_emotion_and_gesture_reach_the_page_as_mood_and_gesture(app):
     httpx.delete(f"{base}/v1/sessions/{session}")
 
 
+def test_listening_gaze_and_pose_reach_the_page_and_a_later_viewer(app):
+    """Over the WebSocket: each control comes back as a cue for the page (gaze resolved to a
+    point); a pose beyond its limit is refused; a viewer that joins later is told the state."""
+    base = app["base"]
+    session = new_avatar_session(base)
+    cues = [{"type": "listening", "active": True},
+            {"type": "gaze", "target": "away", "x": 0.7, "y": 0.45},
+            {"type": "pose", "yaw_deg": -20.0, "pitch_deg": 5.0, "roll_deg": 0.0}]
+
+    def attention(viewer: WsViewer) -> list[dict]:
+        return [{k: v for k, v in e.items() if k != "t_recv"} for e in viewer.events
+                if e["type"] in ("listening", "gaze", "pose")]
+
+    async def main():
+        ws = await open_ws(base, session)
+        try:
+            viewer = WsViewer(ws)
+            await viewer.recv_until(lambda v: v.has("mood"))
+            await ws.send(json.dumps({"type": "listening", "active": True}))
+            await ws.send(json.dumps({"type": "gaze", "target": "away"}))
+            await ws.send(json.dumps({"type": "pose", "yaw_deg": -20, "pitch_deg": 5}))
+            await ws.send(json.dumps({"type": "pose", "yaw_deg": 45}))
+            await viewer.recv_until(lambda v: v.has("pose") and v.has("error"))
+            late_ws = await open_ws(base, session)
+            try:
+                late = WsViewer(late_ws)
+                await late.recv_until(lambda v: v.has("pose"))
+            finally:
+                await late_ws.close()
+            return viewer, late
+        finally:
+            await ws.close()
+
+    viewer, late = asyncio.run(main())
+    assert attention(viewer) == cues
+    assert next(e for e in viewer.events if e["type"] == "error")["code"] == "invalid_event"
+    assert [e["type"] for e in late.events] == ["clock", "session_ready", "mood", "listening", "gaze", "pose"]
+    assert attention(late) == cues
+    info = httpx.get(f"{base}/v1/sessions/{session}").json()
+    assert (info["listening"], info["gaze"], info["pose_deg"]) == (True, [0.7, 0.45],
+                                                                    {"pitch": 5.0, "yaw": -20.0, "roll": 0.0})
+    httpx.delete(f"{base}/v1/sessions/{session}")
+
+
 def test_video_routes_answer_409_in_avatar3d(app):
     base = app["base"]
     session = new_avatar_session(base)

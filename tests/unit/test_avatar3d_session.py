@@ -2,7 +2,8 @@
 
 What the page relies on: audio contiguous on the 16 kHz clock from the utterance's first
 sample, every cue sent before the audio it covers, audio at most ~1 s ahead, `retract`
-and `speech_ended` at an interrupt, moods, gestures and word timings passed on.
+and `speech_ended` at an interrupt, moods, gestures and word timings passed on, and the
+`listening`, `gaze` and `pose` controls passed on as cues (and told to a viewer that joins later).
 """
 import asyncio
 import functools
@@ -18,7 +19,10 @@ from deployments.api.protocol import (
     AudioItem,
     EndItem,
     EventItem,
+    GazeEvent,
     GestureEvent,
+    ListeningEvent,
+    PoseEvent,
     WordsEvent,
 )
 from deployments.session.avatar3d import LEAD_S, Avatar3dSession
@@ -232,5 +236,64 @@ async def test_avatar3d_only_events_are_refused_in_other_modes(store):
         with pytest.raises(ServiceError) as err:
             await manager.control(info["session_id"], GestureEvent(name="ok"))
         assert err.value.code == "avatar3d_only"
+    finally:
+        await manager.shutdown()
+
+
+def drain(viewer) -> list:
+    """The events waiting in a viewer's queue now."""
+    got = []
+    while not viewer.queue.empty():
+        item = viewer.queue.get_nowait()
+        if isinstance(item, EventItem):
+            got.append(item.event.wire())
+    return got
+
+
+@in_loop
+async def test_listening_gaze_and_pose_reach_the_page_as_cues(store):
+    """Through the manager's dispatch, as a WebSocket's control events arrive; a viewer that
+    joins later learns what is in force (and nothing while all is at its default)."""
+    from deployments.config import AppArgs
+    from deployments.rendering.local import LocalBackend
+    from models.still import StillPipeline
+
+    manager = SessionManager(AppArgs(), store, host_id="h", still=LocalBackend(StillPipeline(), store, inline=True))
+    info = await manager.create_session("default", "avatar3d", 16000, Controls())
+    sid = info["session_id"]
+    try:
+        session = manager.sessions[sid]
+        first = session.subscribe()
+        assert [e["type"] for e in drain(first)] == ["session_ready", "mood"]  # all at its default: nothing more
+
+        await manager.control(sid, ListeningEvent(active=True))
+        await manager.control(sid, GazeEvent(target="away"))
+        await manager.control(sid, PoseEvent(yaw_deg=12.5, pitch_deg=-4.0, roll_deg=3.0))
+        assert drain(first) == [
+            {"type": "listening", "active": True},
+            {"type": "gaze", "target": "away", "x": 0.7, "y": 0.45},
+            {"type": "pose", "yaw_deg": 12.5, "pitch_deg": -4.0, "roll_deg": 3.0},
+        ]
+        late = session.subscribe()
+        assert drain(late)[2:] == [
+            {"type": "listening", "active": True},
+            {"type": "gaze", "target": "away", "x": 0.7, "y": 0.45},
+            {"type": "pose", "yaw_deg": 12.5, "pitch_deg": -4.0, "roll_deg": 3.0},
+        ]
+
+        await manager.control(sid, GazeEvent(target="point", x=-0.25, y=0.5))
+        assert drain(first) == drain(late) == [{"type": "gaze", "target": "point", "x": -0.25, "y": 0.5}]
+        await manager.control(sid, ListeningEvent(active=False))
+        await manager.control(sid, GazeEvent(target="camera"))
+        await manager.control(sid, PoseEvent())
+        assert drain(first) == [
+            {"type": "listening", "active": False},
+            {"type": "gaze", "target": "camera", "x": 0.0, "y": 0.0},
+            {"type": "pose", "yaw_deg": 0.0, "pitch_deg": 0.0, "roll_deg": 0.0},
+        ]
+        # Back at rest and not listening: a new viewer is told only the gaze (an explicit
+        # `camera` holds eye contact on the page, which TalkingHead's idle gaze does not).
+        assert drain(session.subscribe())[2:] == [{"type": "gaze", "target": "camera", "x": 0.0, "y": 0.0}]
+        assert manager.sessions[sid].info().listening is False
     finally:
         await manager.shutdown()
