@@ -143,6 +143,28 @@ def run_pipeline(pipeline: LivePortraitPipeline, persona, batch: int, device: to
     return {"pipeline_render_ms_per_frame": round(total / batch, 3), "paste_back_ms_per_frame": round(paste, 3)}
 
 
+def build_pipeline(nets: LivePortraitNetworks, config: LivePortraitConfig, precision: str, max_batch: int,
+                   portrait_hw: tuple[int, int]):
+    """The pipeline on `nets` (fp16 autocast or not) with a given face, and a persona of a random portrait."""
+    h, w = portrait_hw
+    face = GivenFace((w / 2, h * 0.45), min(h, w) / 5)
+    portrait = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    pipeline = LivePortraitPipeline(LivePortraitPipelineConfig(networks=config, max_batch=max_batch,
+                                                               fp16=precision == "fp16"),
+                                    networks=nets, face=face)
+    return pipeline, pipeline.prepare(PersonaMedia([portrait]), "bench")
+
+
+def measure(nets: LivePortraitNetworks, pipeline: LivePortraitPipeline, persona, batch: int, precision: str,
+            device: torch.device, warmup: int, repeats: int) -> dict:
+    """One batch size in one precision: the stages, the whole pipeline and paste-back, per frame."""
+    result = run(nets, batch, precision, device, warmup, repeats)
+    result.update(run_pipeline(pipeline, persona, batch, device, warmup, repeats))
+    result["W+G+S+paste_back_ms_per_frame"] = round(
+        result["W+G+S_ms_per_frame"] + result["paste_back_ms_per_frame"], 3)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8], help="batch sizes")
@@ -171,20 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     h, w = args.portrait
-    face = GivenFace((w / 2, h * 0.45), min(h, w) / 5)
-    portrait = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     runs = []
     for precision in precisions:
-        pipeline = LivePortraitPipeline(LivePortraitPipelineConfig(networks=config, max_batch=max(sizes),
-                                                                   fp16=precision == "fp16"),
-                                        networks=nets, face=face)
-        persona = pipeline.prepare(PersonaMedia([portrait]), "bench")
+        pipeline, persona = build_pipeline(nets, config, precision, max(sizes), (h, w))
         for batch in sizes:
-            result = run(nets, batch, precision, device, warmup, repeats)
-            result.update(run_pipeline(pipeline, persona, batch, device, warmup, repeats))
-            result["W+G+S+paste_back_ms_per_frame"] = round(
-                result["W+G+S_ms_per_frame"] + result["paste_back_ms_per_frame"], 3)
-            runs.append(result)
+            runs.append(measure(nets, pipeline, persona, batch, precision, device, warmup, repeats))
     report = {
         "model": "liveportrait",
         "config": "tiny" if tiny else "official",

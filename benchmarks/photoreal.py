@@ -44,9 +44,11 @@ from models.photoreal.pipeline import MODE, PhotorealPipeline  # noqa: E402
 CONTROLS = Controls(emotion="happy", intensity=0.7)
 
 
-def build(official: bool, device: torch.device, max_batch: int, portrait_hw: tuple[int, int]):
-    """The composite on fresh weights, and a persona of a random portrait."""
-    fp16 = device.type == "cuda"
+def build(official: bool, device: torch.device, max_batch: int, portrait_hw: tuple[int, int],
+          fp16: bool | None = None):
+    """The composite on fresh weights (seeded: the same for every call), and a persona of a random
+    portrait; fp16 (default: on CUDA) autocasts LivePortrait and runs MuseTalk's networks in half."""
+    fp16 = device.type == "cuda" if fp16 is None else fp16
     torch.manual_seed(0)
     lp_config = LivePortraitConfig() if official else LivePortraitConfig.tiny()
     liveportrait = LivePortraitPipeline(

@@ -96,7 +96,7 @@ def backend_main(gpu: int, hold_bytes: int, fraction: float, conn) -> None:
     signal.pause()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", type=int, default=0)
     p.add_argument("--port", type=int, default=11439)
@@ -108,8 +108,11 @@ def main() -> None:
     p.add_argument("--allowance-gib", type=float, default=2.0)
     p.add_argument("--step-s", type=float, default=0.5)
     p.add_argument("--timeout-s", type=float, default=120.0)
-    a = p.parse_args()
+    return p
 
+
+def run_check(a: argparse.Namespace) -> dict:
+    """The whole check with the arguments of build_parser(); the JSON main() prints."""
     ctx = mp.get_context("spawn")
     probe = NvmlProbe(a.gpu)
     total = probe.read().total_bytes
@@ -192,7 +195,7 @@ def main() -> None:
 
     t_unload = next((d["t_s"] for d in decisions if d["action"] == "unload" and d["t_s"] >= t_grow), None)
     t_freed = first(Code.UNLOAD_CONFIRMED)
-    print(json.dumps({
+    return {
         "gpu_total_gib": round(total / GIB, 2), "backend_loaded": loaded, "backend_freed": freed,
         "neighbour": grown[1],
         "growth_to_unload_decision_s": round(t_unload - t_grow, 3) if t_unload is not None else None,
@@ -200,7 +203,11 @@ def main() -> None:
         "unload_to_freed_s": next((d["extra"]["time_to_free_s"] for d in decisions
                                    if d["code"] == Code.UNLOAD_CONFIRMED.value), None),
         "decisions": decisions, "trace": trace,
-    }, indent=1))
+    }
+
+
+def main() -> None:
+    print(json.dumps(run_check(build_parser().parse_args()), indent=1))
 
 
 if __name__ == "__main__":
