@@ -75,6 +75,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compiled import compile_networks
 from ..options import override_fields, resolve_device
 from ..base import FPS, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
 from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
@@ -129,6 +130,7 @@ class DittoPipelineConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)  # listening and gaze
     max_batch: int = 8  # frames per W + G batch
     fp16: bool = True  # renderer under autocast, on CUDA only
+    compile: str | None = None  # torch.compile of W, G and the stitching MLP (models/compiled.py); None: off
     clip: np.ndarray | None = None  # (2, 265) v_min/v_max from the official cfg, if it has them
     blink_clip: np.ndarray | None = None  # (15, 63) exp deltas of one blink (official cfg)
 
@@ -193,10 +195,12 @@ class DittoPipeline:
     def __init__(self, config: DittoPipelineConfig | str | dict | None = None, device: str | None = None,
                  seed: int = 0, cache_dir: str | Path | None = None, *, lmdm: MotionDecoder | None = None,
                  networks: LivePortraitNetworks | None = None, hubert: Hubert | None = None, face=None,
-                 face_mesh=None):
+                 face_mesh=None, compile: str | None = None):
         """`lmdm`, `networks`, `hubert`, `face`, `face_mesh` are injected by tests; the rest
-        is loaded from the config's preset (see `load_parts`)."""
+        is loaded from the config's preset (see `load_parts`). compile: torch.compile of the
+        renderer (None: the config's, off by default; models/compiled.py)."""
         config = pipeline_config(config)
+        config = config if compile is None else replace(config, compile=compile)
         target = resolve_device(device)
         if lmdm is None or networks is None or hubert is None or face is None:
             parts, config = load_parts(config, target, seed, cache_dir)
@@ -206,6 +210,7 @@ class DittoPipeline:
         self.face_mesh = face_mesh  # None: neutral eyes for every persona
         self.config, self.seed = config, seed
         self.lmdm, self.networks, self.hubert, self.face = lmdm.to(target).eval(), networks.to(target), hubert, face
+        self.compiled = compile_networks(self.networks, config.compile)  # off by default (models/compiled.py)
         self.sampler = DDIMSampler(self.lmdm, config.stream.sampling_steps, SeededNoise(seed))
         self.offline_sampler = DDIMSampler(self.lmdm, config.offline_stream.sampling_steps, SeededNoise(seed))
         self.features = StreamingFeatures(hubert)

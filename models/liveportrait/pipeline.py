@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compiled import compile_networks
 from ..options import override_fields, resolve_device
 from ..base import (
     FPS, SAMPLES_PER_FRAME, Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames,
@@ -78,6 +79,7 @@ class LivePortraitPipelineConfig:
     max_batch: int = 8
     fp16: bool = True  # autocast on CUDA only
     seed: int = 0
+    compile: str | None = None  # torch.compile of W, G and the MLPs (models/compiled.py); None: off
 
 
 @dataclass
@@ -121,17 +123,21 @@ class LivePortraitPipeline:
         *,
         networks: LivePortraitNetworks | None = None,
         face: FaceAnalyzer | None = None,
+        compile: str | None = None,
     ):
         """config: a config, or its JSON form (`pipeline_config`); device: "cuda", "cpu" or
         "auto"/None (CUDA when available); seed: of blinks and idle motion (None: the
-        config's); cache_dir: a Hugging Face cache other than the standard one. `networks`
-        and `face` are injected by tests; otherwise loaded here."""
+        config's); cache_dir: a Hugging Face cache other than the standard one; compile:
+        torch.compile of the per-frame networks (None: the config's, off by default;
+        models/compiled.py). `networks` and `face` are injected by tests; otherwise loaded here."""
         config = pipeline_config(config)
         self.config = config = config if seed is None else replace(config, seed=seed)
+        self.config = config = config if compile is None else replace(config, compile=compile)
         target = resolve_device(device)
         if networks is None:
             networks = LivePortraitNetworks.load(config.networks, device=target, cache_dir=cache_dir)
         self.networks = networks
+        self.compiled = compile_networks(networks, config.compile)  # off by default (models/compiled.py)
         self.face = face or FaceAnalyzer.from_hf_cache(MODE, config.face, cache_dir=cache_dir,
                                                        prefer_cuda=target.type == "cuda")
 

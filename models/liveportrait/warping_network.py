@@ -206,7 +206,7 @@ class WarpingNetwork(nn.Module):
         """
         dense = self.dense_motion_network(feature_3d, kp_driving, kp_source)
         deformation = dense["deformation"]
-        # 5-D grid_sample stays in torch (no ONNX/TensorRT equivalent without a plugin), and
+        # 5-D grid_sample: ONNX has it from opset 20 (export.py); TensorRT may need a plugin. It
         # samples in the flow's precision (float32 under autocast).
         warped = F.grid_sample(feature_3d.to(deformation.dtype), deformation, align_corners=False)
         b, c, d, h, w = warped.shape

@@ -63,6 +63,7 @@ class MuseTalkConfig:
     min_face_px: int = 32
     device: str | None = None  # None: CUDA when available; the pipeline's `device` overrides it
     fp16: bool = True  # on CUDA only
+    compile: str | None = None  # torch.compile of the UNet and VAE decoder (models/compiled.py); None: off
 
 
 def pipeline_config(value: MuseTalkConfig | str | dict | None) -> MuseTalkConfig:

@@ -97,13 +97,14 @@ class PhotorealPipeline:
 
     def __init__(self, config: str | dict | None = None, device: str | None = None, seed: int | None = None,
                  cache_dir: str | Path | None = None, *, liveportrait: LivePortraitPipeline | None = None,
-                 musetalk: MuseTalkPipeline | None = None):
+                 musetalk: MuseTalkPipeline | None = None, compile: str | None = None):
         """config: "official", "tiny", or {"liveportrait": <its config>, "musetalk": <its config>};
-        device, seed, cache_dir: as each pipeline takes them. `liveportrait` and `musetalk`
-        are injected by tests."""
+        device, seed, cache_dir, compile: as each pipeline takes them. `liveportrait` and
+        `musetalk` are injected by tests."""
         parts = config if isinstance(config, dict) else {"liveportrait": config, "musetalk": config}
-        self.liveportrait = liveportrait or LivePortraitPipeline(parts.get("liveportrait"), device, seed, cache_dir)
-        self.musetalk = musetalk or MuseTalkPipeline(parts.get("musetalk"), device, seed or 0)
+        self.liveportrait = liveportrait or LivePortraitPipeline(parts.get("liveportrait"), device, seed, cache_dir,
+                                                                 compile=compile)
+        self.musetalk = musetalk or MuseTalkPipeline(parts.get("musetalk"), device, seed or 0, compile=compile)
         self.lookahead_frames = self.musetalk.lookahead_frames
 
     # ---- contract -------------------------------------------------------------------
