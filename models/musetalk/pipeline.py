@@ -51,6 +51,7 @@ from ..base import (
     check_audio_chunk,
     empty_frames,
 )
+from ..compiled import compile_networks
 from ..options import resolve_device
 from . import vae as vae_ops
 from .audio import AudioStream, StreamingPrompts, WhisperAudioEncoder
@@ -107,12 +108,15 @@ class MuseTalkPipeline:
         audio_encoder: WhisperAudioEncoder | None = None,
         parser: Callable | None = None,
         landmarks: LandmarkFn | None = None,
+        compile: str | None = None,
     ):
         """config: a config, or its JSON form (config.pipeline_config); device: "cuda", "cpu"
         or "auto"/None (the config's device, else CUDA when available); seed: the tiny
-        preset's weights. `nets`, `audio_encoder`, `parser` and `landmarks` are injected by
-        tests; the others are loaded for the config's preset (`load_parts`)."""
+        preset's weights; compile: torch.compile of the UNet and VAE decoder (None: the
+        config's, off by default; models/compiled.py). `nets`, `audio_encoder`, `parser` and
+        `landmarks` are injected by tests; the others are loaded for the config's preset (`load_parts`)."""
         self.config = config = pipeline_config(config)
+        self.config = config = config if compile is None else replace(config, compile=compile)
         target = resolve_device(device or config.device)
         given = {"nets": nets, "audio_encoder": audio_encoder, "parser": parser, "landmarks": landmarks}
         parts = {**load_parts(config, target, seed, [k for k, v in given.items() if v is None]),
@@ -121,6 +125,7 @@ class MuseTalkPipeline:
         self.streamer = StreamingPrompts(parts["audio_encoder"], config.audio)
         self.lookahead_frames = config.audio.lookahead_frames
         self.to(target)
+        self.compiled = compile_networks(self.nets, config.compile)  # off by default (models/compiled.py)
 
     @classmethod
     def from_pretrained(cls, config: MuseTalkConfig | None = None, landmarks: LandmarkFn | None = None):
@@ -260,31 +265,75 @@ class MuseTalkPipeline:
                 return d / (fade + 1)
         return 1.0
 
+    def render_batch(self, jobs: list[tuple[Persona, Carry, np.ndarray, Controls]]) -> list[tuple[np.ndarray, Carry]]:
+        """Several sessions' chunks at once (the backend's cross-session batching): each job's
+        (persona, carry, audio16k, controls) gives what `render` would, and the speaking frames
+        of every job go through the UNet and the VAE decoder together, `batch_size` at a time."""
+        plans = []
+        for persona, carry, audio16k, _ in jobs:
+            check_audio_chunk(audio16k)
+            carry = self.note_loudness(carry, audio16k)
+            first = carry.audio.frames_done
+            prompts, stream = self.streamer.push(carry.audio, audio16k)
+            plans.append(self._plan(persona, replace(carry, audio=stream), first, prompts))
+        self._draw(plans)
+        return [self._finish(plan) for plan in plans]
+
     def _frames(self, persona: Persona, carry: MuseTalkCarry, first: int, prompts: torch.Tensor,
                 end: int | None = None, fade: bool = True):
-        n = len(prompts)
-        if n == 0:
-            return empty_frames(persona), carry
-        feats = persona.features
-        n_media = len(feats["frames_bgr"])
-        media_idx = [cycle_frame(carry.cycle_index + k, n_media) for k in range(n)]
-        out = [feats["frames_bgr"][i] for i in media_idx]  # silent frames stay the reference
-        weight = self.speech_weights(carry, first, n, end) if fade else [1.0] * n
-        speaking = [k for k in range(n) if weight[k] > 0]
+        plan = self._plan(persona, carry, first, prompts, end, fade)
+        self._draw([plan])
+        return self._finish(plan)
+
+    def _plan(self, persona: Persona, carry: MuseTalkCarry, first: int, prompts: torch.Tensor,
+              end: int | None = None, fade: bool = True) -> "FacePlan":
+        """Which of the chunk's frames speak, from which reference frame, how strongly."""
+        n_media = len(persona.features["frames_bgr"])
+        media_idx = [cycle_frame(carry.cycle_index + k, n_media) for k in range(len(prompts))]
+        weight = self.speech_weights(carry, first, len(prompts), end) if fade else [1.0] * len(prompts)
+        return FacePlan(persona, carry, prompts, media_idx, weight,
+                        frames=[persona.features["frames_bgr"][i] for i in media_idx])  # silent frames stay the reference
+
+    def _draw(self, plans: list["FacePlan"]) -> None:
+        """Generate every plan's speaking frames, `batch_size` at a time across plans, and put
+        each face into its frame (pasted, cross-faded by its weight)."""
+        speaking = [(plan, k) for plan in plans for k in range(len(plan.prompts)) if plan.weight[k] > 0]
         for start in range(0, len(speaking), self.config.batch_size):
-            batch = speaking[start : start + self.config.batch_size]
-            latents = feats["latents"][[media_idx[k] for k in batch]]
-            faces = generate(self.nets, latents, prompts[batch])  # B×256×256×3 BGR
-            for k, face in zip(batch, faces):
-                out[k] = crossfade(out[k], self._paste(feats, media_idx[k], face), weight[k])
-        frames = np.stack([f[..., ::-1] for f in out])  # N×H×W×3 RGB
-        return frames, replace(carry, cycle_index=(carry.cycle_index + n) % (2 * n_media))
+            batch = speaking[start:start + self.config.batch_size]
+            latents = torch.cat([plan.persona.features["latents"][[plan.media_idx[k]]] for plan, k in batch])
+            prompts = torch.stack([plan.prompts[k] for plan, k in batch])
+            faces = generate(self.nets, latents, prompts)  # B×256×256×3 BGR
+            for (plan, k), face in zip(batch, faces):
+                feats, media = plan.persona.features, plan.media_idx[k]
+                plan.frames[k] = crossfade(plan.frames[k], self._paste(feats, media, face), plan.weight[k])
+
+    @staticmethod
+    def _finish(plan: "FacePlan") -> tuple[np.ndarray, MuseTalkCarry]:
+        if not plan.frames:
+            return empty_frames(plan.persona), plan.carry
+        frames = np.stack([f[..., ::-1] for f in plan.frames])  # N×H×W×3 RGB
+        n_media = len(plan.persona.features["frames_bgr"])
+        return frames, replace(plan.carry, cycle_index=(plan.carry.cycle_index + len(plan.frames)) % (2 * n_media))
 
     @staticmethod
     def _paste(feats: dict, i: int, face_bgr_256: np.ndarray) -> np.ndarray:
         box = feats["boxes"][i]
         face = resize_face(face_bgr_256, box)
         return blend(feats["frames_bgr"][i], face, box, feats["masks"][i], feats["mask_boxes"][i])
+
+
+@dataclass
+class FacePlan:
+    """One chunk's frames on their way: BGR frames (the references until faces are drawn into
+    them), the whisper prompts (N×50×384), which reference frame each shows, how much of its
+    generated face shows (0: silent, not generated), and the carry after the chunk."""
+
+    persona: Persona
+    carry: MuseTalkCarry
+    prompts: torch.Tensor
+    media_idx: list[int]
+    weight: list[float]
+    frames: list[np.ndarray]
 
 
 def crossfade(reference: np.ndarray, generated: np.ndarray, weight: float) -> np.ndarray:

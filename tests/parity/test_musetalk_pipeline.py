@@ -264,3 +264,31 @@ def test_idle_frames_never_leak_into_the_next_utterance(setup):
     frames, carry = pipe.render(persona, carry, audio, Controls())
     tail, _ = pipe.flush(persona, carry, Controls())
     assert len(frames) + len(tail) == 8
+
+
+@pytest.mark.slow  # the tiny UNet and VAE on CPU: about a minute on 2 cores
+def test_a_batch_of_sessions_renders_what_each_session_renders_alone():
+    """The tiny pipeline in fp32 on CPU: two personas, three sessions, their speaking frames
+    through the UNet and VAE together; frame for frame as three separate renders, up to one
+    grey level on a few pixels: the CPU's matrix kernels (BLAS, oneDNN) block their work by
+    batch size, so a float moves by ~1e-6 whatever else is in the batch (even with PyTorch's
+    own convolutions, the UNet's linear layers go through BLAS)."""
+    pipe = MuseTalkPipeline("tiny")
+    rng = np.random.default_rng(0)
+    personas = [pipe.prepare(PersonaMedia([rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)]), name)
+                for name in ("a", "b")]
+    audio = [(amplitude * rng.standard_normal(3200 * 2)).astype(np.float32) for amplitude in (0.1, 0.2, 0.15)]
+    jobs = []
+    for persona, chunk in zip((personas[0], personas[1], personas[0]), audio):
+        carry = pipe.start(persona, Controls())
+        _, carry = pipe.render(persona, carry, chunk[:3200], Controls())  # past the lookahead
+        jobs.append((persona, carry, chunk[3200:], Controls()))
+    alone = [pipe.render(persona, carry, chunk, c) for persona, carry, chunk, c in jobs]
+    together = pipe.render_batch(jobs)
+    for (frames, carry), (want, want_carry) in zip(together, alone):
+        assert frames.shape == want.shape and len(frames) == 5
+        diff = np.abs(frames.astype(np.int16) - want)
+        assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3
+        assert carry.cycle_index == want_carry.cycle_index and carry.audio.frames_done == want_carry.audio.frames_done
+    assert any(np.abs(f.astype(np.int16) - p.features["frames_bgr"][0][..., ::-1]).max() > 0
+               for (f, _), (p, *_) in zip(together, jobs))  # the faces were drawn, not the references
