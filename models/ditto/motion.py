@@ -228,9 +228,11 @@ def stitch_keypoints(mlp, x_s: np.ndarray, x_d: np.ndarray) -> np.ndarray:
 
     from ..liveportrait.keypoints import stitching
 
+    param = next(mlp.parameters())  # on the renderer's device (CUDA on a GPU), maybe fp16
+    x_s, x_d = (torch.from_numpy(np.asarray(x, np.float32)).to(param.device, param.dtype) for x in (x_s, x_d))
     with torch.no_grad():
-        out = stitching(mlp, torch.from_numpy(np.asarray(x_s, np.float32)), torch.from_numpy(np.asarray(x_d, np.float32)))
-    return out.numpy()
+        out = stitching(mlp, x_s, x_d)
+    return out.float().cpu().numpy()
 
 
 # ---- the per-frame stitcher ------------------------------------------------------
