@@ -284,6 +284,23 @@ class DittoPipeline:
         feats, carry.features = self.features.feed(carry.features, audio16k)
         return self._advance(persona, carry, feats, controls, end=False)
 
+    def render_batch(self, jobs: list[tuple[Persona, DittoCarry, np.ndarray, Controls]]
+                     ) -> list[tuple[np.ndarray, DittoCarry]]:
+        """Several sessions' chunks at once (the backend's cross-session batching): each job's
+        (persona, carry, audio16k, controls) gives what `render` would. Audio features and the
+        motion model run per session; every session's frames go through W+G together."""
+        keypoints = []  # per job: (x_s 1x21x3, x_d n x 21 x 3)
+        for persona, carry, audio16k, controls in jobs:
+            n = check_audio_chunk(audio16k)
+            if carry.planned is not None:
+                keypoints.append(self._planned_keypoints(persona, carry, n, controls))
+                continue
+            carry.frames_in += n
+            feats, carry.features = self.features.feed(carry.features, audio16k)
+            keypoints.append(self.motion_frames(persona, carry, feats, controls, end=False))
+        drawn = self._render_many([(persona, x_s, x_d) for (persona, *_), (x_s, x_d) in zip(jobs, keypoints)])
+        return [(frames, carry) for frames, (_, carry, *_) in zip(drawn, jobs)]
+
     def flush(self, persona: Persona, carry: DittoCarry, controls: Controls):
         if carry.planned is not None:  # a one-shot render: what is left of its plan
             frames, carry = self._draw_planned(persona, carry, len(carry.planned), controls)
@@ -378,8 +395,13 @@ class DittoPipeline:
 
     def _draw_planned(self, persona: Persona, carry: DittoCarry, n: int, controls: Controls):
         """The next n frames of the planned motion (the audio passed to `render` only counts them)."""
+        return self._render(persona, *self._planned_keypoints(persona, carry, n, controls)), carry
+
+    def _planned_keypoints(self, persona: Persona, carry: DittoCarry, n: int,
+                           controls: Controls) -> tuple[np.ndarray, np.ndarray]:
+        """The keypoints of the planned motion's next n frames (a one-shot render)."""
         motion, carry.planned = carry.planned[:n], carry.planned[n:]
-        return self._render(persona, *self._speech_keypoints(persona, carry, motion, controls)), carry
+        return self._speech_keypoints(persona, carry, motion, controls)
 
     def _speech_keypoints(self, persona: Persona, carry: DittoCarry, motion: np.ndarray,
                           controls: Controls) -> tuple[np.ndarray, np.ndarray]:
@@ -422,16 +444,28 @@ class DittoPipeline:
         return self._render(persona, x_s, x_d), carry
 
     def _render(self, persona: Persona, x_s: np.ndarray, x_d: np.ndarray) -> np.ndarray:
-        if len(x_d) == 0:
-            return empty_frames(persona)
-        source: DittoSource = persona.features[MODE]
-        dev = self.networks.device
-        out = []
-        for s in range(0, len(x_d), self.config.max_batch):
-            kp_d = torch.from_numpy(x_d[s : s + self.config.max_batch]).to(dev)
-            images = warp_decode(self.networks, source.f_s, torch.from_numpy(x_s).to(dev), kp_d, self.config.fp16)
-            out += [paste_back(c, source.M_c2o, persona.portrait, source.mask) for c in to_uint8(images["image"])]
-        return np.stack(out)
+        return self._render_many([(persona, x_s, x_d)])[0]
+
+    def _render_many(self, jobs: list[tuple[Persona, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """W+G and paste-back for each job's keypoints (x_s 1x21x3, x_d n x 21 x 3), all jobs'
+        frames in batches of `max_batch` (a batch may mix sessions: each frame carries its own
+        source volume and keypoints) -> per job, n x H x W x 3 uint8 frames."""
+        owners = [(persona, x_s) for persona, x_s, x_d in jobs for _ in range(len(x_d))]  # per frame
+        driving = np.concatenate([x_d for _, _, x_d in jobs]) if owners else np.zeros((0, 21, 3), np.float32)
+        dev, out = self.networks.device, []
+        for start in range(0, len(owners), self.config.max_batch):
+            batch = owners[start:start + self.config.max_batch]
+            # One session's frames share its volume (1x, expanded as a view); mixed ones stack theirs.
+            shared = batch[:1] if all(persona is batch[0][0] for persona, _ in batch) else batch
+            f_s = torch.cat([persona.features[MODE].f_s for persona, _ in shared]).to(dev)
+            x_s = torch.from_numpy(np.concatenate([x_s for _, x_s in shared])).to(dev)
+            kp_d = torch.from_numpy(driving[start:start + len(batch)]).to(dev)
+            images = to_uint8(warp_decode(self.networks, f_s, x_s, kp_d, self.config.fp16)["image"])
+            out += [paste_back(crop, persona.features[MODE].M_c2o, persona.portrait, persona.features[MODE].mask)
+                    for crop, (persona, _) in zip(images, batch)]
+        ends = np.cumsum([len(x_d) for _, _, x_d in jobs])
+        return [np.stack(out[end - len(x_d):end]) if len(x_d) else empty_frames(persona)
+                for (persona, _, x_d), end in zip(jobs, ends)]
 
 
 # ---- construction from options ------------------------------------------------------

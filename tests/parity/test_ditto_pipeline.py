@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from models.base import Controls, PersonaMedia
 from models.ditto.pipeline import DittoPipeline, first_frame_audio_ms, lookahead_frames_for
@@ -259,3 +260,27 @@ def test_listening_calms_the_sway_and_holds_eye_contact(pipeline, persona):
     assert sideways(listening).std() < 0.5 * sideways(calm).std()
     looking_away = idle_keypoints(pipeline, persona, Controls(listening=True, gaze_x=1.0, gaze_y=0.5), 12.0)
     assert np.abs(looking_away[50:] - listening[50:]).max() < 1e-4  # eye contact wins while listening
+
+
+# ---- cross-session batching (the backend's batch_sessions) ----------------------------------
+
+@pytest.mark.slow  # three sessions' motion and frames twice: half a minute on 2 cores
+def test_a_batch_of_sessions_renders_what_each_session_renders_alone(pipeline, persona):
+    """Two personas, three sessions, 0.4 s chunks after a second of speech: the motion per
+    session, every session's frames through W+G together; frame for frame as separate renders
+    (PyTorch's own CPU kernels: a frame's numbers do not depend on what else is in its batch)."""
+    import copy
+
+    second = pipeline.prepare(PersonaMedia([face_like_portrait(160)[:, 4:148]]), "p2")
+    jobs = []
+    for who, controls in ((persona, Controls()), (second, Controls(emotion="happy")), (persona, Controls(gaze_x=1))):
+        carry = pipeline.start(who, controls)
+        _, carry = pipeline.render(who, carry, speech(1.0), controls)
+        jobs.append((who, carry, speech(0.4), controls))
+    with torch.backends.mkldnn.flags(enabled=False):
+        alone = [pipeline.render(who, copy.deepcopy(carry), audio, c) for who, carry, audio, c in jobs]
+        together = pipeline.render_batch([(who, copy.deepcopy(carry), audio, c) for who, carry, audio, c in jobs])
+    assert sum(len(frames) for frames, _ in together) >= 20
+    for (frames, carry), (want, want_carry) in zip(together, alone):
+        assert frames.shape == want.shape and np.array_equal(frames, want)
+        assert carry.frames_out == want_carry.frames_out and np.array_equal(carry.last, want_carry.last)
