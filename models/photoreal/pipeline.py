@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..base import Controls, Persona, PersonaMedia, check_audio_chunk, empty_frames
+from ..liveportrait.pipeline import MODE as LIVEPORTRAIT
 from ..liveportrait.pipeline import LivePortraitCarry, LivePortraitPipeline
 from ..musetalk import vae as vae_ops
 from ..musetalk.blending import blend, resize_face
@@ -130,6 +131,31 @@ class PhotorealPipeline:
         prompts, stream = self.musetalk.streamer.push(mt.audio, audio16k)
         return self._frames(persona, replace(carry, musetalk=replace(mt, audio=stream)), first, prompts, controls)
 
+    def render_batch(self, jobs: list[tuple[Persona, PhotorealCarry, np.ndarray, Controls]]
+                     ) -> list[tuple[np.ndarray, PhotorealCarry]]:
+        """Several sessions' chunks at once (the backend's cross-session batching): each job's
+        (persona, carry, audio16k, controls) gives what `render` would. Whisper, the silence
+        rule and the keypoints run per session; LivePortrait's W+G, then MuseTalk's VAE encoder,
+        UNet and decoder, run over every session's frames together."""
+        plans = []  # per job: (persona, keypoints N×21×3, prompts, first, the carry after the chunk)
+        for persona, carry, audio16k, controls in jobs:
+            check_audio_chunk(audio16k)
+            mt = self.musetalk.note_loudness(carry.musetalk, audio16k)
+            first = mt.audio.frames_done
+            prompts, stream = self.musetalk.streamer.push(mt.audio, audio16k)
+            keypoints, lp = self.liveportrait.driving_keypoints(persona, carry.liveportrait,
+                                                                np.zeros(len(prompts), np.float32), controls)
+            plans.append((persona, keypoints, prompts, first,
+                          replace(carry, musetalk=replace(mt, audio=stream), liveportrait=lp)))
+        all_crops = self.liveportrait.draw_crops([(persona.features[LIVEPORTRAIT], keypoints)
+                                                  for persona, keypoints, *_ in plans])
+        redraws = [(self.mouth_regions(persona, keypoints, crops.shape[1]) if len(crops) else [], crops, prompts,
+                    self.musetalk.speech_weights(carry.musetalk, first, len(prompts)))
+                   for (persona, keypoints, prompts, first, carry), crops in zip(plans, all_crops)]
+        redrawn = self.redraw_lower_faces_of(redraws)
+        return [(self._pasted(persona, crops) if len(crops) else empty_frames(persona), carry)
+                for (persona, *_, carry), crops in zip(plans, redrawn)]
+
     def flush(self, persona: Persona, carry: PhotorealCarry, controls: Controls):
         first = carry.musetalk.audio.frames_done
         prompts, stream = self.musetalk.streamer.flush(carry.musetalk.audio)
@@ -176,17 +202,25 @@ class PhotorealPipeline:
         """MuseTalk on LivePortrait's crops (N×S×S×3 uint8 RGB): each crop with weight > 0
         gets its lower face generated from its own latents and audio prompt (prompts: N×50×384),
         blended with its region's mask and cross-faded by its weight. -> N×S×S×3 uint8 RGB."""
-        out = [np.ascontiguousarray(crop[..., ::-1]) for crop in crops]  # BGR, as MuseTalk works
-        speaking = [k for k, w in enumerate(weights) if w > 0]
+        return self.redraw_lower_faces_of([(regions, crops, prompts, weights)])[0]
+
+    def redraw_lower_faces_of(self, jobs: list[tuple[list[MouthRegion], np.ndarray, torch.Tensor, list[float]]]
+                              ) -> list[np.ndarray]:
+        """`redraw_lower_faces` for several sessions' (regions, crops, prompts, weights), their
+        speaking frames through MuseTalk together, `batch_size` at a time."""
+        outs = [[np.ascontiguousarray(crop[..., ::-1]) for crop in crops] for _, crops, _, _ in jobs]  # BGR
+        speaking = [(j, k) for j, (_, _, _, weights) in enumerate(jobs) for k, w in enumerate(weights) if w > 0]
         for start in range(0, len(speaking), self.musetalk.config.batch_size):
             batch = speaking[start:start + self.musetalk.config.batch_size]
-            faces_256 = np.stack([crop_face(out[k], regions[k].box) for k in batch])  # B×256×256×3 BGR
+            faces_256 = np.stack([crop_face(outs[j][k], jobs[j][0][k].box) for j, k in batch])  # B×256×256×3 BGR
             latents = vae_ops.unet_input_latents(self.musetalk.nets.vae, faces_256).float().cpu()  # B×8×32×32
-            for k, face in zip(batch, generate(self.musetalk.nets, latents, prompts[batch])):
-                r = regions[k]
-                drawn = blend(out[k], resize_face(face, r.box), r.box, r.mask, r.mask_box)
-                out[k] = crossfade(out[k], drawn, weights[k])
-        return np.stack([frame[..., ::-1] for frame in out])
+            prompts = torch.stack([jobs[j][2][k] for j, k in batch])
+            for (j, k), face in zip(batch, generate(self.musetalk.nets, latents, prompts)):
+                r = jobs[j][0][k]
+                drawn = blend(outs[j][k], resize_face(face, r.box), r.box, r.mask, r.mask_box)
+                outs[j][k] = crossfade(outs[j][k], drawn, jobs[j][3][k])
+        return [np.stack([frame[..., ::-1] for frame in out]) if out else crops
+                for out, (_, crops, _, _) in zip(outs, jobs)]
 
     def _pasted(self, persona: Persona, crops: np.ndarray) -> np.ndarray:
         return np.stack([self.liveportrait.paste(persona, crop) for crop in crops])

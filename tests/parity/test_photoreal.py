@@ -152,3 +152,23 @@ def test_frames_wait_for_the_lookahead_and_an_interrupt_drops_what_it_holds(stil
     assert len(out) == 0  # the held frames were dropped, not drawn
     out, _ = pipeline.render(persona, carry, speech(8, seed=3), Controls())
     assert len(out) == 8 - lookahead  # a new utterance waits for its own lookahead
+
+
+def test_a_batch_of_sessions_renders_what_each_session_renders_alone(still_face):
+    """render_batch (the backend's cross-session batching): three sessions' chunks, their
+    crops through LivePortrait's W+G and their lower faces through MuseTalk together; frame for
+    frame as separate renders (MuseTalk one frame a batch here, as in this module's other tests)."""
+    import copy
+
+    pipeline, persona = still_face
+    jobs = []
+    for seed, controls in ((1, Controls()), (2, Controls(emotion="happy")), (3, Controls(listening=True))):
+        carry = pipeline.start(persona, controls)
+        _, carry = pipeline.render(persona, carry, speech(5, seed), controls)  # past the lookahead
+        jobs.append((persona, carry, speech(5, seed + 10), controls))
+    alone = [pipeline.render(p, copy.deepcopy(c), audio, ctl) for p, c, audio, ctl in jobs]
+    together = pipeline.render_batch([(p, copy.deepcopy(c), audio, ctl) for p, c, audio, ctl in jobs])
+    for (frames, carry), (want, want_carry) in zip(together, alone):
+        assert len(frames) == 5 and np.array_equal(frames, want)
+        assert carry.musetalk.audio.frames_done == want_carry.musetalk.audio.frames_done
+        assert carry.liveportrait.frame == want_carry.liveportrait.frame
