@@ -498,8 +498,11 @@ def batching_settings() -> tuple[list[int | None], str]:
     return [1, 4], "batch_sessions 1 (off) and 4"
 
 
-def section_serving(o: argparse.Namespace, seconds: float) -> dict:
-    """Sessions of speech through the graph at 25 fps: the most held with no frame a frame late."""
+def section_serving(o: argparse.Namespace, seconds: float, base: str | None = None) -> dict:
+    """Sessions of speech through the graph at 25 fps: the most held with no frame a frame late.
+
+    base: a running cluster's Serve address to deploy on (the graph tests' own cluster: a
+    second cluster on 2 busy cores timed out starting); None: start one here and stop it after."""
     import asyncio
     import shutil
 
@@ -513,6 +516,7 @@ def section_serving(o: argparse.Namespace, seconds: float) -> dict:
 
     deadline = time.monotonic() + seconds
     out: dict = {"modes": o.serving_modes, "counts": o.serving_counts, "speech_s": o.serving_speech_s}
+    own_cluster = base is None
     try:
         conftest.haproxy_launcher()
         out["ingress"] = "haproxy"
@@ -522,7 +526,7 @@ def section_serving(o: argparse.Namespace, seconds: float) -> dict:
         out["ingress"] = "serve-proxy"
     settings, out["batching"] = batching_settings()
     data_dir = tempfile.mkdtemp(prefix="lockn-gpu-acceptance-")
-    base = conftest.start_local_serve()
+    base = conftest.start_local_serve() if own_cluster else base
     out["runs"] = []
     try:
         from tests.graph_client import create_persona
@@ -556,12 +560,13 @@ def section_serving(o: argparse.Namespace, seconds: float) -> dict:
                             row["error"] = f"{type(err).__name__}: {err}"
                     out["runs"].append(row)
     finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            import ray as _ray
+        if own_cluster:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+            with contextlib.suppress(Exception):
+                import ray as _ray
 
-            _ray.shutdown()
+                _ray.shutdown()
         shutil.rmtree(data_dir, ignore_errors=True)
     held = {}
     for row in out["runs"]:

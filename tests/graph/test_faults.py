@@ -30,6 +30,7 @@ import websockets
 from deployments.config import SessionTimeouts
 from deployments.inputs.personas import HOST_TTL_S
 from deployments.session.manager import SWEEP_PERIOD_S
+from lockn_bod_client import LockNBodError
 from tests.graph_client import WsViewer, create_persona, create_session, deploy_still_app, open_ws
 
 pytestmark = pytest.mark.graph
@@ -164,8 +165,8 @@ async def stream_again(base: str, session_id: str, timeout_s: float) -> float:
             async with await open_ws(base, session_id) as ws:
                 await WsViewer(ws).recv_until(lambda v: len(v.frames) >= 5, 5)
                 return time.monotonic() - t0
-        except (OSError, TimeoutError, websockets.WebSocketException) as err:
-            last_error = err
+        except (OSError, TimeoutError, websockets.WebSocketException, LockNBodError) as err:
+            last_error = err  # LockNBodError: a clean 503 while the Router is replaced
             await asyncio.sleep(0.5)
     raise AssertionError(f"no frames within {timeout_s} s of reconnecting: {last_error!r}")
 
