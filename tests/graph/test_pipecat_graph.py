@@ -7,8 +7,6 @@ import pytest
 
 from lockn_bod_client import LockNBodClient
 from models.testing import decode_pattern
-from tests.conftest import deploy_app
-from tests.graph_client import create_persona
 from tests.streaming import coded_pcm16
 
 pipecat = pytest.importorskip("pipecat")
@@ -39,17 +37,8 @@ RATE = 16000
 SECOND_CODE = 1001
 
 
-@pytest.fixture(scope="module")
-def app(ray_serve, tmp_path_factory):
-    args = {
-        "data_dir": str(tmp_path_factory.mktemp("data")),
-        "enable_test_modes": True,
-        "router_replicas": 1, "router_max_replicas": 1,
-        "timeouts": {"disconnect_grace_s": 5},
-        "backends": {"pattern": {"num_gpus": 0.1, "num_cpus": 0.1, "chunk_frames": 5, "options": {"size": 64}}},
-    }
-    base = deploy_app(ray_serve, args)
-    return {"base": base, "persona": create_persona(base, save=True)}
+# The client tests' app: one Router, the pattern backend warmed up, a saved persona.
+from tests.graph.test_client_graph import app  # noqa: E402,F401
 
 
 class ScriptedAgent(FrameProcessor):
@@ -135,7 +124,7 @@ class Collector(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-def test_a_pipecat_pipeline_drives_the_avatar(app):
+def test_a_pipecat_pipeline_drives_the_avatar(app):  # noqa: F811 (the imported fixture)
     service = LockNBodVideoService(base_url=app["base"], persona_id=app["persona"], mode="pattern")
     sink = Collector()
     agent = ScriptedAgent(service, sink, app["base"])
