@@ -82,7 +82,7 @@ from ..face.crop import SOURCE_CROP, CropParams, crop_image, network_input_256
 from ..face.mask import ditto_mask
 from ..face.paste_back import paste_back, warp_mask
 from ..liveportrait.config import LivePortraitConfig
-from ..liveportrait.decode import to_uint8, warp_decode
+from ..liveportrait.decode import stack_sources, to_uint8, warp_decode
 from ..liveportrait.loading import LivePortraitNetworks
 from ..attention import AttentionConfig, AttentionState, attention_frames, start_attention
 from ..liveportrait.expression import gaze_offsets, pose_offsets_deg
@@ -455,10 +455,9 @@ class DittoPipeline:
         dev, out = self.networks.device, []
         for start in range(0, len(owners), self.config.max_batch):
             batch = owners[start:start + self.config.max_batch]
-            # One session's frames share its volume (1x, expanded as a view); mixed ones stack theirs.
-            shared = batch[:1] if all(persona is batch[0][0] for persona, _ in batch) else batch
-            f_s = torch.cat([persona.features[MODE].f_s for persona, _ in shared]).to(dev)
-            x_s = torch.from_numpy(np.concatenate([x_s for _, x_s in shared])).to(dev)
+            f_s, x_s = stack_sources([persona.features[MODE].f_s for persona, _ in batch],
+                                     [torch.from_numpy(x_s) for _, x_s in batch])  # x_s: 1x21x3 each
+            f_s, x_s = f_s.to(dev), x_s.to(dev)
             kp_d = torch.from_numpy(driving[start:start + len(batch)]).to(dev)
             images = to_uint8(warp_decode(self.networks, f_s, x_s, kp_d, self.config.fp16)["image"])
             out += [paste_back(crop, persona.features[MODE].M_c2o, persona.portrait, persona.features[MODE].mask)

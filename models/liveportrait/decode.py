@@ -26,6 +26,16 @@ def warp_decode(
     return warped
 
 
+def stack_sources(volumes: list[torch.Tensor], keypoints: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source of each frame of a W+G batch (volumes 1×C×D×64×64, keypoints 1×21×3, one per
+    frame) as warp_decode takes them: frames of one source share it (1×, expanded as a view, no
+    copy); frames of several sessions stack theirs (B×)."""
+    shared = all(volume is volumes[0] for volume in volumes)
+    if shared:
+        return volumes[0], keypoints[0]
+    return torch.cat(volumes), torch.cat(keypoints)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B×3×H×W float in [0, 1] -> B×H×W×3 uint8, clipped then truncated (not rounded), as upstream."""
     x = images.float().permute(0, 2, 3, 1).cpu().numpy()

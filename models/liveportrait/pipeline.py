@@ -50,13 +50,14 @@ from ..face.mask import liveportrait_mask_template
 from ..face.paste_back import mask_box, paste_back, warp_mask
 from . import expression, keypoints
 from .config import LivePortraitConfig
-from .decode import to_uint8, warp_decode
+from .decode import stack_sources, to_uint8, warp_decode
 from .lip import LipConfig, lip_levels
 from .loading import LivePortraitNetworks
 from .motion import BlinkConfig, BlinkState, IdleMotionConfig, blink_closures, idle_head_deg, start_blinks
 from .source import SourceMotion, extract_source
 
 MODE = "liveportrait"
+NUM_KEYPOINTS = 21
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,7 @@ class LivePortraitPipeline:
         )
 
     def render(self, persona: Persona, carry: LivePortraitCarry, audio16k: np.ndarray, controls: Controls):
-        check_audio_chunk(audio16k)
-        levels, lip_level = lip_levels(audio16k, carry.lip_level, self.config.lip)
-        return self._animate(persona, replace(carry, lip_level=lip_level), levels, controls)
+        return self.render_batch([(persona, carry, audio16k, controls)])[0]
 
     def render_batch(self, jobs: list[tuple[Persona, LivePortraitCarry, np.ndarray, Controls]]
                      ) -> list[tuple[np.ndarray, LivePortraitCarry]]:
@@ -190,7 +189,11 @@ class LivePortraitPipeline:
         for persona, carry, audio16k, controls in jobs:
             check_audio_chunk(audio16k)
             levels, lip_level = lip_levels(audio16k, carry.lip_level, self.config.lip)
-            stitched, carry = self.driving_keypoints(persona, replace(carry, lip_level=lip_level), levels, controls)
+            carry = replace(carry, lip_level=lip_level)
+            if len(levels):
+                stitched, carry = self.driving_keypoints(persona, carry, levels, controls)
+            else:
+                stitched = torch.zeros(0, NUM_KEYPOINTS, 3)
             motions.append((persona, stitched, carry))
         crops = self.draw_crops([(persona.features[MODE], stitched) for persona, stitched, _ in motions])
         return [(np.stack([self.paste(persona, crop) for crop in job_crops]) if len(job_crops)
@@ -278,12 +281,6 @@ class LivePortraitPipeline:
             return torch.zeros(1, *x_s.shape[1:])
         return self._lip_mlp(x_s, torch.cat([lip_ratio, torch.zeros(1, 1)], dim=1))
 
-    def _animate(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray, controls: Controls):
-        if not len(levels):
-            return empty_frames(persona), carry
-        crops, _, carry = self.render_crops(persona, carry, levels, controls)
-        return np.stack([self.paste(persona, crop) for crop in crops]), carry
-
     @torch.no_grad()
     def render_crops(self, persona: Persona, carry: LivePortraitCarry, levels: np.ndarray,
                      controls: Controls) -> tuple[np.ndarray, torch.Tensor, LivePortraitCarry]:
@@ -302,16 +299,13 @@ class LivePortraitPipeline:
         keypoints) -> per job, N_i×S×S×3 uint8 RGB crops."""
         device = self.networks.device
         owners = [(source, i) for source, stitched in jobs for i in range(len(stitched))]  # per frame
-        driving = torch.cat([stitched for _, stitched in jobs]) if owners else torch.zeros(0, 21, 3)
+        driving = torch.cat([stitched for _, stitched in jobs]) if owners else torch.zeros(0, NUM_KEYPOINTS, 3)
         drawn = []
         for start in range(0, len(owners), self.config.max_batch):
             sources = [source for source, _ in owners[start:start + self.config.max_batch]]
-            # One session's frames share its volume (1×, expanded as a view); mixed ones stack theirs.
-            shared = all(source is sources[0] for source in sources)
-            f_s = torch.cat([source.motion.f_s for source in (sources[:1] if shared else sources)]).to(device)
-            x_s = torch.cat([source.motion.x_s for source in (sources[:1] if shared else sources)]).to(device)
+            f_s, x_s = stack_sources([s.motion.f_s for s in sources], [s.motion.x_s for s in sources])
             x_d = driving[start:start + len(sources)].to(device)  # B×21×3
-            drawn.append(to_uint8(warp_decode(self.networks, f_s, x_s, x_d, self._fp16)["image"]))
+            drawn.append(to_uint8(warp_decode(self.networks, f_s.to(device), x_s.to(device), x_d, self._fp16)["image"]))
         frames = np.concatenate(drawn) if drawn else np.zeros((0, 0, 0, 3), np.uint8)
         ends = np.cumsum([len(stitched) for _, stitched in jobs])
         return np.split(frames, ends[:-1]) if len(jobs) else []

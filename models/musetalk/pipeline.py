@@ -188,11 +188,7 @@ class MuseTalkPipeline:
         return MuseTalkCarry()
 
     def render(self, persona: Persona, carry: Carry, audio16k: np.ndarray, controls: Controls):
-        check_audio_chunk(audio16k)
-        carry = self.note_loudness(carry, audio16k)
-        first = carry.audio.frames_done
-        prompts, stream = self.streamer.push(carry.audio, audio16k)
-        return self._frames(persona, replace(carry, audio=stream), first, prompts)
+        return self.render_batch([(persona, carry, audio16k, controls)])[0]
 
     def flush(self, persona: Persona, carry: Carry, controls: Controls):
         first = carry.audio.frames_done
