@@ -47,9 +47,9 @@ sys.path.insert(0, str(HERE))
 MODES = ("liveportrait", "musetalk", "ditto", "photoreal")
 SECTIONS = ("env", *MODES, "vram", "nvml", "serving")
 # Seconds per section on an H100 (the whole run: under 8 minutes with start-up), and on the dry run.
-# On CUDA a section past its budget is killed KILL_GRACE_S later: at most 450 s in all.
-BUDGET_CUDA = {"env": 10, "liveportrait": 70, "musetalk": 60, "ditto": 55, "photoreal": 65, "nvml": 40,
-               "serving": 90}
+# On CUDA a section past its budget is killed KILL_GRACE_S later: at most 470 s in all.
+BUDGET_CUDA = {"env": 10, "liveportrait": 65, "musetalk": 55, "ditto": 55, "photoreal": 60, "nvml": 35,
+               "serving": 130}
 BUDGET_CPU = {"env": 10, "liveportrait": 60, "musetalk": 60, "ditto": 60, "photoreal": 60, "nvml": 10,
               "serving": 150}
 KILL_GRACE_S = 10.0  # a child past its budget gets this long to finish its step before it is killed
@@ -457,7 +457,28 @@ def section_env(o: argparse.Namespace) -> dict:
     with contextlib.suppress(Exception):
         out["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                        capture_output=True, text=True, timeout=5).stdout.strip()
+    # The device tool's copy of the tree may have no .git: the bundle's commands name the commit.
+    out["commit"] = out.get("commit") or os.environ.get("LOCKN_COMMIT")
+    out["packages"] = package_versions()
     return out
+
+
+# The packages whose versions explain a figure or a failure: on the device tool's machine some
+# come from its image and some from the carried bundle (benchmarks/gpu_bundle.py).
+REPORTED_PACKAGES = ("torch", "numpy", "ray", "pydantic", "fastapi", "av", "diffusers", "transformers",
+                     "huggingface-hub", "onnxruntime", "opencv-python-headless", "grpcio", "protobuf")
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def section_nvml(o: argparse.Namespace, seconds: float) -> dict:
@@ -512,21 +533,20 @@ def section_serving(o: argparse.Namespace, seconds: float, base: str | None = No
         return {"skipped": f"Ray is not importable here ({err}): bring its wheels (docs/benchmarks.md)"}
     from ray import serve
 
-    import tests.conftest as conftest
+    from tests.local_cluster import deploy_app, haproxy_launcher, start_local_serve
 
     deadline = time.monotonic() + seconds
     out: dict = {"modes": o.serving_modes, "counts": o.serving_counts, "speech_s": o.serving_speech_s}
     own_cluster = base is None
     try:
-        conftest.haproxy_launcher()
+        haproxy_launcher()
         out["ingress"] = "haproxy"
-    except RuntimeError:  # no `lockn-bod-haproxy` (the project not pip-installed): Serve's own proxy
+    except RuntimeError:  # no HAProxy from Ray's wheel: Serve's own proxy
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
-        conftest.haproxy_launcher = lambda: ""
         out["ingress"] = "serve-proxy"
     settings, out["batching"] = batching_settings()
     data_dir = tempfile.mkdtemp(prefix="lockn-gpu-acceptance-")
-    base = conftest.start_local_serve() if own_cluster else base
+    base = start_local_serve() if own_cluster else base
     out["runs"] = []
     try:
         from tests.graph_client import create_persona
@@ -542,9 +562,8 @@ def section_serving(o: argparse.Namespace, seconds: float, base: str | None = No
                 if batch_sessions is not None:
                     backend["batch_sessions"] = batch_sessions
                 backends[mode] = backend
-            conftest.deploy_app(base, {"data_dir": data_dir, "enable_test_modes": True,
-                                       "limits": {"max_sessions": 64}, "vram": {"probe": "off"},
-                                       "backends": backends})
+            deploy_app(base, {"data_dir": data_dir, "enable_test_modes": True,
+                              "limits": {"max_sessions": 64}, "vram": {"probe": "off"}, "backends": backends})
             persona = create_persona(base, save=True, size=256)
             for mode in o.serving_modes:
                 for n in o.serving_counts:
@@ -668,6 +687,18 @@ def run_child(o: argparse.Namespace) -> int:
     return 0
 
 
+def reusable_sections(path: Path) -> dict:
+    """The sections an earlier run's JSON measured (`--reuse`): every one that was not skipped,
+    failed or killed. The device tool's machine runs the acceptance in two calls (its carry
+    limit splits the wheels in two, docs/benchmarks.md): the second reuses the first's sections."""
+    if not path.exists():
+        raise SystemExit(f"--reuse {path}: no such file (on the device tool's machine: the first call's "
+                         "machine was given back before this call; run both calls again)")
+    earlier = json.loads(path.read_text())
+    return {name: result for name, result in earlier.items()
+            if name in SECTIONS and isinstance(result, dict) and not {"skipped", "error", "killed"} & set(result)}
+
+
 def finite_or_none(value):
     """JSON with NaN and infinities as null (a strict parser rejects them)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -705,6 +736,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serving-work-ms", type=float, default=2.0, help="the pattern backend's stand-in cost a frame")
     p.add_argument("--serving-num-gpus", type=float, default=0.25, help="each backend's fractional num_gpus")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier run's JSON: its measured sections are kept, the others run")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-seconds", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-partial", default=None, help=argparse.SUPPRESS)
@@ -719,8 +752,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     o.repeats = o.repeats if o.repeats is not None else (10 if on_cuda else 1)
     o.ditto_seconds = o.ditto_seconds if o.ditto_seconds is not None else (4.0 if on_cuda else 1.2)
     o.serving_modes = o.serving_modes or (["pattern", "musetalk"] if on_cuda else ["pattern"])
-    o.serving_counts = o.serving_counts or ([4, 8, 16] if on_cuda else [1, 2])
-    o.serving_speech_s = o.serving_speech_s or (6.0 if on_cuda else 2.0)
+    # Both batching settings must fit the section's budget: 4 and 8 sessions answer the target (>= 4).
+    o.serving_counts = o.serving_counts or ([4, 8] if on_cuda else [1, 2])
+    o.serving_speech_s = o.serving_speech_s or (4.0 if on_cuda else 2.0)
     # What a section's own process is given (the resolved settings, so parent and child agree).
     o.passthrough = ["--device", o.device, "--config", o.config, "--compile" if o.compile else "--no-compile",
                      "--sizes", *map(str, o.sizes), "--portrait", str(o.portrait), "--warmup", str(o.warmup),
@@ -739,8 +773,14 @@ def main(argv: list[str] | None = None) -> int:
     on_cuda = o.device.startswith("cuda")
     budgets = {k: v * o.budget_scale for k, v in (BUDGET_CUDA if on_cuda else BUDGET_CPU).items()}
     report: dict = {"benchmark": "gpu_acceptance", "budgets_s": budgets}
+    earlier = reusable_sections(o.reuse) if o.reuse else {}
+    if o.reuse:
+        report["reused"] = {"from": str(o.reuse), "sections": sorted(earlier)}
     for section in SECTIONS:
         t_section = time.monotonic()
+        if section in earlier:
+            report[section] = earlier[section]
+            continue
         if section in o.skip:
             report[section] = {"skipped": "--skip"}
             continue

@@ -298,7 +298,7 @@ async def still_viewers(base: str, persona: str, n: int, seconds: float) -> dict
 
 
 def start_app(args) -> str:
-    from tests.conftest import deploy_app, start_local_serve
+    from tests.local_cluster import deploy_app, start_local_serve
 
     return deploy_app(start_local_serve(), {
         "data_dir": f"/tmp/lockn-bench-{os.getpid()}", "enable_test_modes": True,
@@ -333,7 +333,7 @@ def main() -> None:
                         help="what serves port 8000: Serve's HAProxy mode, or Serve's own Python proxy")
     args = parser.parse_args()
 
-    # Read where the cluster starts (tests/conftest.py:start_local_serve), by every Serve process.
+    # Read where the cluster starts (tests/local_cluster.py:start_local_serve), by every Serve process.
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.ingress == "haproxy" else "0"
     base = start_app(args)
     persona = create_persona(base, save=True, size=args.size)

@@ -201,7 +201,7 @@ async def measure(base: str, persona: str, args) -> dict:
 
 
 def start_app(args) -> str:
-    from tests.conftest import deploy_app, start_local_serve
+    from tests.local_cluster import deploy_app, start_local_serve
 
     return deploy_app(start_local_serve(), {
         "data_dir": f"/tmp/lockn-bench-webrtc-{os.getpid()}", "enable_test_modes": True,

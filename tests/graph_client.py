@@ -151,7 +151,7 @@ async def open_ws(base: str, session_id: str, pacing: str | None = None):
 def deploy_still_app(ray_serve: str, data_dir, router_replicas: int = 2) -> dict:
     """The app as a user runs it without a GPU: still mode only, default timeouts, one
     SessionHost, `router_replicas` Routers; with a saved persona to start sessions of."""
-    from tests.conftest import deploy_app
+    from tests.local_cluster import deploy_app
 
     args = {"data_dir": str(data_dir), "router_replicas": router_replicas,
             "router_max_replicas": router_replicas, "backends": {}}

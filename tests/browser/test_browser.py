@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import PROJECT_ROOT, deploy_app
+from tests.conftest import PROJECT_ROOT
+from tests.local_cluster import deploy_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

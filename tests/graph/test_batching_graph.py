@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph.test_graph import metric_values, speech_of
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 from tests.streaming import assert_speech_frames_match_audio, coded_pcm16

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from lockn_bod_client import Event, LockNBodClient, LockNBodError, VideoFrame
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import portrait_png
 from tests.streaming import assert_speech_frames_match_audio, coded_pcm16, frame_info
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from models.base import SAMPLE_RATE_HZ
 from models.ditto.testing import face_like_portrait
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import WsViewer, create_session, open_ws
 
 pytestmark = pytest.mark.graph

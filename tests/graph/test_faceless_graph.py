@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from models.liveportrait.pipeline import network_config
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws, portrait_png
 from tests.streaming import coded_pcm16
 from tests.graph.test_graph import wav_bytes

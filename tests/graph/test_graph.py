@@ -19,7 +19,7 @@ import pytest
 
 from models.base import SAMPLES_PER_FRAME
 from models.testing import FAIL_CODE, decode_pattern
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import (
     WsViewer,
     create_persona,

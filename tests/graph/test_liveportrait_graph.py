@@ -21,7 +21,7 @@ from PIL import Image
 
 from models.base import SAMPLE_RATE_HZ
 from models.liveportrait.pipeline import network_config
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 from tests.parity.test_liveportrait_weights import write_liveportrait_cache
 

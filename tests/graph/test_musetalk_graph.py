@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deployments.transports.encode import decode_jpeg
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 
 pytestmark = pytest.mark.graph

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from models.liveportrait.pipeline import network_config
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph.test_liveportrait_graph import (
     CHUNK_SAMPLES, GRAPH_NETWORKS, PORTRAIT_SIDE, STILL_LIFE, decode, event_pts, speech_pcm16,
 )

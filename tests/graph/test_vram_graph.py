@@ -26,7 +26,7 @@ from deployments.rendering.gated import BackendRevoked, GatedBackend
 from deployments.vram import NeighbourScript, SimulatedDevice
 from deployments.vram.autoscaling import follow_vram_controller, publish_desired
 from deployments.vram.setup import controlled_modes, controller_config, pid_alive
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import WsViewer, create_persona, open_ws
 
 GIB = 1024**3

@@ -26,7 +26,7 @@ from deployments.config import WebRtcArgs
 from deployments.transports.webrtc import restrict_host_candidates, rtc_configuration
 from models.base import FPS, SAMPLES_PER_FRAME
 from models.testing import decode_pattern
-from tests.conftest import deploy_app
+from tests.local_cluster import deploy_app
 from tests.graph_client import WsViewer, create_persona, create_session, open_ws
 from tests.streaming import coded_pcm16
 

@@ -90,3 +90,34 @@ def test_batching_setting_follows_the_config():
         assert settings[0] == 1 and len(settings) > 1
     else:
         assert settings == [None] and label == "not built"
+
+
+def test_reuse_keeps_measured_sections_and_runs_the_rest(tmp_path, capsys):
+    """The device tool's second call (`--reuse`): measured sections come from the first call's
+    JSON unchanged; skipped, failed or killed ones run again (here: env and nvml)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_acceptance
+
+    earlier = {"env": {"error": "RuntimeError: boom"}, "nvml": {"skipped": "--skip"},
+               "serving": {"killed": "budget"}, "vram": {"peak_by_mode": {}}}
+    earlier.update({mode: {"runs": [{"batch": 8, "ms": 1.5}]} for mode in MODES})
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(earlier))
+    out = tmp_path / "second.json"
+    assert gpu_acceptance.main(["--device", "cpu", "--reuse", str(first), "--skip", "serving",
+                                "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["reused"] == {"from": str(first), "sections": sorted([*MODES, "vram"])}
+    for mode in MODES:
+        assert report[mode] == earlier[mode]
+    assert report["env"]["device"] == "cpu" and "error" not in report["env"]
+    assert report["env"]["packages"]["torch"]  # the versions that explain a figure
+    assert report["nvml"]["skipped"] == "no CUDA" and report["serving"] == {"skipped": "--skip"}
+
+
+def test_reuse_of_a_missing_file_says_what_to_do(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_acceptance
+
+    with pytest.raises(SystemExit, match="given back"):
+        gpu_acceptance.reusable_sections(tmp_path / "absent.json")
