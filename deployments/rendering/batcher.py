@@ -9,11 +9,15 @@ pass over every session's frames). So:
 - a lone session pays no wait: its call starts at once, as without batching;
 - under load, sessions share the network calls: N sessions that call within one render's
   time cost about one call's GPU launches, not N;
-- no timer: the batch is whatever queued during the last render (Serve's `@serve.batch`
-  waits for a full batch or a timeout, which a lone session would pay on every chunk).
+- no timer: the batch is whatever queued during the last render.
 
 A batch that fails is rendered again one job at a time, so one session's bad input fails
 only its own call.
+
+Why not Serve's `@serve.batch`: with `batch_wait_timeout_s=0` it batches the same way, but
+its queue reads the replica's context when it is made (Ray 2.60), so the backend's body
+would only run inside a Serve replica (its unit tests build it in-process), and a batch
+that raises fails every caller in it, which would need this retry around it anyway.
 """
 from __future__ import annotations
 
