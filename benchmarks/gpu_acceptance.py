@@ -546,7 +546,7 @@ def section_serving(o: argparse.Namespace, seconds: float, base: str | None = No
         out["ingress"] = "serve-proxy"
     settings, out["batching"] = batching_settings()
     data_dir = tempfile.mkdtemp(prefix="lockn-gpu-acceptance-")
-    base = start_local_serve() if own_cluster else base
+    base = start_local_serve(num_cpus=os.cpu_count() or 2) if own_cluster else base  # the GPU machine's cores
     out["runs"] = []
     try:
         from tests.graph_client import create_persona

@@ -53,8 +53,9 @@ def haproxy_launcher() -> str:
     return str(launcher)
 
 
-def start_local_serve(log_to_driver: bool = False) -> str:
-    """A loopback-only local Ray cluster (2 CPUs, one logical GPU) with Serve on a free port."""
+def start_local_serve(log_to_driver: bool = False, num_cpus: int = 2) -> str:
+    """A loopback-only local Ray cluster (num_cpus CPUs: the build machine's 2 by default; one
+    logical GPU) with Serve on a free port."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind loopback only
     # On 2 busy cores the proxy's event loop can miss Serve's 10 s health check three
     # times in a row; Serve then kills the proxy and every open stream with it.
@@ -80,7 +81,7 @@ def start_local_serve(log_to_driver: bool = False) -> str:
     # Prometheus metrics (the VRAM controller's and deployments/serving_metrics.py) on a
     # loopback port of their own, reported every second so a test can scrape them.
     os.environ.setdefault("LOCKN_TEST_METRICS_PORT", str(_free_port()))
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(num_cpus=num_cpus, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
              configure_logging=False, log_to_driver=log_to_driver,
              _metrics_export_port=int(os.environ["LOCKN_TEST_METRICS_PORT"]),
              _system_config={"metrics_report_interval_ms": 1000})
