@@ -396,8 +396,8 @@ def test_listening_calms_the_idle_motion_and_nods(tiny):
 @pytest.mark.slow  # the real tiny W and G on CPU: about a minute on 2 cores
 @pytest.mark.parametrize("onednn", [False, True])
 def test_a_batch_of_sessions_renders_what_each_session_renders_alone(onednn, real_tiny_two_personas):
-    """fp32 on CPU, the real tiny W and G: three sessions of two personas, their chunks in one
-    W+G pass, frame for frame and carry for carry as three separate renders.
+    """fp32 on CPU, the real tiny W and G: three sessions of two personas of different portrait
+    sizes, their chunks in one W+G pass, frame for frame and carry for carry as three separate renders.
 
     PyTorch's own CPU kernels compute each frame the same whatever else is in the batch:
     identical. oneDNN's (the default on CPU) block the work by batch size, and a frame's
@@ -405,6 +405,7 @@ def test_a_batch_of_sessions_renders_what_each_session_renders_alone(onednn, rea
     with torch.backends.mkldnn.flags(enabled=onednn):
         together, alone = batched_and_alone(*real_tiny_two_personas)
     assert len(together) == 3
+    assert together[0][0].shape[1:] != together[1][0].shape[1:]  # pasted back into portraits of two sizes
     for (frames, carry), (want_frames, want_carry) in zip(together, alone):
         assert frames.shape == want_frames.shape
         diff = np.abs(frames.astype(np.int16) - want_frames)
@@ -419,7 +420,8 @@ def test_a_batch_of_sessions_renders_what_each_session_renders_alone(onednn, rea
 def real_tiny_two_personas():
     pipeline, first = make_tiny(real_renderer=True)
     rng = np.random.default_rng(1)
-    second = pipeline.prepare(PersonaMedia([rng.integers(0, 256, (*PORTRAIT_HW, 3), dtype=np.uint8)]), "p2")
+    # A portrait of another size: its crop, the networks' input, is the same size, so it batches.
+    second = pipeline.prepare(PersonaMedia([rng.integers(0, 256, (400, 520, 3), dtype=np.uint8)]), "p2")
     return pipeline, first, second
 
 

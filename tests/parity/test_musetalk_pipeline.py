@@ -268,15 +268,16 @@ def test_idle_frames_never_leak_into_the_next_utterance(setup):
 
 @pytest.mark.slow  # the tiny UNet and VAE on CPU: about a minute on 2 cores
 def test_a_batch_of_sessions_renders_what_each_session_renders_alone():
-    """The tiny pipeline in fp32 on CPU: two personas, three sessions, their speaking frames
+    """The tiny pipeline in fp32 on CPU: two personas of different sizes, three sessions, their speaking frames
     through the UNet and VAE together; frame for frame as three separate renders, up to one
     grey level on a few pixels: the CPU's matrix kernels (BLAS, oneDNN) block their work by
     batch size, so a float moves by ~1e-6 whatever else is in the batch (even with PyTorch's
     own convolutions, the UNet's linear layers go through BLAS)."""
     pipe = MuseTalkPipeline("tiny")
     rng = np.random.default_rng(0)
-    personas = [pipe.prepare(PersonaMedia([rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)]), name)
-                for name in ("a", "b")]
+    # Portraits of two sizes: their face crops, the networks' input, are the same size, so they batch.
+    personas = [pipe.prepare(PersonaMedia([rng.integers(0, 256, (*hw, 3), dtype=np.uint8)]), name)
+                for name, hw in (("a", (96, 80)), ("b", (120, 104)))]
     audio = [(amplitude * rng.standard_normal(3200 * 2)).astype(np.float32) for amplitude in (0.1, 0.2, 0.15)]
     jobs = []
     for persona, chunk in zip((personas[0], personas[1], personas[0]), audio):
@@ -285,6 +286,7 @@ def test_a_batch_of_sessions_renders_what_each_session_renders_alone():
         jobs.append((persona, carry, chunk[3200:], Controls()))
     alone = [pipe.render(persona, carry, chunk, c) for persona, carry, chunk, c in jobs]
     together = pipe.render_batch(jobs)
+    assert together[0][0].shape[1:] != together[1][0].shape[1:]  # blended into portraits of two sizes
     for (frames, carry), (want, want_carry) in zip(together, alone):
         assert frames.shape == want.shape and len(frames) == 5
         diff = np.abs(frames.astype(np.int16) - want)
