@@ -116,8 +116,14 @@ def peak_memory(fn, device) -> dict:
     """torch's peak memory over one call of fn (already warm), and what NVML shows for this process."""
     import torch
 
+    import gc
+
     fn()
     sync(device)
+    # reset_peak_memory_stats only lowers the peaks to what is held now, and the caching allocator
+    # still holds the blocks of earlier, larger runs (batch 16, fp32): release them first.
+    gc.collect()
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     sync(device)
@@ -290,6 +296,8 @@ def mode_musetalk(o: argparse.Namespace, b: Budget, device) -> None:
             runs.append({"batch": batch, "precision": precision, **b.out.pop("_run")})
             b.flush()
     best = nets["fp16" if on_cuda else "fp32"]
+    if on_cuda:  # the fp32 reference would count in the fp16 networks' memory peak
+        del nets["fp32"], nets32
     b.step("vram_peak", lambda: {"what": "UNet + VAE decode", **peak_memory(lambda: generate(best, VRAM_BATCH),
                                                                            device)},
            needs_cuda=True, on_cuda=on_cuda)
@@ -326,7 +334,9 @@ def mode_ditto(o: argparse.Namespace, b: Budget, device) -> None:
                      "200 ms chunks (real-time factor, first frame)")
 
     def wd(batch: int, fp16: bool):
-        return warp_decode(pipe.networks, source.f_s, x_s, x_s.expand(batch, 21, 3) + 0.01, fp16)["image"]
+        # On CUDA, prepare ran F under fp16 autocast: the fp32 reference needs a float32 volume.
+        f_s = source.f_s if fp16 else source.f_s.float()
+        return warp_decode(pipe.networks, f_s, x_s, x_s.expand(batch, 21, 3) + 0.01, fp16)["image"]
 
     b.step("fp16_vs_fp32", lambda: {"output": "W+G image, batch 4, in (0, 1)", **diff(wd(4, False), wd(4, True))},
            needs_cuda=True, on_cuda=on_cuda)
@@ -485,7 +495,10 @@ def section_nvml(o: argparse.Namespace, seconds: float) -> dict:
     import vram_nvml_check
 
     args = vram_nvml_check.build_parser().parse_args([
-        "--backend-gib", "4", "--llm-start-gib", "4", "--grow-gib-per-s", str(o.nvml_grow_gib_per_s),
+        # --leave-gib 2: NVML's total is ~0.5 GiB over what torch can allocate, and the neighbour
+        # has its own CUDA context: a target 1 GiB under the total may never be reached.
+        "--backend-gib", "4", "--llm-start-gib", "4", "--leave-gib", "2",
+        "--grow-gib-per-s", str(o.nvml_grow_gib_per_s),
         "--timeout-s", str(max(5.0, seconds - 15.0))])
     return vram_nvml_check.run_check(args)
 
@@ -558,7 +571,7 @@ def section_serving(o: argparse.Namespace, seconds: float, base: str | None = No
                            # A neural mode through the graph: its tiny seeded networks (official ones
                            # need the official files, which do not travel to the GPU machine).
                            "options": ({"size": 256, "work_ms_per_frame": o.serving_work_ms} if mode == "pattern"
-                                       else {"config": "tiny"})}
+                                       else tiny_options(mode, o.device))}
                 if batch_sessions is not None:
                     backend["batch_sessions"] = batch_sessions
                 backends[mode] = backend
@@ -594,6 +607,14 @@ def section_serving(o: argparse.Namespace, seconds: float, base: str | None = No
             held[key] = max(held.get(key, 0), row["sessions"])
     out["most_sessions_held_at_25fps"] = held
     return out
+
+
+def tiny_options(mode: str, device: str) -> dict:
+    """A neural mode's backend options for the serving section: its tiny seeded networks, on the
+    run's device (MuseTalk's tiny preset is pinned to the CPU unless told otherwise)."""
+    if mode == "musetalk":
+        return {"config": {"preset": "tiny", "device": device}}
+    return {"config": "tiny"}
 
 
 async def speaking_sessions(base: str, persona: str, mode: str, n: int, speech_s: float) -> dict:

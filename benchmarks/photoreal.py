@@ -57,7 +57,8 @@ def build(official: bool, device: torch.device, max_batch: int, portrait_hw: tup
         face=GivenFace((portrait_hw[1] / 2, portrait_hw[0] * 0.45), min(portrait_hw) / 5))
     dtype = torch.float16 if fp16 else torch.float32
     encoder, _ = whisper_encoder(str(device), dtype)
-    musetalk = MuseTalkPipeline({"preset": "official" if official else "tiny", "batch_size": max_batch},
+    # fp16 told to the pipeline too: it casts its networks to half on CUDA unless config.fp16 is False.
+    musetalk = MuseTalkPipeline({"preset": "official" if official else "tiny", "batch_size": max_batch, "fp16": fp16},
                                 device=str(device), nets=build_nets(official, str(device), dtype),
                                 audio_encoder=encoder, parser=all_skin_parser, landmarks=ellipse_landmarks)
     pipeline = PhotorealPipeline(liveportrait=liveportrait, musetalk=musetalk)

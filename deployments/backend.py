@@ -25,15 +25,17 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from models.base import SAMPLES_PER_FRAME, Controls, Persona, plan_clip
+from models.compiled import records_cuda_graphs
 
 from .inputs.personas import PersonaStore
 from .ray_private import call
@@ -75,15 +77,26 @@ class BackendDeployment:
         # Before any weight is loaded; None when not asked or without CUDA.
         self.memory_fraction = cap_cuda_memory(float(fraction)) if fraction is not None else None
         self.pipeline = pipeline_factory(mode, **options)
+        # Compiled networks that record CUDA graphs replay only in the thread that recorded
+        # them (models/compiled.py): then the pipeline gets one thread of its own.
+        self._pipeline_thread = (ThreadPoolExecutor(1, thread_name_prefix=f"{mode}-pipeline")
+                                 if records_cuda_graphs(self.pipeline) else None)
         self.store = PersonaStore(persona_dir)
         self.max_personas = max_personas
         self.get_persona = multiplexed(self._prepare_persona, max_personas)
-        self.batcher = RenderBatcher(self._render_jobs, batch_sessions) if batch_sessions > 1 else None
+        self.batcher = (RenderBatcher(self._render_jobs, batch_sessions, in_thread=self._in_thread)
+                        if batch_sessions > 1 else None)
+
+    async def _in_thread(self, fn: Callable, *args) -> Any:
+        """fn(*args) off the event loop: in a worker thread, or in the pipeline's own thread."""
+        if self._pipeline_thread is None:
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pipeline_thread, partial(fn, *args))
 
     async def _prepare_persona(self, persona_id: str) -> Persona:
         """A persona (multiplex id) prepared for this pipeline; Serve's LRU keeps it (`get_persona`)."""
         media = await asyncio.to_thread(self.store.load_media, persona_id)
-        persona = await asyncio.to_thread(self.pipeline.prepare, media, persona_id)
+        persona = await self._in_thread(self.pipeline.prepare, media, persona_id)
         for warning in persona_warnings(persona):
             log.warning("%s persona %s: %s (%s)", self.mode, persona_id, warning["message"], warning["code"])
         return persona
@@ -107,7 +120,7 @@ class BackendDeployment:
         await asyncio.Event().wait()  # until the session cancels the call
 
     async def start(self, controls: Controls) -> Any:
-        return await asyncio.to_thread(self.pipeline.start, await self._persona(), controls)
+        return await self._in_thread(self.pipeline.start, await self._persona(), controls)
 
     async def render(self, carry: Any, audio16k: np.ndarray, controls: Controls, fmt: FrameFormat | None = None):
         """(frames: N×H×W×3 uint8, or EncodedFrames in `fmt`, marked with fmt.mark_tag; carry)."""
@@ -115,8 +128,8 @@ class BackendDeployment:
         if self.batcher is not None:
             return await self.batcher.submit(persona, carry, audio16k, controls, fmt)
         started = time.perf_counter()
-        frames, carry = await asyncio.to_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k,
-                                                controls)
+        frames, carry = await self._in_thread(self._rendered, fmt, self._render_chunks, persona, carry, audio16k,
+                                              controls)
         self.metrics.backend_render(self.mode, time.perf_counter() - started, len(frames))
         return frames, carry
 
@@ -154,7 +167,7 @@ class BackendDeployment:
 
     async def flush(self, carry: Any, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
-        return await asyncio.to_thread(self._rendered, fmt, self.pipeline.flush, persona, carry, controls)
+        return await self._in_thread(self._rendered, fmt, self.pipeline.flush, persona, carry, controls)
 
     async def idle(self, carry: Any, n: int, controls: Controls, fmt: FrameFormat | None = None):
         persona = await self._persona()
@@ -163,7 +176,7 @@ class BackendDeployment:
             return await self.batcher.submit(persona, carry, np.zeros(n * SAMPLES_PER_FRAME, np.float32), controls,
                                              fmt)
         started = time.perf_counter()
-        frames, carry = await asyncio.to_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
+        frames, carry = await self._in_thread(self._rendered, fmt, self.pipeline.idle, persona, carry, n, controls)
         self.metrics.backend_render(self.mode, time.perf_counter() - started, len(frames))
         return frames, carry
 
@@ -186,11 +199,11 @@ class BackendDeployment:
 
     async def interrupt(self, carry: Any, controls: Controls) -> Any:
         """The carry with what the lookahead held dropped (no frames: nothing is drawn)."""
-        return await asyncio.to_thread(self.pipeline.interrupt, await self._persona(), carry, controls)
+        return await self._in_thread(self.pipeline.interrupt, await self._persona(), carry, controls)
 
     async def plan(self, carry: Any, audio16k: np.ndarray, controls: Controls) -> Any:
         """A one-shot render's whole clip, for pipelines that plan it (models.base.plan_clip)."""
-        return await asyncio.to_thread(plan_clip, self.pipeline, await self._persona(), carry, audio16k, controls)
+        return await self._in_thread(plan_clip, self.pipeline, await self._persona(), carry, audio16k, controls)
 
 
 def multiplexed(load: Callable[[str], Any], capacity: int) -> Callable[[str], Any]:

@@ -23,6 +23,9 @@ each shape pays it (about a minute per network on 2 CPU cores, docs/modes/livepo
 
 fp16 on CUDA stays as it is: the pipelines' autocast (LivePortrait, Ditto) or fp16
 weights (MuseTalk) are traced into the compiled graphs.
+
+Threads: with CUDA graphs every call must come from the thread that recorded them
+(`records_cuda_graphs`); the backend replica then gives its pipeline one thread.
 """
 from __future__ import annotations
 
@@ -56,13 +59,29 @@ def compile_mode(value: str | bool | None) -> str | None:
     return value
 
 
+# Modes whose compiled networks record CUDA graphs on CUDA (inductor's "cudagraph trees").
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 @dataclass(frozen=True)
 class Compiled:
-    """What `compile_networks` did: the mode asked for, the mode used, the networks compiled."""
+    """What `compile_networks` did: the mode asked for, the mode used, the networks compiled,
+    and whether they record CUDA graphs."""
 
     asked: str | None
     mode: str | None
     networks: tuple[str, ...]
+    cuda_graphs: bool = False
+
+
+def records_cuda_graphs(pipeline) -> bool:
+    """Whether a pipeline's compiled networks record CUDA graphs: then every call of the
+    pipeline must come from one thread. Inductor keeps a CUDA graph's state per thread, and
+    a graph replayed from another thread fails an assertion (pytorch/pytorch#123177, fixed
+    after torch 2.11). A composite (photoreal) gives its parts' `compiled` as a tuple."""
+    compiled = getattr(pipeline, "compiled", None)
+    parts = compiled if isinstance(compiled, tuple) else (compiled,)
+    return any(part is not None and part.cuda_graphs for part in parts)
 
 
 def per_frame_networks(nets) -> dict[str, tuple[nn.Module, bool | None]]:
@@ -113,4 +132,4 @@ def compile_networks(nets, mode: str | bool | None) -> Compiled:
     for module, dynamic in networks.values():
         module.compile(mode=used, dynamic=dynamic)
     log.info("compile: %s with mode %r", ", ".join(networks), used)
-    return Compiled(asked, used, tuple(networks))
+    return Compiled(asked, used, tuple(networks), cuda_graphs=on_cuda and used in CUDA_GRAPH_MODES)

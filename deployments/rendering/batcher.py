@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +42,12 @@ class RenderBatcher:
     """render_many(list of job args) -> list of results, run in a worker thread, at most one
     batch at a time, up to max_jobs jobs a batch."""
 
-    def __init__(self, render_many: Callable[[list[tuple]], list[Any]], max_jobs: int):
+    def __init__(self, render_many: Callable[[list[tuple]], list[Any]], max_jobs: int,
+                 in_thread: Callable[..., Awaitable[Any]] = asyncio.to_thread):
+        """in_thread(fn, *args): runs fn off the event loop (the backend's pipeline thread)."""
         if max_jobs < 1:
             raise ValueError("max_jobs must be at least 1")
-        self.render_many, self.max_jobs = render_many, max_jobs
+        self.render_many, self.max_jobs, self.in_thread = render_many, max_jobs, in_thread
         self._queue: list[Job] = []
         self._worker: asyncio.Task | None = None
         self.batch_sizes: list[int] = []  # the last batches' sizes (tests, benchmarks)
@@ -66,7 +68,7 @@ class RenderBatcher:
 
     async def _run(self, batch: list[Job]) -> None:
         try:
-            results = await asyncio.to_thread(self.render_many, [job.args for job in batch])
+            results = await self.in_thread(self.render_many, [job.args for job in batch])
         except Exception as err:
             if len(batch) == 1:
                 settle(batch[0], error=err)

@@ -108,6 +108,11 @@ class PhotorealPipeline:
         self.musetalk = musetalk or MuseTalkPipeline(parts.get("musetalk"), device, seed or 0, compile=compile)
         self.lookahead_frames = self.musetalk.lookahead_frames
 
+    @property
+    def compiled(self) -> tuple:
+        """What `compile` did to each part (models/compiled.py: records_cuda_graphs reads it)."""
+        return (self.liveportrait.compiled, self.musetalk.compiled)
+
     # ---- contract -------------------------------------------------------------------
 
     def prepare(self, media: PersonaMedia, persona_id: str = "") -> Persona:

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from models.base import SAMPLES_PER_FRAME, Controls, PersonaMedia
-from models.compiled import MODES, compile_mode, compile_networks, per_frame_networks
+from models.compiled import MODES, Compiled, compile_mode, compile_networks, per_frame_networks, records_cuda_graphs
 from models.liveportrait.config import LivePortraitConfig
 from models.liveportrait.decode import warp_decode
 from models.liveportrait.loading import LivePortraitNetworks
@@ -85,6 +85,7 @@ def test_liveportrait_compiles_its_per_frame_networks_and_falls_back_on_cpu(capl
         pipeline = tiny_liveportrait("reduce-overhead")
     nets = pipeline.networks
     assert pipeline.compiled.asked == "reduce-overhead" and pipeline.compiled.mode == "default"
+    assert not pipeline.compiled.cuda_graphs and not records_cuda_graphs(pipeline)  # CPU: no CUDA graphs
     assert "need CUDA" in caplog.text
     assert pipeline.compiled.networks == ("warping", "generator", "stitching.stitching", "stitching.lip",
                                           "stitching.eye")
@@ -133,6 +134,18 @@ def test_photoreal_passes_the_option_to_both_pipelines(monkeypatch):
     monkeypatch.setattr(photoreal, "MuseTalkPipeline", Recorder("musetalk"))
     photoreal.PhotorealPipeline("tiny", compile="reduce-overhead")
     assert seen == {"liveportrait": "reduce-overhead", "musetalk": "reduce-overhead"}
+
+
+def test_which_pipelines_record_cuda_graphs():
+    """The backend gives such a pipeline one thread (deployments/backend.py); a composite
+    answers for its parts."""
+    from types import SimpleNamespace
+
+    graphs, plain = Compiled("reduce-overhead", "reduce-overhead", ("unet",), True), Compiled(None, None, ())
+    assert records_cuda_graphs(SimpleNamespace(compiled=graphs))
+    assert not records_cuda_graphs(SimpleNamespace(compiled=plain)) and not records_cuda_graphs(object())
+    assert records_cuda_graphs(SimpleNamespace(compiled=(plain, graphs)))
+    assert not records_cuda_graphs(SimpleNamespace(compiled=(plain, plain)))
 
 
 def test_per_frame_networks_of_a_module_or_a_mapping():

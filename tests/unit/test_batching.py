@@ -141,3 +141,63 @@ def test_idle_goes_through_the_batcher_as_silence(tmp_path, tiny_liveportrait, m
     assert len(frames) == 7 and after.frame == 7 and counting.batches == [1, 1]
     want, _ = pipeline.idle(first, carry, 7, Controls())
     assert np.array_equal(frames, want)
+
+
+# ---- a pipeline whose compiled networks record CUDA graphs: one thread ---------------------
+
+class ThreadRecordingPipeline:
+    """A pipeline whose networks record CUDA graphs (`compiled.cuda_graphs`): notes the thread
+    of every call, as inductor's per-thread graph state would see it."""
+
+    mode, lookahead_frames, idle_is_silence = "liveportrait", 0, True
+
+    def __init__(self, cuda_graphs: bool):
+        from models.compiled import Compiled
+
+        self.compiled = Compiled("reduce-overhead", "reduce-overhead", ("warping",), cuda_graphs)
+        self.threads: list[int] = []
+
+    def _frames(self, n: int):
+        self.threads.append(threading.get_ident())
+        return np.zeros((n, 4, 4, 3), np.uint8)
+
+    def start(self, persona, controls):
+        self.threads.append(threading.get_ident())
+        return 0
+
+    def render(self, persona, carry, audio, controls):
+        return self._frames(len(audio) // SAMPLES_PER_FRAME), carry
+
+    def render_batch(self, jobs):
+        return [self.render(*job) for job in jobs]
+
+    def idle(self, persona, carry, n, controls):
+        return self._frames(n), carry
+
+    def flush(self, persona, carry, controls):
+        return self._frames(0), carry
+
+
+@pytest.mark.parametrize("batch_sessions", [1, 4])
+def test_a_pipeline_with_cuda_graphs_is_called_from_one_thread(tmp_path, monkeypatch, batch_sessions):
+    """pytorch/pytorch#123177: a CUDA graph replayed from another thread than the one that
+    recorded it fails. Every call, batched or not, goes to the replica's one pipeline thread."""
+    pipeline = ThreadRecordingPipeline(cuda_graphs=True)
+    backend = BackendDeployment("liveportrait", str(tmp_path), chunk_frames=5, batch_sessions=batch_sessions,
+                                pipeline_factory=lambda mode, **options: pipeline)
+
+    async def the_persona():
+        return "persona"
+
+    monkeypatch.setattr(backend, "_persona", the_persona)
+
+    async def session_calls():  # six sessions at once: batched calls and calls outside the batcher
+        await asyncio.gather(*(backend.render(0, speech(12), Controls()) for _ in range(6)),
+                             *(backend.idle(0, 3, Controls()) for _ in range(6)),
+                             *(backend.start(Controls()) for _ in range(6)),
+                             *(backend.flush(0, Controls()) for _ in range(6)))
+
+    asyncio.run(session_calls())
+    assert len(pipeline.threads) >= 24 and len(set(pipeline.threads)) == 1
+    assert pipeline.threads[0] != threading.get_ident()  # off the event loop all the same
+
