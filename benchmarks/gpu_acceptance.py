@@ -168,6 +168,8 @@ def compiled_vs_eager(time_fn, modules: dict, check_fn=None) -> dict:
             setattr(owner, attr, torch.compile(originals[name]))
         t0 = time.perf_counter()
         compiled_out = check_fn() if check_fn else time_fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the first call's kernels, not only their launch
         compile_s = time.perf_counter() - t0
         compiled_ms = time_fn()
     finally:
