@@ -114,9 +114,9 @@ def diff(a, b) -> dict:
 
 def peak_memory(fn, device) -> dict:
     """torch's peak memory over one call of fn (already warm), and what NVML shows for this process."""
-    import torch
-
     import gc
+
+    import torch
 
     fn()
     sync(device)
