@@ -174,6 +174,7 @@ class Utterance {
     this.startClock = null; // head.streamAudioStartTime of that stream (TalkingHead's animClock, ms)
     this.startedAt = null; // performance.now() then
     this.segments = 0;
+    this.starts = []; // each segment's {segmentSample, startClock} once its playback started
   }
 
   /** Plain data for tests and debugging. */
@@ -181,7 +182,8 @@ class Utterance {
     return {
       id: this.id, sample: this.sample, next: this.next, ended: this.ended, cancelled: this.cancelled,
       done: this.done, wordMode: this.wordMode, segments: this.segments, segmentSample: this.segmentSample,
-      startClock: this.startClock, startedAt: this.startedAt, visemes: this.visemes.slice(), words: this.words.slice(),
+      startClock: this.startClock, startedAt: this.startedAt, starts: this.starts.map((s) => ({ ...s })),
+      visemes: this.visemes.slice(), words: this.words.slice(),
     };
   }
 }
@@ -763,6 +765,10 @@ export class Avatar3d {
     const u = segment.utterance;
     u.startClock = this.head.streamAudioStartTime;
     u.startedAt = performance.now();
+    // One start a segment; a late start of the worklet stopped at a stall may come first: the last counts.
+    const last = u.starts[u.starts.length - 1];
+    if (last && last.segmentSample === u.segmentSample) last.startClock = u.startClock;
+    else u.starts.push({ segmentSample: u.segmentSample, startClock: u.startClock });
     this.recordCues(u); // the cues TalkingHead held until now are in its queue at last
   }
 
@@ -775,7 +781,11 @@ export class Avatar3d {
     if (segment.inputEnded) {
       u.done = true;
     } else {
-      this.state.stalls += 1; // more audio comes: it restarts as a new segment after a pre-roll
+      // More audio comes: it restarts as a new segment after a pre-roll. Audio this page handed
+      // TalkingHead after its worklet went idle (a page too busy to see the end in time) restarted
+      // the worklet with no new start for this page to time cues from: stop it, and what it held.
+      this.state.stalls += 1;
+      this.head.streamInterrupt();
       this.log("3D avatar: audio stalled; resuming after a pre-roll", true);
     }
     this.pump();
