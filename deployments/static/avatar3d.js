@@ -765,10 +765,7 @@ export class Avatar3d {
     const u = segment.utterance;
     u.startClock = this.head.streamAudioStartTime;
     u.startedAt = performance.now();
-    // One start a segment; a late start of the worklet stopped at a stall may come first: the last counts.
-    const last = u.starts[u.starts.length - 1];
-    if (last && last.segmentSample === u.segmentSample) last.startClock = u.startClock;
-    else u.starts.push({ segmentSample: u.segmentSample, startClock: u.startClock });
+    u.starts.push({ segmentSample: u.segmentSample, startClock: u.startClock });
     this.recordCues(u); // the cues TalkingHead held until now are in its queue at last
   }
 
@@ -781,14 +778,27 @@ export class Avatar3d {
     if (segment.inputEnded) {
       u.done = true;
     } else {
-      // More audio comes: it restarts as a new segment after a pre-roll. Audio this page handed
-      // TalkingHead after its worklet went idle (a page too busy to see the end in time) restarted
-      // the worklet with no new start for this page to time cues from: stop it, and what it held.
+      // More audio comes: it restarts as a new segment after a pre-roll, on a new worklet.
       this.state.stalls += 1;
-      this.head.streamInterrupt();
+      this.dropWorklet();
       this.log("3D avatar: audio stalled; resuming after a pre-roll", true);
     }
     this.pump();
+  }
+
+  /**
+   * Ends TalkingHead's stream and mutes its worklet for good; the next streamStart makes a new one.
+   * Audio this page handed TalkingHead after the worklet went idle but before the page heard so (a page
+   * too busy to hear it in time) restarted that worklet, and its late "playback-started" would time the
+   * next segment's cues from the wrong moment: with the port closed it never arrives.
+   */
+  dropWorklet() {
+    const worklet = this.head.streamWorkletNode;
+    this.head.streamStop(); // clears the viseme animations, disconnects the worklet
+    if (worklet) {
+      worklet.port.onmessage = null;
+      worklet.port.close();
+    }
   }
 
   /** Keeps a copy of the viseme animations TalkingHead just queued (they leave its queue once played). */
