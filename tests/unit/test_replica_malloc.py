@@ -1,10 +1,16 @@
 """The replicas' malloc settings (graph.MALLOC_ENV) keep a render call's frames in the process.
 
 The probe runs a backend replica's own render path (`BackendDeployment._rendered` over
-`_render_chunks`, no Ray): each call in a worker thread (`asyncio.to_thread`), two
-5-frame chunks joined and JPEG-encoded, the result freed on the event loop's thread.
-It runs in a fresh interpreter, since glibc reads the settings at start, and prints
-the render thread's page faults a frame after a warm-up.
+`_render_chunks`, no Ray): each call in a worker thread, two 5-frame chunks joined and
+JPEG-encoded, the result freed on the event loop's thread. It runs in a fresh interpreter,
+since glibc reads the settings at start, and prints the render thread's page faults a frame
+after a warm-up.
+
+The worker thread is one thread of its own. A replica's `asyncio.to_thread` pool mostly reuses
+one thread too, but on a busy machine it starts another now and then (a call may be handed
+over before the last one's thread is idle again). Page faults are counted per thread, and each
+thread has its own malloc arena, so a second thread made the count meaningless (from -0.7 to
+6.4 faults a frame in runs beside three busy processes, 0.03 otherwise).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import os
 import resource
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,17 +60,20 @@ def _probe() -> None:
     def thread_faults() -> int:
         return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 
-    async def main() -> None:
+    async def main(render_thread: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
         carry, faults_before = backend.pipeline.start(persona, Controls()), 0
         for start in range(0, len(audio), call):
             if start == WARM_UP_FRAMES * SAMPLES_PER_FRAME:
-                faults_before = await asyncio.to_thread(thread_faults)  # the pool's one thread
+                faults_before = await loop.run_in_executor(render_thread, thread_faults)
             # What BackendDeployment.render runs: its chunks, joined and JPEG-encoded, in a worker thread.
-            _, carry = await asyncio.to_thread(backend._rendered, FrameFormat(), backend._render_chunks,
-                                               persona, carry, audio[start:start + call], Controls())
-        print((await asyncio.to_thread(thread_faults) - faults_before) / MEASURED_FRAMES)
+            _, carry = await loop.run_in_executor(render_thread, backend._rendered, FrameFormat(),
+                                                  backend._render_chunks, persona, carry,
+                                                  audio[start:start + call], Controls())
+        print((await loop.run_in_executor(render_thread, thread_faults) - faults_before) / MEASURED_FRAMES)
 
-    asyncio.run(main())
+    with ThreadPoolExecutor(1, thread_name_prefix="render") as render_thread:
+        asyncio.run(main(render_thread))
 
 
 if __name__ == "__main__":
